@@ -1,0 +1,74 @@
+"""The engine interface: audio window -> mouth shape -> composited frame.
+
+An engine knows nothing of websockets or sessions. The session gives it, per output frame, a
+window of int16 audio (``context_samples`` before the frame, the frame, ``lookahead_samples``
+after) and the reference frame to draw on. Engines keep per-stream state (smoothing) in an
+:class:`EngineStream`, one per session, so that the same audio always gives the same frames.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MouthGeometry:
+    """Where the closed mouth is in a reference frame (pixels, 512x512 space)."""
+
+    cx: float
+    cy: float
+    half_width: float
+    angle: float = 0.0  # radians, positive = clockwise in image coordinates (mouth line tilt)
+
+
+@dataclass(frozen=True)
+class ReferenceFrame:
+    """One frame of a character, with its mouth."""
+
+    index: int
+    image: np.ndarray  # (512, 512, 3) uint8 BGR, read-only
+    mouth: MouthGeometry
+
+
+@dataclass(frozen=True)
+class MouthShape:
+    """Mouth parameters for one frame, engine-independent.
+
+    ``open``: 0 = lips closed (the reference frame unchanged), 1 = wide open.
+    ``width``: -1 = rounded/narrow (o, u), 0 = neutral, 1 = spread (i, e).
+    """
+
+    open: float = 0.0
+    width: float = 0.0
+
+
+CLOSED = MouthShape()
+
+
+class EngineStream(ABC):
+    """Per-session engine state."""
+
+    @abstractmethod
+    def mouth(self, window: np.ndarray) -> MouthShape:
+        """Mouth shape for the frame at the centre of *window* (advances smoothing state)."""
+
+    @abstractmethod
+    def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
+        """Draw *shape* on the reference frame; returns a new (512, 512, 3) uint8 BGR image."""
+
+
+class Engine(ABC):
+    """A lip-sync engine: declares the audio it needs around each frame and makes streams."""
+
+    name: str = "engine"
+    #: samples after the frame's end that must have arrived before it can be rendered
+    lookahead_samples: int = 0
+    #: samples before the frame's start that the engine looks at (silence at the stream's start)
+    context_samples: int = 0
+
+    @abstractmethod
+    def stream(self) -> EngineStream:
+        """A fresh per-session stream."""

@@ -1,0 +1,265 @@
+"""Faces in character videos: Wav2Lip-style pickles (loaded safely), detection, mouth position.
+
+A ``face_det_results`` pickle from a URL is untrusted: it is read by an unpickler that can build
+only lists, tuples, numbers, strings and plain numpy arrays (no object dtype), so nothing in it
+can run code. When no pickle is given, faces are found with OpenCV's Haar cascade, which ships
+inside the opencv package (no download).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MAX_PICKLE_BYTES = 1 << 30
+
+
+class FaceError(Exception):
+    """The face data is unusable: unsafe, malformed, inconsistent, or there is no face."""
+
+
+# --- restricted unpickling ------------------------------------------------------------------------
+
+
+def _safe_dtype(*args: Any) -> np.dtype:
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise FaceError("pickle holds an object array; only plain numeric arrays are allowed")
+    return dtype
+
+
+class _NdarrayToken:
+    """Stands for ``numpy.ndarray`` in a pickle: an argument to ``_reconstruct``, never callable."""
+
+
+def _safe_reconstruct(cls: Any, shape: Any = (0,), dtype: Any = b"b") -> np.ndarray:
+    # numpy pickles an array as _reconstruct(ndarray, (0,), b'b') followed by __setstate__ with the
+    # real shape and the raw bytes, so the data can never be larger than the pickle itself.
+    if cls is not _NdarrayToken or tuple(shape) != (0,):
+        raise FaceError("pickle builds an array in a way numpy never pickles one")
+    return np.ndarray.__new__(np.ndarray, (0,), dtype)
+
+
+def _safe_scalar(dtype: np.dtype, data: bytes = b"") -> Any:
+    if not isinstance(dtype, np.dtype) or dtype.hasobject:
+        raise FaceError("pickle holds an object scalar; only numbers are allowed")
+    return np.frombuffer(data, dtype=dtype, count=1)[0]
+
+
+def _safe_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
+    # Protocol 5 pickles arrays as _frombuffer(bytes, dtype, shape, order): the data is in the pickle.
+    if not isinstance(dtype, np.dtype) or dtype.hasobject or order not in ("C", "F"):
+        raise FaceError("pickle holds an array that is not plain numeric data")
+    try:
+        return np.frombuffer(bytes(buffer), dtype=dtype).reshape(tuple(shape), order=order)
+    except (TypeError, ValueError) as exc:
+        raise FaceError(f"pickle holds a malformed array: {exc}") from None
+
+
+def _safe_codecs_encode(text: Any, encoding: Any = "latin1") -> bytes:
+    # Protocol-2 pickles carry bytes as _codecs.encode(str, 'latin1').
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise FaceError("pickle calls _codecs.encode other than for bytes")
+    return text.encode("latin1")
+
+
+_ALLOWED: dict[tuple[str, str], Any] = {("_codecs", "encode"): _safe_codecs_encode}
+for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+    _ALLOWED[(_mod, "_reconstruct")] = _safe_reconstruct
+    _ALLOWED[(_mod, "scalar")] = _safe_scalar
+for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
+    _ALLOWED[(_mod, "_frombuffer")] = _safe_frombuffer
+_ALLOWED[("numpy", "ndarray")] = _NdarrayToken
+_ALLOWED[("numpy", "dtype")] = _safe_dtype
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise FaceError(f"pickle refers to {module}.{name}; only lists, tuples, numbers and numpy arrays are allowed") from None
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise FaceError("pickle uses persistent ids, which are not allowed")
+
+
+def safe_unpickle(data: bytes) -> Any:
+    """Unpickle *data* admitting only plain data; anything else raises :class:`FaceError`."""
+    if len(data) > MAX_PICKLE_BYTES:
+        raise FaceError(f"pickle is {len(data)} bytes, more than the {MAX_PICKLE_BYTES} allowed")
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except FaceError:
+        raise
+    except Exception as exc:  # truncated or garbled data raises many kinds of errors
+        raise FaceError(f"cannot read the pickle: {type(exc).__name__}: {exc}") from None
+
+
+def boxes_from_face_det_results(obj: Any, n_frames: int, width: int, height: int) -> np.ndarray:
+    """Validate a Wav2Lip list ``[[face_crop, (y1, y2, x1, x2)], ...]``; returns int32 (N, 4) boxes."""
+    if not isinstance(obj, (list, tuple)):
+        raise FaceError(f"face_det_results must be a list with one entry per frame, got {type(obj).__name__}")
+    if len(obj) != n_frames:
+        raise FaceError(f"face_det_results has {len(obj)} entries but the video has {n_frames} frames")
+    boxes = np.empty((n_frames, 4), dtype=np.int32)
+    for i, entry in enumerate(obj):
+        if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+            raise FaceError(f"face_det_results[{i}] must be [face_crop, (y1, y2, x1, x2)]")
+        coords = entry[1]
+        if not isinstance(coords, (list, tuple, np.ndarray)) or len(coords) != 4:
+            raise FaceError(f"face_det_results[{i}][1] must be four numbers (y1, y2, x1, x2)")
+        try:
+            y1, y2, x1, x2 = (int(round(float(c))) for c in coords)
+        except (TypeError, ValueError):
+            raise FaceError(f"face_det_results[{i}][1] holds something that is not a number") from None
+        if not (0 <= y1 < y2 <= height and 0 <= x1 < x2 <= width):
+            raise FaceError(f"face_det_results[{i}] box (y1={y1}, y2={y2}, x1={x1}, x2={x2}) is not inside the {width}x{height} frame")
+        boxes[i] = (y1, y2, x1, x2)
+    return boxes
+
+
+def load_face_det_results(path: Path, n_frames: int, width: int, height: int) -> np.ndarray:
+    return boxes_from_face_det_results(safe_unpickle(path.read_bytes()), n_frames, width, height)
+
+
+def face_det_results(frames: Sequence[np.ndarray], boxes: np.ndarray) -> list[list[Any]]:
+    """The Wav2Lip-compatible structure for *frames* and their boxes (for other tools to read)."""
+    return [[f[y1:y2, x1:x2].copy(), (int(y1), int(y2), int(x1), int(x2))] for f, (y1, y2, x1, x2) in zip(frames, boxes)]
+
+
+# --- detection ----------------------------------------------------------------------------------
+
+_CASCADE_FILE = "haarcascade_frontalface_default.xml"
+DETECT_MAX_SIDE = 480
+
+
+def _cascade() -> cv2.CascadeClassifier:
+    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / _CASCADE_FILE))
+    if cascade.empty():
+        raise FaceError(f"OpenCV's {_CASCADE_FILE} could not be loaded")
+    return cascade
+
+
+def detect_face(image: np.ndarray, cascade: cv2.CascadeClassifier | None = None) -> tuple[int, int, int, int] | None:
+    """The largest frontal face in a BGR image as (y1, y2, x1, x2), or None."""
+    cascade = cascade or _cascade()
+    h, w = image.shape[:2]
+    scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
+    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+    if scale < 1.0:
+        gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    gray = cv2.equalizeHist(gray)
+    min_side = max(24, int(min(gray.shape) * 0.08))
+    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
+    if len(found) == 0:
+        return None
+    x, y, fw, fh = max(found, key=lambda r: r[2] * r[3])
+    x1, y1 = int(round(x / scale)), int(round(y / scale))
+    x2, y2 = min(w, int(round((x + fw) / scale))), min(h, int(round((y + fh) / scale)))
+    return y1, y2, x1, x2
+
+
+def detect_faces(frames: Sequence[np.ndarray], stride: int = 3, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Face boxes for every frame: detect every *stride* frames, fill gaps, smooth over time."""
+    n = len(frames)
+    cascade = _cascade()
+    sample_idx = sorted(set(range(0, n, max(1, stride))) | {n - 1})
+    found_idx, found = [], []
+    for i in sample_idx:
+        box = detect_face(frames[i], cascade)
+        if box is not None:
+            found_idx.append(i)
+            found.append(box)
+        if progress:
+            progress(1)
+    if not found:
+        raise FaceError(f"no face found in the video ({len(sample_idx)} frames searched)")
+    if len(found) < 0.3 * len(sample_idx):
+        log.warning("a face was found in only %d of %d searched frames; the rest are interpolated", len(found), len(sample_idx))
+    found_arr = np.asarray(found, dtype=np.float64)
+    all_idx = np.arange(n)
+    boxes = np.stack([np.interp(all_idx, found_idx, found_arr[:, j]) for j in range(4)], axis=1)
+    boxes = smooth_boxes(boxes)
+    h, w = frames[0].shape[:2]
+    boxes = np.round(boxes).astype(np.int32)
+    boxes[:, 0:2] = np.clip(boxes[:, 0:2], 0, h)
+    boxes[:, 2:4] = np.clip(boxes[:, 2:4], 0, w)
+    return boxes
+
+
+def smooth_boxes(boxes: np.ndarray, radius: int = 4) -> np.ndarray:
+    """Moving median then moving average over time: detector jitter out, real motion kept."""
+    n = len(boxes)
+    if n < 3:
+        return boxes.astype(np.float64)
+    padded = np.pad(boxes.astype(np.float64), ((radius, radius), (0, 0)), mode="edge")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * radius + 1, axis=0)
+    med = np.median(windows, axis=-1)
+    padded = np.pad(med, ((2, 2), (0, 0)), mode="edge")
+    kernel = np.ones(5) / 5
+    return np.stack([np.convolve(padded[:, j], kernel, mode="valid") for j in range(4)], axis=1)
+
+
+# --- mouth position -----------------------------------------------------------------------------
+
+MOUTH_SEARCH = (0.62, 0.95)  # rows of the face box where the lip line may be
+MOUTH_HALF_WIDTH = 0.21  # of the face box width
+
+
+def estimate_mouths(frames: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+    """Closed-mouth geometry per frame (cx, cy, half_width, angle), from boxes and the lip line.
+
+    The lip line of a closed mouth is the darkest horizontal run across the middle of the lower
+    face; its height, relative to the box, is taken as the median over frames, so that it stays
+    as steady as the boxes.
+    """
+    rel = []
+    step = max(1, len(frames) // 60)
+    for i in range(0, len(frames), step):
+        y1, y2, x1, x2 = (int(v) for v in boxes[i])
+        h, w = y2 - y1, x2 - x1
+        if h < 16 or w < 16:
+            continue
+        r0, r1 = y1 + int(MOUTH_SEARCH[0] * h), y1 + int(MOUTH_SEARCH[1] * h)
+        c0, c1 = x1 + int(0.35 * w), x1 + int(0.65 * w)
+        gray = cv2.cvtColor(frames[i][r0:r1, c0:c1], cv2.COLOR_BGR2GRAY).astype(np.float32)
+        if gray.size == 0:
+            continue
+        rows = np.convolve(gray.mean(axis=1), np.ones(3) / 3, mode="same")
+        rows[0] = rows[-1] = np.inf  # the convolution's edges are not real minima
+        rel.append((r0 + int(np.argmin(rows)) - y1) / h)
+    rel_y = float(np.median(rel)) if rel else 0.8
+    b = boxes.astype(np.float32)
+    cx = 0.5 * (b[:, 2] + b[:, 3])
+    cy = b[:, 0] + rel_y * (b[:, 1] - b[:, 0])
+    half = MOUTH_HALF_WIDTH * (b[:, 3] - b[:, 2])
+    return np.stack([cx, cy, half, np.zeros_like(cx)], axis=1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class FaceTrack:
+    """Per-frame face boxes (y1, y2, x1, x2) and mouths (cx, cy, half_width, angle)."""
+
+    boxes: np.ndarray
+    mouths: np.ndarray
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez_compressed(tmp, boxes=self.boxes.astype(np.int32), mouths=self.mouths.astype(np.float32))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "FaceTrack":
+        with np.load(path, allow_pickle=False) as data:
+            return cls(boxes=data["boxes"].astype(np.int32), mouths=data["mouths"].astype(np.float32))
