@@ -1,0 +1,135 @@
+"""The ``lipsync-stream`` command: serve, render, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from importlib import resources
+from pathlib import Path
+
+from .audio import AudioError, load_audio
+from .engines import DEFAULT_ENGINE, ENGINES
+from .fetch import FetchConfig, default_cache_dir
+from .protocol import DEFAULT_CHARACTER, SAMPLE_RATE, SessionParams
+from .session import DEFAULT_LEAD, DEFAULT_MAX_MESSAGE_BYTES, Limits
+
+log = logging.getLogger("lipsync_stream")
+
+
+def sample_speech() -> Path:
+    """The bundled sample sentence (espeak-ng, 16 kHz mono FLAC)."""
+    return Path(str(resources.files("lipsync_stream") / "assets" / "speech" / "hello.flac"))
+
+
+def _seconds_or_none(text: str) -> float | None:
+    value = float(text)
+    return None if value <= 0 else value
+
+
+def _add_server_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default=DEFAULT_ENGINE, choices=sorted(ENGINES), help="lip-sync engine (default: %(default)s)")
+    p.add_argument("--jpeg-quality", type=int, default=85, help="JPEG quality of frames, 1-100 (default: %(default)s)")
+    p.add_argument("--cache-dir", type=Path, default=None, help=f"download and face-detection cache (default: {default_cache_dir()})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lipsync-stream", description="Real-time lip-sync streaming server (LipsyncStream protocol).")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the websocket server")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    s.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
+    s.add_argument("--asset-root", type=Path, action="append", default=[], metavar="DIR", help="directory clients may name characters in (repeatable)")
+    _add_server_options(s)
+    s.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest client message (default: %(default)s)")
+    s.add_argument("--max-session-length", type=_seconds_or_none, default=3600.0, metavar="SECONDS", help="longest session; 0 = no limit (default: %(default)s)")
+    s.add_argument("--max-idle-time", type=_seconds_or_none, default=300.0, metavar="SECONDS", help="longest silence from a client; 0 = no limit (default: %(default)s)")
+    s.add_argument("--lead", type=float, default=DEFAULT_LEAD, metavar="SECONDS", help="how far frames may run ahead of real time (default: %(default)s)")
+
+    for name, helptext in [("render", "render an audio file to an MP4 through a server"), ("demo", "the default character speaking the bundled sentence, to an MP4")]:
+        r = sub.add_parser(name, help=helptext)
+        if name == "render":
+            r.add_argument("audio", type=Path, help="wav, mp3, flac, ogg, ... (resampled to 16 kHz mono)")
+            r.add_argument("-o", "--output", type=Path, required=True, help="MP4 to write")
+        else:
+            r.add_argument("-o", "--output", type=Path, default=Path("demo.mp4"), help="MP4 to write (default: %(default)s)")
+        r.add_argument("--character", default=DEFAULT_CHARACTER, help="video_reference_url: URL, file:// URL or path (default: the embedded character)")
+        r.add_argument("--faces", default=None, help="face_det_results: a Wav2Lip-style pickle (default: detect faces)")
+        r.add_argument("--server", default=None, help="ws:// URL of a running server (default: start one in this process)")
+        r.add_argument("--realtime", action="store_true", help="ask for real-time pacing instead of rendering as fast as possible")
+        _add_server_options(r)
+    return parser
+
+
+@contextlib.asynccontextmanager
+async def _server_url(args: argparse.Namespace, asset_roots: list[Path]) -> AsyncIterator[str]:
+    if args.server:
+        yield args.server
+        return
+    from .server import ServerConfig, running_server
+
+    config = ServerConfig(port=0, engine=args.engine, jpeg_quality=args.jpeg_quality, asset_roots=asset_roots)
+    config.fetch = FetchConfig(asset_roots=asset_roots, cache_dir=args.cache_dir or default_cache_dir())
+    async with running_server(config) as (_app, url):
+        yield url
+
+
+def _local_reference(ref: str | None, roots: list[Path], remote: bool) -> str | None:
+    """A local path for an in-process server becomes absolute, and its folder an asset root."""
+    if ref is None or remote or ref == DEFAULT_CHARACTER or "://" in ref:
+        return ref
+    path = Path(ref).expanduser().resolve()
+    roots.append(path.parent)
+    return str(path)
+
+
+async def _render(args: argparse.Namespace, audio_path: Path) -> int:
+    from .client import ServerError
+    from .client.recorder import record
+
+    try:
+        pcm = load_audio(audio_path)
+    except AudioError as exc:
+        log.error("%s", exc)
+        return 2
+    roots: list[Path] = []
+    character = _local_reference(args.character, roots, bool(args.server))
+    faces = _local_reference(args.faces, roots, bool(args.server))
+    params = SessionParams(video_reference_url=character or DEFAULT_CHARACTER, face_det_results=faces, realtime=args.realtime)
+    log.info("rendering %s (%.2f s) on character %s", audio_path.name, len(pcm) / SAMPLE_RATE, params.video_reference_url)
+    try:
+        async with _server_url(args, roots) as url:
+            frames = await record(url, pcm, args.output, params, progress=sys.stderr.isatty())
+    except ServerError as exc:
+        log.error("server refused the session: %s", exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot reach the server: %s", exc)
+        return 1
+    log.info("wrote %s: %d frames (%.2f s) with %.2f s of audio", args.output, frames, frames / 30, len(pcm) / SAMPLE_RATE)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    if args.command == "serve":
+        from .server import ServerConfig, serve_forever
+
+        limits = Limits(args.max_message_bytes, args.max_session_length, args.max_idle_time, args.lead)
+        config = ServerConfig(args.host, args.port, list(args.asset_root), args.engine, args.jpeg_quality, limits)
+        config.fetch = FetchConfig(asset_roots=list(args.asset_root), cache_dir=args.cache_dir or default_cache_dir())
+        asyncio.run(serve_forever(config))
+        return 0
+    audio = args.audio if args.command == "render" else sample_speech()
+    return asyncio.run(_render(args, audio))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

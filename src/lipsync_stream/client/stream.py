@@ -1,0 +1,123 @@
+"""An async LipsyncStream client: open a session, send audio, receive decoded frames."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from types import TracebackType
+
+import cv2
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from ..protocol import FRAME_HEIGHT, FRAME_WIDTH, FrameMessage, SessionParams, decode_frame, first_message
+
+CHUNK_BYTES = 8000  # 250 ms, what the original endpoint asks clients for
+
+
+class ServerError(Exception):
+    """The server refused or ended the session with an error."""
+
+    def __init__(self, kind: str, detail: str, code: int | None = None) -> None:
+        super().__init__(f"{kind}: {detail}" + (f" (close code {code})" if code is not None else ""))
+        self.kind = kind
+        self.detail = detail
+        self.code = code
+
+
+def decode_image(frame: FrameMessage) -> np.ndarray:
+    """The frame's picture as a (512, 512, 3) BGR array, whether it came as JPEG or raw."""
+    if len(frame.image) == FRAME_WIDTH * FRAME_HEIGHT * 3 and frame.image[:2] != b"\xff\xd8":
+        return np.frombuffer(frame.image, np.uint8).reshape(frame.height, frame.width, 3)
+    image = cv2.imdecode(np.frombuffer(frame.image, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise ValueError(f"frame {frame.index}: undecodable JPEG")
+    return image
+
+
+class LipsyncClient:
+    """One session. Use as ``async with LipsyncClient(url, params) as c:``."""
+
+    def __init__(self, url: str, params: SessionParams | None = None) -> None:
+        self.url = url
+        self.params = params or SessionParams()
+        self._ws: ClientConnection | None = None
+        self.done = False
+
+    async def __aenter__(self) -> "LipsyncClient":
+        self._ws = await connect(self.url, max_size=None, compression=None)
+        await self._ws.send(first_message(self.params))
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    @property
+    def ws(self) -> ClientConnection:
+        if self._ws is None:
+            raise RuntimeError("client is not connected")
+        return self._ws
+
+    async def send_audio(self, pcm: bytes | np.ndarray, chunk_bytes: int = CHUNK_BYTES) -> None:
+        """Send PCM16 audio in chunks of *chunk_bytes*."""
+        data = pcm.astype("<i2").tobytes() if isinstance(pcm, np.ndarray) else pcm
+        for start in range(0, len(data), chunk_bytes):
+            await self.ws.send(data[start : start + chunk_bytes])
+
+    async def finish(self) -> None:
+        """No more audio: the server sends what is left, then DONE."""
+        await self.ws.send("DONE")
+
+    async def skip(self) -> None:
+        await self.ws.send("SKIP")
+
+    async def frames(self) -> AsyncIterator[FrameMessage]:
+        """Frames as they arrive, until the server's DONE; a server error raises ServerError."""
+        ws = self.ws
+        try:
+            async for message in ws:
+                if isinstance(message, bytes):
+                    yield decode_frame(message)
+                elif message == "DONE":
+                    self.done = True
+                    return
+                else:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(ws.wait_closed(), 5.0)
+                    raise _server_error(message, ws.close_code)
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+            raise ServerError("connection_closed", f"the connection closed before DONE ({exc})", code) from None
+        raise ServerError("connection_closed", "the server closed the session without DONE", ws.close_code)
+
+
+def _server_error(text: str, code: int | None) -> ServerError:
+    try:
+        obj = json.loads(text)
+        return ServerError(str(obj["error"]), str(obj.get("detail", "")), code)
+    except (ValueError, KeyError, TypeError):
+        return ServerError("error", text, code)
+
+
+async def stream_audio(url: str, pcm: bytes | np.ndarray, params: SessionParams | None = None, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[FrameMessage]:
+    """Send all of *pcm* then DONE, yielding frames meanwhile (the common offline use)."""
+    async with LipsyncClient(url, params) as client:
+
+        async def send() -> None:
+            await client.send_audio(pcm, chunk_bytes)
+            await client.finish()
+
+        sender = asyncio.create_task(send())
+        try:
+            async for frame in client.frames():
+                yield frame
+            await sender
+        finally:
+            if not sender.done():
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await sender

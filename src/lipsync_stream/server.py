@@ -1,0 +1,236 @@
+"""The websocket server: a thin I/O shell around :class:`~lipsync_stream.session.Session`.
+
+Per connection: read and validate the first message, get the (shared) character, then run two
+tasks: a reader that hands every client message to the session, and a writer that asks the
+session what to do next, renders frames in a worker thread and sends them. Anything that goes
+wrong in one session is answered to that client and logged; other sessions never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import itertools
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from .character import CharacterError, CharacterStore
+from .engines import DEFAULT_ENGINE, get_engine
+from .fetch import FetchConfig, Fetcher
+from .pipeline import DEFAULT_JPEG_QUALITY, FrameRenderer
+from .protocol import ErrorKind, ProtocolError, error_message, parse_first_message
+from .session import Fail, Finish, Limits, Render, Session, State, Wait
+
+log = logging.getLogger(__name__)
+
+WEBSOCKET_PATHS = frozenset({"/", "/LipsyncStream"})
+CLOSE_REASON_BYTES = 120  # a close frame's reason must fit in 123 bytes
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    asset_roots: list[Path] = field(default_factory=list)
+    engine: str = DEFAULT_ENGINE
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    limits: Limits = field(default_factory=Limits)
+    first_message_timeout: float = 10.0
+    character_memory_bytes: int = 2 * 1024**3
+    fetch: FetchConfig | None = None
+    render_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+
+    def fetch_config(self) -> FetchConfig:
+        return self.fetch if self.fetch is not None else FetchConfig(asset_roots=[Path(p) for p in self.asset_roots])
+
+
+def _path_of(request: Request) -> str:
+    return request.path.split("?", 1)[0]
+
+
+class LipsyncServer:
+    """Sessions share one engine, one character store and one pool of render threads."""
+
+    def __init__(self, config: ServerConfig | None = None) -> None:
+        self.config = config or ServerConfig()
+        self.engine = get_engine(self.config.engine)
+        self.store = CharacterStore(Fetcher(self.config.fetch_config()), self.config.character_memory_bytes)
+        self.executor = ThreadPoolExecutor(self.config.render_threads, thread_name_prefix="render")
+        self._ids = itertools.count(1)
+        self.active_sessions = 0
+        self.sessions_total = 0
+
+    # --- HTTP side -------------------------------------------------------------------------------
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = _path_of(request)
+        if path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "ok\n")
+        if path not in WEBSOCKET_PATHS:
+            return connection.respond(http.HTTPStatus.NOT_FOUND, f"no such path {path}; the websocket endpoint is /LipsyncStream\n")
+        if request.headers.get("Upgrade", "").lower() != "websocket":
+            return connection.respond(http.HTTPStatus.OK, "LipsyncStream server: open a websocket on /LipsyncStream\n")
+        return None
+
+    # --- one session -----------------------------------------------------------------------------
+
+    async def handler(self, ws: ServerConnection) -> None:
+        sid = f"s{next(self._ids)}"
+        self.active_sessions += 1
+        self.sessions_total += 1
+        started = time.monotonic()
+        log.info("[%s] connected from %s", sid, ws.remote_address)
+        try:
+            await self._serve_session(ws, sid)
+        except ConnectionClosed as exc:
+            log.info("[%s] client went away (%s)", sid, exc)
+        except Exception:
+            log.exception("[%s] internal error", sid)
+            await self._fail(ws, sid, ErrorKind.INTERNAL, "the server failed while serving this session; see its log")
+        finally:
+            self.active_sessions -= 1
+            log.info("[%s] ended after %.1f s", sid, time.monotonic() - started)
+
+    async def _fail(self, ws: ServerConnection, sid: str, kind: ErrorKind, detail: str) -> None:
+        log.warning("[%s] %s: %s", sid, kind.value, detail)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(error_message(kind, detail))
+            reason = detail.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore")
+            await ws.close(kind.close_code, reason)
+
+    async def _serve_session(self, ws: ServerConnection, sid: str) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            first = await asyncio.wait_for(ws.recv(), self.config.first_message_timeout)
+        except TimeoutError:
+            await self._fail(ws, sid, ErrorKind.BAD_REQUEST, f"no first message within {self.config.first_message_timeout:g} s")
+            return
+        try:
+            params = parse_first_message(first)
+        except ProtocolError as exc:
+            await self._fail(ws, sid, exc.kind, exc.detail)
+            return
+        log.info("[%s] character %s, isJPG=%s syncAudio=%s realtime=%s", sid, params.video_reference_url, params.is_jpg, params.sync_audio, params.realtime)
+        try:
+            character = await self.store.get(params.video_reference_url, params.face_det_results, self.executor)
+        except CharacterError as exc:
+            await self._fail(ws, sid, ErrorKind.CHARACTER, str(exc))
+            return
+
+        session = Session(params, loop.time(), self.engine.lookahead_samples, self.engine.context_samples, self.config.limits)
+        renderer = FrameRenderer(self.engine, character, params, self.config.jpeg_quality)
+        wake = asyncio.Event()
+
+        async def read() -> None:
+            try:
+                async for message in ws:
+                    session.receive(message, loop.time())
+                    wake.set()
+            finally:
+                wake.set()
+
+        reader = asyncio.create_task(read(), name=f"{sid}-reader")
+        try:
+            while True:
+                wake.clear()
+                if reader.done():
+                    if reader.exception() is not None:
+                        raise reader.exception()  # type: ignore[misc]
+                    if session.state is State.STREAMING:
+                        log.info("[%s] client closed the connection after %d frames", sid, session.frames_released)
+                        return
+                step = session.next_step(loop.time())
+                if isinstance(step, Render):
+                    try:
+                        message = await loop.run_in_executor(self.executor, renderer.render, step.frame)
+                    except Exception as exc:
+                        log.exception("[%s] rendering frame %d failed", sid, step.frame.index)
+                        session.fail(ErrorKind.INTERNAL, f"rendering frame {step.frame.index} failed: {type(exc).__name__}")
+                        continue
+                    await ws.send(message)
+                elif isinstance(step, Wait):
+                    timeout = None if step.until is None else max(0.0, step.until - loop.time())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), timeout)
+                elif isinstance(step, Finish):
+                    await ws.send("DONE")
+                    await ws.close()
+                    self._log_done(sid, session, renderer)
+                    return
+                elif isinstance(step, Fail):
+                    await self._fail(ws, sid, step.kind, step.detail)
+                    return
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await reader
+
+    def _log_done(self, sid: str, session: Session, renderer: FrameRenderer) -> None:
+        t = renderer.times
+        n = max(1, t.frames)
+        log.info(
+            "[%s] done: %d frames (%d idle), %.2f s of audio in, %.2f s skipped; per frame %.1f ms (engine %.1f, compose %.1f, encode %.1f)",
+            sid, t.frames, session.idle_frames, session.samples_received / 16000, session.samples_skipped / 16000,
+            1000 * t.total / n, 1000 * t.mouth / n, 1000 * t.compose / n, 1000 * t.encode / n,
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def serve(self, host: str | None = None, port: int | None = None) -> serve:
+        """The websockets server (use with ``async with``)."""
+        limit = self.config.limits.max_message_bytes
+        return serve(
+            self.handler,
+            self.config.host if host is None else host,
+            self.config.port if port is None else port,
+            process_request=self.process_request,
+            compression=None,  # frames are JPEG: deflate would cost CPU for nothing
+            # Messages a little over the limit still arrive, so the client hears why it is refused.
+            max_size=4 * limit,
+        )
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.asynccontextmanager
+async def running_server(config: ServerConfig | None = None) -> AsyncIterator[tuple[LipsyncServer, str]]:
+    """A server on an ephemeral port for in-process use: yields (server, ws:// URL)."""
+    config = config or ServerConfig(port=0)
+    app = LipsyncServer(config)
+    try:
+        async with app.serve() as ws_server:
+            yield app, f"ws://{config.host}:{bound_port(ws_server)}/LipsyncStream"
+    finally:
+        app.close()
+
+
+def bound_port(ws_server: Server) -> int:
+    return int(next(iter(ws_server.sockets)).getsockname()[1])
+
+
+async def serve_forever(config: ServerConfig) -> None:
+    """Run until SIGINT/SIGTERM, then stop accepting and let sessions end."""
+    import signal
+
+    app = LipsyncServer(config)
+    async with app.serve() as ws_server:
+        loop = asyncio.get_running_loop()
+        stop = loop.create_future()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        log.info("serving LipsyncStream on ws://%s:%d/LipsyncStream (engine %s)", config.host, bound_port(ws_server), app.engine.name)
+        await stop
+        log.info("shutting down")
+    app.close()
