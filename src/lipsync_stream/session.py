@@ -6,7 +6,7 @@ Time is passed in, never read, so pacing, limits and idle frames are tested with
 
 Pacing (PROTOCOL.md section 3): frame *k* is released no earlier than ``t0 + k/30 - lead``, where
 ``t0`` is when the first frame was ready. When a frame becomes ready later than its playing time
-``t0 + k/30`` (the client stopped sending for a while), ``t0`` moves so that frame *k* is due
+``t0 + k/30`` because its audio came late (the client stopped sending for a while), ``t0`` moves so that frame *k* is due
 ``lead`` ago: the client gets ``lead`` of frames at once to refill its buffer, then 30 fps again.
 Only released frames leave the audio FIFO, so ``SKIP`` drops everything not yet shown.
 """
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LEAD = 0.5
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB, about 33 s of audio in one message
+STARVE_GRACE = 0.3  # seconds past its playing time before a frame goes out without its audio
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ class Session:
         self.samples_received = 0
         self.samples_skipped = 0
         self._failure: Fail | None = None
+        self._starved = False  # the last step waited for audio, not for the clock
 
     @property
     def closed(self) -> bool:
@@ -189,35 +191,41 @@ class Session:
             self.state = State.CLOSED
             return Finish()
         if self.params.realtime and self.t0 is not None and framer.has_full_frame():
-            # Only lookahead is missing; do not hold a frame past the point where the client's
-            # buffer would run dry waiting for audio that may never come.
+            # Only lookahead is missing: do not hold the frame for audio that may never come.
             due = self._starve_time(k)
             if now >= due:
                 return self._release(k, now, force=True, deadlines=deadlines)
             deadlines.append(due)
         elif self.params.handle_silence and self.params.realtime:
             if self.t0 is None:
-                self.t0 = self.started + self.limits.lead
+                self.t0 = self.started
             due = self._starve_time(k)
             if now >= due:
                 framer.pad_next_with_silence()
                 self.idle_frames += 1
                 return self._release(k, now, force=True, deadlines=deadlines)
             deadlines.append(due)
+        self._starved = True
         return Wait(min(deadlines) if deadlines else None)
 
     def _starve_time(self, k: int) -> float:
-        """Halfway through the lead: the latest moment to fill frame *k* with what there is."""
+        """When frame *k* is filled with what there is (silence, no lookahead).
+
+        A client streaming in real time delivers frame *k*'s audio about when the frame should
+        play, never a lead ahead, so only a frame that is overdue by more than a chunk's worth of
+        network jitter means the client has really gone quiet.
+        """
         assert self.t0 is not None
-        return self.t0 + k / FPS - self.limits.lead / 2
+        return self.t0 + k / FPS + STARVE_GRACE
 
     def _release(self, k: int, now: float, force: bool, deadlines: list[float]) -> Step:
         if self.params.realtime:
             if self.t0 is None:
                 self.t0 = now
-            elif now > self.t0 + k / FPS:
+            elif self._starved and not force and now > self.t0 + k / FPS:
                 log.debug("frame %d ready %.3f s late; re-anchoring pacing", k, now - self.t0 - k / FPS)
                 self.t0 = now - k / FPS
+            self._starved = False
             due = self.release_time(k)
             assert due is not None
             if now < due:

@@ -1,0 +1,35 @@
+"""Shared fixtures: the bundled speech sample and a server on an ephemeral port."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipsync_stream.audio import load_audio
+from lipsync_stream.cli import sample_speech
+from lipsync_stream.fetch import FetchConfig
+from lipsync_stream.server import LipsyncServer, ServerConfig, running_server
+
+
+@pytest.fixture(scope="session")
+def speech() -> np.ndarray:
+    """8.9 s of espeak-ng speech, int16 16 kHz mono, with half a second of silence at each end."""
+    return load_audio(sample_speech())
+
+
+@pytest.fixture
+def asset_root(tmp_path: Path) -> Path:
+    root = tmp_path / "assets"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+async def server(asset_root: Path, tmp_path: Path) -> AsyncIterator[tuple[LipsyncServer, str]]:
+    config = ServerConfig(port=0, asset_roots=[asset_root])
+    config.fetch = FetchConfig(asset_roots=[asset_root], cache_dir=tmp_path / "cache")
+    async with running_server(config) as pair:
+        yield pair
