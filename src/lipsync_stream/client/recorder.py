@@ -6,6 +6,7 @@ block is placed at the sample where frame *k* starts, so picture and sound line 
 
 from __future__ import annotations
 
+import contextlib
 from fractions import Fraction
 from pathlib import Path
 
@@ -66,6 +67,10 @@ async def record(url: str, pcm: np.ndarray, out: str | Path, params: SessionPara
                 expected += 1
                 writer.add(frame.index, decode_image(frame), frame.pcm() if frame.audio is not None else None)
                 bar.update(1)
-    finally:
-        writer.close()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            writer.close()
+        writer.path.unlink(missing_ok=True)  # no half-written video left behind
+        raise
+    writer.close()
     return expected

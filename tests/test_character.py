@@ -1,0 +1,142 @@
+"""Characters: decoding, cropping without stretching, ping-pong, the shared store, the default."""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from lipsync_stream.character import Character, CharacterError, CharacterStore, build_character, decode_video, face_crop, load_default_character
+from lipsync_stream.faces import face_det_results
+from lipsync_stream.fetch import FetchConfig, Fetcher
+
+
+def write_video(path: Path, frames: list[np.ndarray]) -> None:
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30, options={"crf": "18"})
+        s.height, s.width = frames[0].shape[:2]
+        s.pix_fmt = "yuv420p"
+        for i, f in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(f, format="bgr24")
+            vf.pts, vf.time_base = i, Fraction(1, 30)
+            c.mux(s.encode(vf))
+        c.mux(s.encode(None))
+
+
+def test_ping_pong_never_jumps() -> None:
+    c = Character("x", np.zeros((4, 1, 1, 3), np.uint8), np.zeros((4, 4), np.int32), np.zeros((4, 4), np.float32))
+    assert [c.ref_index(k) for k in range(10)] == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    single = Character("y", np.zeros((1, 1, 1, 3), np.uint8), np.zeros((1, 4), np.int32), np.zeros((1, 4), np.float32))
+    assert single.ref_index(7) == 0
+
+
+def test_default_character_is_embedded_and_big_enough() -> None:
+    c = load_default_character()
+    assert c.frames.shape[1:] == (512, 512, 3) and len(c) >= 60
+    assert not c.frames.flags.writeable
+    assert (2 * c.mouths[:, 2]).min() >= 80  # mouth width in pixels
+    # it moves (breathing, blinks) but stays the same person: consecutive frames are close
+    steps = np.abs(np.diff(c.frames[:, ::8, ::8].astype(np.int16), axis=0)).mean(axis=(1, 2, 3))
+    assert steps.max() < 8 and np.abs(c.frames[0].astype(int) - c.frames[len(c) // 2].astype(int)).mean() > 0.5
+
+
+def test_crop_is_square_around_the_face_and_never_stretches() -> None:
+    # a wide 1280x720 video with the face right of centre
+    boxes = np.array([[200, 400, 800, 1000]] * 3)
+    x0, y0, side = face_crop(boxes, 1280, 720)
+    assert side == 600 and 0 <= y0 and y0 + side <= 720 and x0 <= 800 and x0 + side >= 1000
+    # a circle drawn on the source stays a circle: the scale is uniform
+    frame = np.zeros((720, 1280, 3), np.uint8)
+    import cv2
+
+    cv2.circle(frame, (900, 300), 60, (255, 255, 255), -1)
+    c = build_character("wide", [frame], boxes)
+    ys, xs = np.nonzero(c.frames[0, :, :, 0] > 128)
+    assert abs((xs.max() - xs.min()) - (ys.max() - ys.min())) <= 2
+    assert c.boxes[0, 3] - c.boxes[0, 2] == pytest.approx(200 * 512 / 600, abs=1)
+
+
+def test_broken_video_is_a_character_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(100))
+    with pytest.raises(CharacterError, match="cannot decode|no video|no frames"):
+        decode_video(bad)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> CharacterStore:
+    root = tmp_path / "assets"
+    root.mkdir()
+    return CharacterStore(Fetcher(FetchConfig(asset_roots=[root], cache_dir=tmp_path / "cache")))
+
+
+def _face_video(store: CharacterStore, name: str = "face.mp4", n: int = 6) -> tuple[Path, list[np.ndarray]]:
+    # the default character, letterboxed into a 640x480 video: a real face at a known place
+    src = load_default_character().frames[:n]
+    frames = []
+    for f in src:
+        big = np.zeros((480, 640, 3), np.uint8)
+        big[0:480, 100:580] = f[16:496, 16:496]
+        frames.append(big)
+    path = store.fetcher.roots[0] / name
+    write_video(path, frames)
+    return path, frames
+
+
+def test_store_detects_faces_once_and_shares_the_character(store: CharacterStore) -> None:
+    _face_video(store)
+    a = store.load("face.mp4")
+    assert a.frames.shape == (6, 512, 512, 3)
+    assert store.load("face.mp4") is a
+    cache = list((store.fetcher.config.cache_dir / "faces").glob("*.npy"))
+    assert len(cache) == 1
+    # a new process (a new store) reuses the cached detection
+    fresh = CharacterStore(store.fetcher)
+    assert np.array_equal(fresh.load("face.mp4").boxes, a.boxes)
+
+
+def test_store_uses_a_wav2lip_pickle(store: CharacterStore) -> None:
+    path, frames = _face_video(store)
+    boxes = np.array([[60, 420, 150, 530]] * len(frames))
+    (path.parent / "face.pkl").write_bytes(pickle.dumps(face_det_results(frames, boxes)))
+    c = store.load("face.mp4", "face.pkl")
+    assert c.frames.shape[0] == len(frames)
+    assert not list((store.fetcher.config.cache_dir / "faces").glob("*.npy"))  # no detection ran
+
+
+def test_store_reports_bad_references(store: CharacterStore) -> None:
+    with pytest.raises(CharacterError, match="outside|escapes"):
+        store.load("../x.mp4")
+    _face_video(store)
+    (store.fetcher.roots[0] / "face.pkl").write_bytes(b"cos\nsystem\n(S'true'\ntR.")
+    with pytest.raises(CharacterError, match="os.system"):
+        store.load("face.mp4", "face.pkl")
+
+
+async def test_concurrent_requests_share_one_load(store: CharacterStore) -> None:
+    _face_video(store)
+    calls = 0
+    original = store._build
+
+    def counting(*args: object) -> Character:
+        nonlocal calls
+        calls += 1
+        return original(*args)  # type: ignore[arg-type]
+
+    store._build = counting  # type: ignore[method-assign]
+    results = await asyncio.gather(*(store.get("face.mp4") for _ in range(5)))
+    assert calls == 1 and all(r is results[0] for r in results)
+
+
+def test_lru_drops_least_recently_used(store: CharacterStore) -> None:
+    _face_video(store, "a.mp4")
+    _face_video(store, "b.mp4")
+    one = store.load("a.mp4")
+    store.max_bytes = int(one.nbytes * 1.5)
+    store.load("b.mp4")
+    assert store.cached("a.mp4") is None and store.cached("b.mp4") is not None

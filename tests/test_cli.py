@@ -1,0 +1,71 @@
+"""``lipsync-stream render``/``demo``: an MP4 whose video and audio match the input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from lipsync_stream.audio import save_wav
+from lipsync_stream.character import default_character_files
+from lipsync_stream.cli import build_parser, main
+
+
+def probe(path: Path) -> dict[str, float]:
+    with av.open(str(path)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        frames, samples = [], 0
+        for f in c.decode(v, a):
+            if isinstance(f, av.VideoFrame):
+                frames.append(f.to_ndarray(format="bgr24"))
+            else:
+                samples += f.samples
+        assert v.codec_context.name == "h264" and a.codec_context.name == "aac"
+        assert (v.width, v.height) == (512, 512)
+        return {"frames": len(frames), "video_s": len(frames) / float(v.average_rate), "audio_s": samples / a.rate, "first": frames[0], "all": frames}  # type: ignore[dict-item]
+
+
+def test_render_writes_matching_h264_aac(tmp_path: Path, speech: np.ndarray) -> None:
+    pcm = speech[: int(16000 * 2.5)]
+    save_wav(tmp_path / "in.wav", pcm)
+    assert main(["render", str(tmp_path / "in.wav"), "-o", str(tmp_path / "out.mp4"), "--cache-dir", str(tmp_path / "c")]) == 0
+    info = probe(tmp_path / "out.mp4")
+    assert info["frames"] == 75
+    assert abs(info["video_s"] - 2.5) < 1 / 30 + 1e-6
+    assert abs(info["audio_s"] - 2.5) < 0.07  # AAC pads to whole 64 ms packets at most
+
+
+def test_render_with_a_local_character_file(tmp_path: Path, speech: np.ndarray) -> None:
+    video, _ = default_character_files()
+    shutil.copy(video, tmp_path / "me.mp4")
+    save_wav(tmp_path / "in.wav", speech[:8000])
+    out = tmp_path / "out.mp4"
+    assert main(["render", str(tmp_path / "in.wav"), "-o", str(out), "--character", str(tmp_path / "me.mp4"), "--cache-dir", str(tmp_path / "c")]) == 0
+    assert probe(out)["frames"] == 15
+
+
+def test_render_errors_exit_nonzero(tmp_path: Path, speech: np.ndarray) -> None:
+    assert main(["render", str(tmp_path / "missing.wav"), "-o", str(tmp_path / "o.mp4")]) == 2
+    save_wav(tmp_path / "in.wav", speech[:8000])
+    assert main(["render", str(tmp_path / "in.wav"), "-o", str(tmp_path / "o.mp4"), "--character", str(tmp_path / "nobody.mp4"), "--cache-dir", str(tmp_path / "c")]) == 1
+    assert not (tmp_path / "o.mp4").exists()  # no half-written video left behind
+
+
+def test_demo_mouth_moves_with_the_bundled_sentence(tmp_path: Path) -> None:
+    out = tmp_path / "demo.mp4"
+    assert main(["demo", "-o", str(out), "--cache-dir", str(tmp_path / "c")]) == 0
+    info = probe(out)
+    frames = info["all"]
+    assert abs(info["video_s"] - info["audio_s"]) < 0.1
+    mouth = np.array([f[280:370, 200:310].astype(float).mean() for f in frames])
+    assert mouth.max() - mouth.min() > 10  # it opens and closes
+
+
+def test_serve_help_lists_the_options() -> None:
+    text = build_parser().format_help()
+    assert "serve" in text and "render" in text
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--port", "x"])
