@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 from .character import CharacterError, CharacterStore
 from .engines import DEFAULT_ENGINE, get_engine
 from .fetch import FetchConfig, Fetcher
-from .pipeline import DEFAULT_JPEG_QUALITY, FrameRenderer
+from .pipeline import DEFAULT_JPEG_QUALITY, FrameRenderer, StageTimes
 from .protocol import ErrorKind, ProtocolError, error_message, parse_first_message
 from .session import Fail, Finish, Limits, Render, Session, State, Wait
 
@@ -69,6 +69,7 @@ class LipsyncServer:
         self._ids = itertools.count(1)
         self.active_sessions = 0
         self.sessions_total = 0
+        self.stage_times = StageTimes()  # summed over finished sessions
 
     # --- HTTP side -------------------------------------------------------------------------------
 
@@ -171,6 +172,7 @@ class LipsyncServer:
                     await self._fail(ws, sid, step.kind, step.detail)
                     return
         finally:
+            self.stage_times.add(renderer.times)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await reader
