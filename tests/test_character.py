@@ -11,7 +11,7 @@ import av
 import numpy as np
 import pytest
 
-from lipsync_stream.character import Character, CharacterError, CharacterStore, build_character, decode_video, face_crop, load_default_character
+from lipsync_stream.character import Character, CharacterError, CharacterStore, decode_video, face_crop, load_default_character, square_frames
 from lipsync_stream.faces import face_det_results
 from lipsync_stream.fetch import FetchConfig, Fetcher
 
@@ -29,9 +29,9 @@ def write_video(path: Path, frames: list[np.ndarray]) -> None:
 
 
 def test_ping_pong_never_jumps() -> None:
-    c = Character("x", np.zeros((4, 1, 1, 3), np.uint8), np.zeros((4, 4), np.int32), np.zeros((4, 4), np.float32))
+    c = Character("x", np.zeros((4, 1, 1, 3), np.uint8), np.zeros((4, 4), np.int32), np.zeros((4, 478, 2), np.float32))
     assert [c.ref_index(k) for k in range(10)] == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
-    single = Character("y", np.zeros((1, 1, 1, 3), np.uint8), np.zeros((1, 4), np.int32), np.zeros((1, 4), np.float32))
+    single = Character("y", np.zeros((1, 1, 1, 3), np.uint8), np.zeros((1, 4), np.int32), np.zeros((1, 478, 2), np.float32))
     assert single.ref_index(7) == 0
 
 
@@ -55,10 +55,11 @@ def test_crop_is_square_around_the_face_and_never_stretches() -> None:
     import cv2
 
     cv2.circle(frame, (900, 300), 60, (255, 255, 255), -1)
-    c = build_character("wide", [frame], boxes)
-    ys, xs = np.nonzero(c.frames[0, :, :, 0] > 128)
+    frames, new_boxes = square_frames([frame], boxes[:1])
+    assert frames.shape == (1, 512, 512, 3)
+    ys, xs = np.nonzero(frames[0, :, :, 0] > 128)
     assert abs((xs.max() - xs.min()) - (ys.max() - ys.min())) <= 2
-    assert c.boxes[0, 3] - c.boxes[0, 2] == pytest.approx(200 * 512 / 600, abs=1)
+    assert new_boxes[0, 3] - new_boxes[0, 2] == pytest.approx(200 * 512 / 600, abs=1)
 
 
 def test_broken_video_is_a_character_error(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lipsync_stream.character import load_default_character
-from lipsync_stream.faces import FaceError, FaceTrack, boxes_from_face_det_results, detect_face, detect_faces, face_det_results, safe_unpickle
+from lipsync_stream.faces import FaceError, boxes_from_face_det_results, detect_face, detect_faces, face_det_results, safe_unpickle
 
 
 class RunsCode:
@@ -64,7 +64,7 @@ def test_face_det_results_are_validated(obj: object, message: str) -> None:
         boxes_from_face_det_results(obj, 2, 100, 100)
 
 
-def test_haar_detector_finds_the_default_face_and_not_a_wall() -> None:
+def test_detector_finds_the_default_face_and_not_a_wall() -> None:
     character = load_default_character()
     box = detect_face(character.frames[0])
     assert box is not None
@@ -77,10 +77,3 @@ def test_video_without_a_face_is_an_error() -> None:
     frames = [np.full((200, 200, 3), v, np.uint8) for v in range(0, 60, 10)]
     with pytest.raises(FaceError, match="no face"):
         detect_faces(frames)
-
-
-def test_face_track_round_trip(tmp_path: Path) -> None:
-    track = FaceTrack(np.array([[1, 2, 3, 4]], np.int32), np.array([[1.5, 2.5, 3.5, 0.0]], np.float32))
-    track.save(tmp_path / "t.npz")
-    loaded = FaceTrack.load(tmp_path / "t.npz")
-    assert np.array_equal(loaded.boxes, track.boxes) and np.array_equal(loaded.mouths, track.mouths)

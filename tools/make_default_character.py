@@ -5,20 +5,25 @@
 The photograph (Eileen Collins, NASA, public domain) ships inside scikit-image. This script
 upscales the face region, closes the smiling lips (so silence shows a closed mouth), then
 animates a loop of a few seconds: breathing, a slight head sway and a blink. It writes
-``src/lipsync_stream/assets/default/character.mp4`` (512x512 H.264) and ``faces.npz`` (per-frame
-face boxes and closed-mouth geometry). Coordinates marked "photo" were measured by hand on the
+``src/lipsync_stream/assets/default/character.mp4`` (512x512 H.264) and
+``character.landmarks.npz`` (per-frame face-mesh landmarks, as ``prepare`` writes them). Coordinates marked "photo" were measured by hand on the
 512x512 photograph.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import av
 import cv2
 import numpy as np
 import skimage.data
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from lipsync_stream.character import decode_video, landmarks_path_for  # noqa: E402
+from lipsync_stream.landmarks import Landmarks, track_landmarks  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "lipsync_stream" / "assets" / "default"
 DOCS_DIR = Path(__file__).resolve().parents[1] / "docs"
@@ -27,7 +32,6 @@ N_FRAMES = 120  # 4 s forward; the server plays it back and forth
 CROP = 224  # photo pixels across the output: x2.29, so the mouth is about 95 px wide
 
 # photo coordinates
-FACE_BOX = (66, 161, 177, 272)  # y1, y2, x1, x2 (OpenCV's Haar cascade on the photo)
 FACE_CENTRE = (224.5, 113.5)
 UPPER_INNER_LIP = [(202, 140.8), (210, 141.8), (224, 141.6), (238, 141.4), (245, 140.3)]
 LOWER_INNER_LIP = [(202, 141.2), (209, 146.5), (216, 148.8), (224, 149.6), (232, 148.5), (240, 145.5), (245, 140.8)]
@@ -102,15 +106,12 @@ def main() -> None:
     photo = skimage.data.astronaut()[:, :, ::-1].copy()  # RGB -> BGR
     scale = SIZE / CROP
     big = upscale(photo, scale)
-    big, mouth_x, mouth_y, mouth_hw = close_lips(big, scale)
+    big, _, _, mouth_hw = close_lips(big, scale)
     crop_x = FACE_CENTRE[0] * scale - SIZE / 2
     crop_y = FACE_CENTRE[1] * scale - 0.45 * SIZE
     pivot = (NECK_PIVOT[0] * scale, NECK_PIVOT[1] * scale)
-    y1, y2, x1, x2 = (v * scale for v in FACE_BOX)
-    corners = np.array([[x1, y1, 1], [x2, y1, 1], [x1, y2, 1], [x2, y2, 1]])
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    boxes, mouths = [], []
     with av.open(str(OUT_DIR / "character.mp4"), "w") as container:
         stream = container.add_stream("libx264", rate=30)
         stream.width = stream.height = SIZE
@@ -122,23 +123,28 @@ def main() -> None:
             m[0, 2] += dx - crop_x
             m[1, 2] += dy - crop_y
             frame = cv2.warpAffine(blink(big, scale, BLINK.get(i, 0.0)), m, (SIZE, SIZE), flags=cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
-            box = corners @ m.T
-            boxes.append([box[:, 1].min(), box[:, 1].max(), box[:, 0].min(), box[:, 0].max()])
-            cx, cy = m @ np.array([mouth_x, mouth_y, 1.0])
-            mouths.append([cx, cy, mouth_hw * sc, -math.radians(rot)])
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")):
                 container.mux(packet)
             if i == 0:
                 cv2.imwrite(str(DOCS_DIR / "default-character.jpg"), frame, [cv2.IMWRITE_JPEG_QUALITY, 80])
         for packet in stream.encode():
             container.mux(packet)
-    np.savez_compressed(
-        OUT_DIR / "faces.npz",
-        boxes=np.clip(np.round(boxes), 0, SIZE).astype(np.int32),
-        mouths=np.asarray(mouths, dtype=np.float32),
-    )
-    print(f"wrote {OUT_DIR}: {N_FRAMES} frames, mouth {2 * mouth_hw:.0f} px wide at ({mouths[0][0]:.0f}, {mouths[0][1]:.0f})")
+    print(f"wrote {OUT_DIR / 'character.mp4'}: {N_FRAMES} frames, mouth {2 * mouth_hw:.0f} px wide")
+    write_landmarks()
+
+
+def write_landmarks() -> None:
+    """Face-mesh landmarks of the video as the server decodes it (what ``prepare`` would write)."""
+    video = OUT_DIR / "character.mp4"
+    frames = decode_video(video)
+    landmarks = Landmarks(track_landmarks(frames))
+    landmarks.save(landmarks_path_for(video))
+    widths = 2 * landmarks.mouths()[:, 2]
+    print(f"wrote {landmarks_path_for(video)}: mouth {widths.min():.0f}-{widths.max():.0f} px wide")
 
 
 if __name__ == "__main__":
-    main()
+    if "--landmarks-only" in sys.argv:
+        write_landmarks()
+    else:
+        main()

@@ -15,8 +15,9 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -25,7 +26,8 @@ import cv2
 import numpy as np
 
 from .engines.base import MouthGeometry, ReferenceFrame
-from .faces import FaceError, FaceTrack, detect_faces, estimate_mouths, load_face_det_results
+from .faces import FaceError, detect_faces, load_face_det_results
+from .landmarks import N_POINTS, Landmarks, track_landmarks
 from .fetch import Fetcher, FetchError
 from .protocol import DEFAULT_CHARACTER, FRAME_HEIGHT, FRAME_WIDTH
 
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 MAX_FRAMES = 900  # 30 s at 30 fps; longer videos are cut (memory: 0.75 MiB a frame)
 FACE_SCALE = 3.0  # the crop is this many face sizes wide, when the video allows
 FACE_CENTRE_HEIGHT = 0.45  # where the face centre sits in the crop, from the top
+LANDMARKS_SUFFIX = ".landmarks.npz"
 
 
 class CharacterError(Exception):
@@ -45,14 +48,19 @@ class Character:
     key: str
     frames: np.ndarray  # (N, 512, 512, 3) uint8 BGR, read-only
     boxes: np.ndarray  # (N, 4) int32 y1, y2, x1, x2 in 512 space
-    mouths: np.ndarray  # (N, 4) float32 cx, cy, half_width, angle
+    landmarks: np.ndarray  # (N, 478, 2) float32 face-mesh points in 512 space
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mouths", Landmarks(self.landmarks).mouths())
+
+    mouths: np.ndarray = field(init=False)  # (N, 4) float32 cx, cy, half_width, angle
 
     def __len__(self) -> int:
         return len(self.frames)
 
     @property
     def nbytes(self) -> int:
-        return int(self.frames.nbytes)
+        return int(self.frames.nbytes + self.landmarks.nbytes)
 
     def ref_index(self, k: int) -> int:
         """Reference frame for output frame *k*: 0, 1, ..., N-1, N-2, ..., 1, 0, 1, ..."""
@@ -65,7 +73,7 @@ class Character:
     def reference(self, k: int) -> ReferenceFrame:
         i = self.ref_index(k)
         cx, cy, hw, angle = (float(v) for v in self.mouths[i])
-        return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle))
+        return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle), self.landmarks[i])
 
 
 # --- building a character from a video ----------------------------------------------------------
@@ -108,11 +116,16 @@ def face_crop(boxes: np.ndarray, width: int, height: int) -> tuple[int, int, int
     return x0, y0, side
 
 
-def build_character(key: str, frames: list[np.ndarray], boxes: np.ndarray) -> Character:
-    """Crop and scale *frames* to 512x512 around the faces in *boxes* (source coordinates)."""
+def square_frames(frames: list[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Crop and scale *frames* to 512x512 around the faces in *boxes* (source coordinates).
+
+    Returns the frames and the boxes in 512 space. A 512x512 video is taken as it is.
+    """
     h, w = frames[0].shape[:2]
     if any(f.shape != frames[0].shape for f in frames):
         raise CharacterError("video frames change size mid-stream")
+    if (h, w) == (FRAME_HEIGHT, FRAME_WIDTH):
+        return np.stack(frames), boxes.astype(np.int32)
     x0, y0, side = face_crop(boxes, w, h)
     scale = FRAME_WIDTH / side
     interp = cv2.INTER_AREA if side > FRAME_WIDTH else cv2.INTER_CUBIC
@@ -122,33 +135,40 @@ def build_character(key: str, frames: list[np.ndarray], boxes: np.ndarray) -> Ch
         out[i] = crop if side == FRAME_WIDTH else cv2.resize(crop, (FRAME_WIDTH, FRAME_HEIGHT), interpolation=interp)
     b = boxes.astype(np.float64)
     new_boxes = np.stack([(b[:, 0] - y0) * scale, (b[:, 1] - y0) * scale, (b[:, 2] - x0) * scale, (b[:, 3] - x0) * scale], axis=1)
-    new_boxes = np.clip(np.round(new_boxes), 0, FRAME_WIDTH).astype(np.int32)
-    mouths = estimate_mouths(out, new_boxes)
-    out.flags.writeable = False
-    log.info("character %s: %d frames %dx%d, crop %d px at (%d, %d)", key, len(out), w, h, side, x0, y0)
-    return Character(key, out, new_boxes, mouths)
+    log.info("cropped %dx%d video to a %d px square at (%d, %d)", w, h, side, x0, y0)
+    return out, np.clip(np.round(new_boxes), 0, FRAME_WIDTH).astype(np.int32)
 
 
-def load_prepared(key: str, video: Path, track: FaceTrack) -> Character:
-    """A character whose video is already 512x512 and whose faces and mouths are known."""
-    frames = decode_video(video)
-    if frames[0].shape != (FRAME_HEIGHT, FRAME_WIDTH, 3):
-        raise CharacterError(f"prepared character video must be {FRAME_WIDTH}x{FRAME_HEIGHT}, got {frames[0].shape[1]}x{frames[0].shape[0]}")
-    if len(track.boxes) != len(frames) or len(track.mouths) != len(frames):
-        raise CharacterError(f"face track has {len(track.boxes)} entries but the video has {len(frames)} frames")
-    arr = np.stack(frames)
-    arr.flags.writeable = False
-    return Character(key, arr, track.boxes, track.mouths)
+def make_character(key: str, frames: np.ndarray, landmarks: np.ndarray, boxes: np.ndarray | None = None) -> Character:
+    """A character from 512x512 frames and their landmarks (boxes default to the face oval)."""
+    if frames.shape[1:] != (FRAME_HEIGHT, FRAME_WIDTH, 3):
+        raise CharacterError(f"character frames must be {FRAME_WIDTH}x{FRAME_HEIGHT}, got {frames.shape[2]}x{frames.shape[1]}")
+    if len(landmarks) != len(frames):
+        raise CharacterError(f"landmarks cover {len(landmarks)} frames but the video has {len(frames)}")
+    if boxes is None:
+        boxes = Landmarks(landmarks).boxes()
+    frames.flags.writeable = False
+    landmarks = np.ascontiguousarray(landmarks, dtype=np.float32)
+    landmarks.flags.writeable = False
+    character = Character(key, frames, boxes, landmarks)
+    log.info("character %s: %d frames, mouth %.0f px wide", key, len(frames), 2 * float(np.median(character.mouths[:, 2])))
+    return character
 
 
 def default_character_files() -> tuple[Path, Path]:
+    """The embedded default character: its video and its landmarks."""
     base = resources.files("lipsync_stream") / "assets" / "default"
-    return Path(str(base / "character.mp4")), Path(str(base / "faces.npz"))
+    return Path(str(base / "character.mp4")), Path(str(base / "character.landmarks.npz"))
+
+
+def landmarks_path_for(video: Path) -> Path:
+    """Where ``prepare`` puts a video's landmarks: ``NAME.landmarks.npz`` beside ``NAME.mp4``."""
+    return video.with_name(video.stem + LANDMARKS_SUFFIX)
 
 
 def load_default_character() -> Character:
-    video, faces = default_character_files()
-    return load_prepared(DEFAULT_CHARACTER, video, FaceTrack.load(faces))
+    video, landmarks = default_character_files()
+    return make_character(DEFAULT_CHARACTER, np.stack(decode_video(video)), Landmarks.load(landmarks).points)
 
 
 def _file_digest(path: Path) -> str:
@@ -216,25 +236,56 @@ class CharacterStore:
             return load_default_character()
         video = self.fetcher.resolve(video_ref)
         frames = decode_video(video)
-        h, w = frames[0].shape[:2]
+        n, (h, w) = len(frames), frames[0].shape[:2]
+        digest = _file_digest(video)
         if faces_ref is not None:
-            boxes = load_face_det_results(self.fetcher.resolve(faces_ref), len(frames), w, h)
-            return build_character(video_ref, frames, boxes)
-        # Faces detected on load are cached on disk by video content.
-        boxes_path = self.fetcher.config.cache_dir / "faces" / f"{_file_digest(video)}-{len(frames)}.npy"
+            boxes: np.ndarray | None = load_face_det_results(self.fetcher.resolve(faces_ref), n, w, h)
+        elif (h, w) != (FRAME_HEIGHT, FRAME_WIDTH):
+            boxes = self._cached(f"faces/{digest}-{n}.npy", (n, 4), lambda: detect_faces(frames), f"face detection for {video_ref}")
+        else:
+            boxes = None  # already 512x512: the landmarks give the boxes
+        square, square_boxes = square_frames(frames, boxes) if boxes is not None else (np.stack(frames), None)
+        del frames
+        landmarks = None
+        if (h, w) == (FRAME_HEIGHT, FRAME_WIDTH):
+            landmarks = self._prepared_landmarks(video_ref, n)
+        if landmarks is None:
+            crop_key = hashlib.sha256(b"" if square_boxes is None else square_boxes.tobytes()).hexdigest()[:12]
+            landmarks = self._cached(f"landmarks/{digest}-{n}-{crop_key}.npy", (n, N_POINTS, 2), lambda: track_landmarks(square), f"landmarks for {video_ref}")
+        return make_character(video_ref, square, landmarks, square_boxes)
+
+    def _prepared_landmarks(self, video_ref: str, n: int) -> np.ndarray | None:
+        """Landmarks that ``prepare`` wrote beside the video, when there are any."""
+        base, dot, suffix = video_ref.rpartition(".")
+        if not dot or "/" in suffix:
+            return None
         try:
-            boxes = np.load(boxes_path, allow_pickle=False)
-            if boxes.shape == (len(frames), 4):
-                log.info("using cached face detection for %s", video_ref)
-                return build_character(video_ref, frames, boxes)
+            path = self.fetcher.resolve(base + LANDMARKS_SUFFIX)
+        except FetchError:
+            return None
+        points = Landmarks.load(path).points
+        if len(points) != n:
+            log.warning("ignoring %s: %d frames of landmarks for %d video frames", path.name, len(points), n)
+            return None
+        log.info("using prepared landmarks for %s", video_ref)
+        return points
+
+    def _cached(self, name: str, shape: tuple[int, ...], compute: Callable[[], np.ndarray], what: str) -> np.ndarray:
+        """*compute*'s result, kept on disk under the cache directory by content key."""
+        path = self.fetcher.config.cache_dir / name
+        try:
+            value = np.load(path, allow_pickle=False)
+            if value.shape == shape:
+                log.info("using cached %s", what)
+                return value
         except FileNotFoundError:
             pass
         except (OSError, ValueError) as exc:
-            log.warning("ignoring unreadable face cache %s: %s", boxes_path, exc)
-        log.info("detecting faces in %s (%d frames)", video_ref, len(frames))
-        boxes = detect_faces(frames)
-        boxes_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = boxes_path.with_name(f"{boxes_path.stem}.{threading.get_ident()}.tmp.npy")
-        np.save(tmp, boxes)
-        tmp.replace(boxes_path)
-        return build_character(video_ref, frames, boxes)
+            log.warning("ignoring unreadable cache file %s: %s", path, exc)
+        log.info("computing %s (%d frames)", what, shape[0])
+        value = compute()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{threading.get_ident()}.tmp.npy")
+        np.save(tmp, value)
+        tmp.replace(path)
+        return value

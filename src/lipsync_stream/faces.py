@@ -2,8 +2,8 @@
 
 A ``face_det_results`` pickle from a URL is untrusted: it is read by an unpickler that can build
 only lists, tuples, numbers, strings and plain numpy arrays (no object dtype), so nothing in it
-can run code. When no pickle is given, faces are found with OpenCV's Haar cascade, which ships
-inside the opencv package (no download).
+can run code. When no pickle is given, faces are found with MediaPipe's face detector, whose
+model ships inside the mediapipe wheel (no download).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import io
 import logging
 import pickle
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,49 +139,65 @@ def face_det_results(frames: Sequence[np.ndarray], boxes: np.ndarray) -> list[li
 
 # --- detection ----------------------------------------------------------------------------------
 
-_CASCADE_FILE = "haarcascade_frontalface_default.xml"
-DETECT_MAX_SIDE = 480
+DETECT_MAX_SIDE = 640  # frames are scaled down to this for detection: faster, and enough
 
 
-def _cascade() -> cv2.CascadeClassifier:
-    cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / _CASCADE_FILE))
-    if cascade.empty():
-        raise FaceError(f"OpenCV's {_CASCADE_FILE} could not be loaded")
-    return cascade
+class FaceDetector:
+    """MediaPipe's full-range face detector (its model ships inside the wheel: no download).
+
+    One per thread: MediaPipe graphs are not safe to share between threads.
+    """
+
+    def __init__(self, min_confidence: float = 0.5) -> None:
+        from .mediapipe_models import solutions
+
+        self._detector = solutions().face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
+
+    def __enter__(self) -> "FaceDetector":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._detector.close()
+
+    def detect(self, image: np.ndarray) -> tuple[int, int, int, int] | None:
+        """The most confident face in a BGR image as (y1, y2, x1, x2), or None."""
+        h, w = image.shape[:2]
+        scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
+        small = image if scale == 1.0 else cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+        result = self._detector.process(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
+        if not result.detections:
+            return None
+        best = max(result.detections, key=lambda d: d.score[0])
+        box = best.location_data.relative_bounding_box
+        x1, y1 = max(0, round(box.xmin * w)), max(0, round(box.ymin * h))
+        x2, y2 = min(w, round((box.xmin + box.width) * w)), min(h, round((box.ymin + box.height) * h))
+        if x2 - x1 < 8 or y2 - y1 < 8:
+            return None
+        return y1, y2, x1, x2
 
 
-def detect_face(image: np.ndarray, cascade: cv2.CascadeClassifier | None = None) -> tuple[int, int, int, int] | None:
-    """The largest frontal face in a BGR image as (y1, y2, x1, x2), or None."""
-    cascade = cascade or _cascade()
-    h, w = image.shape[:2]
-    scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    if scale < 1.0:
-        gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-    gray = cv2.equalizeHist(gray)
-    min_side = max(24, int(min(gray.shape) * 0.08))
-    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(min_side, min_side))
-    if len(found) == 0:
-        return None
-    x, y, fw, fh = max(found, key=lambda r: r[2] * r[3])
-    x1, y1 = int(round(x / scale)), int(round(y / scale))
-    x2, y2 = min(w, int(round((x + fw) / scale))), min(h, int(round((y + fh) / scale)))
-    return y1, y2, x1, x2
+def detect_face(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    """One-off detection (creates a detector; use :class:`FaceDetector` for many frames)."""
+    with FaceDetector() as detector:
+        return detector.detect(image)
 
 
 def detect_faces(frames: Sequence[np.ndarray], stride: int = 3, progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Face boxes for every frame: detect every *stride* frames, fill gaps, smooth over time."""
     n = len(frames)
-    cascade = _cascade()
     sample_idx = sorted(set(range(0, n, max(1, stride))) | {n - 1})
     found_idx, found = [], []
-    for i in sample_idx:
-        box = detect_face(frames[i], cascade)
-        if box is not None:
-            found_idx.append(i)
-            found.append(box)
-        if progress:
-            progress(1)
+    with FaceDetector() as detector:
+        for i in sample_idx:
+            box = detector.detect(frames[i])
+            if box is not None:
+                found_idx.append(i)
+                found.append(box)
+            if progress:
+                progress(1)
     if not found:
         raise FaceError(f"no face found in the video ({len(sample_idx)} frames searched)")
     if len(found) < 0.3 * len(sample_idx):
@@ -209,57 +224,3 @@ def smooth_boxes(boxes: np.ndarray, radius: int = 4) -> np.ndarray:
     padded = np.pad(med, ((2, 2), (0, 0)), mode="edge")
     kernel = np.ones(5) / 5
     return np.stack([np.convolve(padded[:, j], kernel, mode="valid") for j in range(4)], axis=1)
-
-
-# --- mouth position -----------------------------------------------------------------------------
-
-MOUTH_SEARCH = (0.62, 0.95)  # rows of the face box where the lip line may be
-MOUTH_HALF_WIDTH = 0.21  # of the face box width
-
-
-def estimate_mouths(frames: Sequence[np.ndarray], boxes: np.ndarray) -> np.ndarray:
-    """Closed-mouth geometry per frame (cx, cy, half_width, angle), from boxes and the lip line.
-
-    The lip line of a closed mouth is the darkest horizontal run across the middle of the lower
-    face; its height, relative to the box, is taken as the median over frames, so that it stays
-    as steady as the boxes.
-    """
-    rel = []
-    step = max(1, len(frames) // 60)
-    for i in range(0, len(frames), step):
-        y1, y2, x1, x2 = (int(v) for v in boxes[i])
-        h, w = y2 - y1, x2 - x1
-        if h < 16 or w < 16:
-            continue
-        r0, r1 = y1 + int(MOUTH_SEARCH[0] * h), y1 + int(MOUTH_SEARCH[1] * h)
-        c0, c1 = x1 + int(0.35 * w), x1 + int(0.65 * w)
-        gray = cv2.cvtColor(frames[i][r0:r1, c0:c1], cv2.COLOR_BGR2GRAY).astype(np.float32)
-        if gray.size == 0:
-            continue
-        rows = np.convolve(gray.mean(axis=1), np.ones(3) / 3, mode="same")
-        rows[0] = rows[-1] = np.inf  # the convolution's edges are not real minima
-        rel.append((r0 + int(np.argmin(rows)) - y1) / h)
-    rel_y = float(np.median(rel)) if rel else 0.8
-    b = boxes.astype(np.float32)
-    cx = 0.5 * (b[:, 2] + b[:, 3])
-    cy = b[:, 0] + rel_y * (b[:, 1] - b[:, 0])
-    half = MOUTH_HALF_WIDTH * (b[:, 3] - b[:, 2])
-    return np.stack([cx, cy, half, np.zeros_like(cx)], axis=1).astype(np.float32)
-
-
-@dataclass(frozen=True)
-class FaceTrack:
-    """Per-frame face boxes (y1, y2, x1, x2) and mouths (cx, cy, half_width, angle)."""
-
-    boxes: np.ndarray
-    mouths: np.ndarray
-
-    def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez_compressed(tmp, boxes=self.boxes.astype(np.int32), mouths=self.mouths.astype(np.float32))
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: Path) -> "FaceTrack":
-        with np.load(path, allow_pickle=False) as data:
-            return cls(boxes=data["boxes"].astype(np.int32), mouths=data["mouths"].astype(np.float32))

@@ -31,6 +31,7 @@ class ReferenceFrame:
     index: int
     image: np.ndarray  # (512, 512, 3) uint8 BGR, read-only
     mouth: MouthGeometry
+    landmarks: np.ndarray | None = None  # (478, 2) face-mesh points, when the character has them
 
 
 @dataclass(frozen=True)
