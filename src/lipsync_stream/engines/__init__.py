@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from .base import CLOSED, Engine, EngineStream, MouthGeometry, MouthShape, ReferenceFrame
 from .energy import EnergyEngine
+from .viseme import VisemeEngine
 
-ENGINES: dict[str, type[Engine]] = {EnergyEngine.name: EnergyEngine}
-DEFAULT_ENGINE = EnergyEngine.name
+ENGINES: dict[str, type[Engine]] = {VisemeEngine.name: VisemeEngine, EnergyEngine.name: EnergyEngine}
+DEFAULT_ENGINE = VisemeEngine.name
 
 
 def get_engine(name: str = DEFAULT_ENGINE) -> Engine:

@@ -39,11 +39,19 @@ class MouthShape:
     """Mouth parameters for one frame, engine-independent.
 
     ``open``: 0 = lips closed (the reference frame unchanged), 1 = wide open.
-    ``width``: -1 = rounded/narrow (o, u), 0 = neutral, 1 = spread (i, e).
+    ``width``: -1 = narrow (o, u), 0 = neutral, 1 = spread (i, e).
+    ``round``: 0..1, lips pushed forward into a round opening (o, u, w).
+    ``tuck``: 0..1, lower lip raised against the upper teeth (f, v).
     """
 
     open: float = 0.0
     width: float = 0.0
+    round: float = 0.0
+    tuck: float = 0.0
+
+    @property
+    def is_rest(self) -> bool:
+        return max(abs(self.open), abs(self.width), abs(self.round), abs(self.tuck)) <= 1e-3
 
 
 CLOSED = MouthShape()

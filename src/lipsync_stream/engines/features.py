@@ -1,0 +1,121 @@
+"""Speech features on 10 ms hops of a 16 kHz stream: level, voicing, band energies, formants.
+
+Everything is computed for a batch of hop centres at once with numpy (framing, FFT, LPC by a
+vectorized Levinson-Durbin recursion), so that an engine can afford to look at every hop in its
+lookahead window on every video frame, keeping no state between frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..protocol import SAMPLE_RATE
+
+HOP = 160  # 10 ms
+WIN = 400  # 25 ms
+NFFT = 1024  # zero-padded: the autocorrelation of a 400-sample frame does not wrap
+LPC_ORDER = 14
+PRE_EMPHASIS = 0.95
+_FREQS = np.fft.rfftfreq(NFFT, 1.0 / SAMPLE_RATE)
+_WINDOW = np.hanning(WIN).astype(np.float32)
+_LPC_WINDOW = np.hamming(WIN - 1).astype(np.float32)
+# The Hann window's own autocorrelation: dividing by it makes a periodic signal score near 1.
+_WINDOW_AC = np.fft.irfft(np.abs(np.fft.rfft(_WINDOW, NFFT)) ** 2)[:NFFT // 2]
+_PITCH_LAGS = slice(SAMPLE_RATE // 450, SAMPLE_RATE // 70)  # 70-450 Hz
+
+BANDS = {
+    "low": (60.0, 300.0),  # voicing and nasal murmur
+    "f1": (300.0, 1000.0),  # first formant: the jaw
+    "f2": (1000.0, 3000.0),  # second formant: the tongue and lips
+    "high": (3000.0, 5000.0),
+    "hiss": (5000.0, 8000.0),  # s, sh, f
+}
+_BAND_MASKS = {name: (_FREQS >= lo) & (_FREQS < hi) for name, (lo, hi) in BANDS.items()}
+_FORMANT_RANGE = (_FREQS >= 180) & (_FREQS <= 3500)
+_F1_BAND = (_FREQS >= 200) & (_FREQS <= 1100)
+_FRONT_LO = (_FREQS >= 200) & (_FREQS < 1600)
+_FRONT_HI = (_FREQS >= 1600) & (_FREQS < 3500)
+
+
+@dataclass(frozen=True)
+class Features:
+    """Per-hop features; every array has one entry per hop centre."""
+
+    level_db: np.ndarray  # RMS level in dBFS
+    voicing: np.ndarray  # 0..1, normalized autocorrelation peak in the pitch range
+    bands_db: dict[str, np.ndarray]  # energy per band, dB
+    f1: np.ndarray  # Hz, from the LPC envelope
+    f2: np.ndarray  # Hz
+    centroid: np.ndarray  # Hz, spectral centroid
+    f1_centroid: np.ndarray  # Hz, centre of the LPC envelope's mass in 200-1100 Hz: rises as the jaw opens
+    front_db: np.ndarray  # dB of 1.6-3.5 kHz over 0.2-1.6 kHz: high for spread front vowels, low for rounded
+
+    def __len__(self) -> int:
+        return len(self.level_db)
+
+
+def frames_at(signal: np.ndarray, centres: np.ndarray, width: int = WIN) -> np.ndarray:
+    """(len(centres), width) float32 frames centred on *centres*; outside the signal reads as 0."""
+    half = width // 2
+    padded = np.concatenate([np.zeros(half, np.float32), signal.astype(np.float32), np.zeros(half, np.float32)])
+    idx = centres[:, None] + np.arange(width)[None, :]  # padded coordinates: centre - half + j + half
+    return padded[np.clip(idx, 0, len(padded) - 1)]
+
+
+def levinson(r: np.ndarray, order: int) -> np.ndarray:
+    """LPC coefficients a[0..order] (a[0] = 1) for each row of autocorrelations *r*."""
+    n = r.shape[0]
+    a = np.zeros((n, order + 1), dtype=np.float64)
+    a[:, 0] = 1.0
+    err = r[:, 0].astype(np.float64) + 1e-9
+    for i in range(1, order + 1):
+        acc = r[:, i] + np.einsum("nj,nj->n", a[:, 1:i], r[:, i - 1 : 0 : -1]) if i > 1 else r[:, i].astype(np.float64)
+        k = -acc / err
+        a_prev = a[:, 1:i].copy()
+        a[:, 1:i] = a_prev + k[:, None] * a_prev[:, ::-1]
+        a[:, i] = k
+        err = err * (1.0 - k * k) + 1e-12
+    return a
+
+
+def analyse(signal: np.ndarray, centres: np.ndarray) -> Features:
+    """Features of the 25 ms frames centred on *centres* (sample indices into *signal*, int16)."""
+    x = frames_at(signal, centres) / 32768.0
+    level = 10.0 * np.log10(np.mean(x * x, axis=1) + 1e-10)
+
+    spec = np.fft.rfft(x * _WINDOW, NFFT)
+    power = spec.real**2 + spec.imag**2
+    bands = {name: 10.0 * np.log10(power[:, mask].sum(axis=1) + 1e-10) for name, mask in _BAND_MASKS.items()}
+    total = power[:, 1:].sum(axis=1) + 1e-12
+    centroid = (power[:, 1:] * _FREQS[1:]).sum(axis=1) / total
+
+    ac = np.fft.irfft(power, NFFT)[:, : NFFT // 2] / _WINDOW_AC
+    voicing = np.clip(ac[:, _PITCH_LAGS].max(axis=1) / (ac[:, 0] + 1e-12), 0.0, 1.0)
+
+    emph = (x[:, 1:] - PRE_EMPHASIS * x[:, :-1]) * _LPC_WINDOW
+    espec = np.fft.rfft(emph, NFFT)
+    r = np.fft.irfft(espec.real**2 + espec.imag**2, NFFT)[:, : LPC_ORDER + 1]
+    r[:, 0] *= 1.0001  # a little white noise keeps the recursion stable on silence
+    a = levinson(r, LPC_ORDER)
+    envelope = 1.0 / (np.abs(np.fft.rfft(a, NFFT)) ** 2 + 1e-12)
+    f1, f2 = _formants(np.log(envelope))
+    low_env = envelope[:, _F1_BAND]
+    f1c = (low_env * _FREQS[_F1_BAND]).sum(axis=1) / (low_env.sum(axis=1) + 1e-12)
+    front = 10.0 * np.log10((power[:, _FRONT_HI].sum(axis=1) + 1e-10) / (power[:, _FRONT_LO].sum(axis=1) + 1e-10))
+    return Features(level, voicing, bands, f1, f2, centroid, f1c, front)
+
+
+def _formants(envelope: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """F1 and F2: the first two local maxima of each LPC envelope between 180 and 3500 Hz."""
+    peak = np.zeros(envelope.shape, dtype=bool)
+    peak[:, 1:-1] = (envelope[:, 1:-1] > envelope[:, :-2]) & (envelope[:, 1:-1] >= envelope[:, 2:])
+    peak &= _FORMANT_RANGE[None, :]
+    count = np.cumsum(peak, axis=1)
+    first = np.argmax(peak & (count == 1), axis=1)
+    second = np.argmax(peak & (count == 2), axis=1)
+    has1, has2 = count[:, -1] >= 1, count[:, -1] >= 2
+    f1 = np.where(has1, _FREQS[first], 500.0)
+    f2 = np.where(has2, _FREQS[second], 1500.0)
+    return f1, f2

@@ -1,0 +1,283 @@
+"""Landmark-driven rendering: move lips, jaw and chin, warp the lower face, draw the mouth inside.
+
+The reference frame's face-mesh landmarks (lips, jaw, chin; nose, eyes and cheeks held still)
+are displaced to the target mouth shape, measured in units of the mouth's width so that one
+shape looks the same on every face. A thin-plate spline through these control points, pinned
+to a ring at the edge of the region, gives a smooth backward map that ``cv2.remap`` applies:
+nothing outside the region moves, and nothing inside folds or shows a seam. Between the inner
+lips goes a mouth interior (dark cavity, upper teeth, a hint of tongue) whose colours are
+taken from the face's own skin and lips, so it follows the character's lighting.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+from ..landmarks import CHIN, EYE_OUTER, JAW, LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER, MOUTH_CORNERS
+from .base import MouthShape, ReferenceFrame
+from .mouthwarp import compose_mouth
+
+# Displacements at full strength, in mouth widths.
+LOWER_LIP_DROP = 0.40  # inner lower lip at open = 1
+UPPER_LIP_LIFT = 0.07
+JAW_SHARE = 0.8  # of the lower lip's drop that the chin follows
+SPREAD = 0.16  # horizontal scale of the lips at width = +-1
+PROTRUDE = 0.05  # lips thicken outwards at round = 1
+ROUND_PULL = 0.22  # corners drawn in at round = 1
+TUCK_LIFT = 0.06  # upper lip lift for f/v, showing the teeth over the lower lip
+
+ANCHORS = [1, 2, 4, 5, 98, 327, 195, 33, 133, 263, 362, 50, 280, 116, 345, 234, 454, 93, 323]
+GRID_STEP = 6  # px between exact spline evaluations; bilinear in between
+FEATHER_PX = 10.0
+
+_LIP_IDS = sorted(set(LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER))
+
+
+def _smoothstep(e0: float, e1: float, x: np.ndarray | float) -> np.ndarray:
+    t = np.clip((np.asarray(x, dtype=np.float64) - e0) / (e1 - e0), 0.0, 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+def _tps_kernel(r2: np.ndarray) -> np.ndarray:
+    return np.where(r2 > 0, r2 * np.log(r2 + 1e-12), 0.0)
+
+
+def tps_fit(src: np.ndarray, dst: np.ndarray, reg: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Thin-plate spline mapping *src* points onto *dst* points: (weights, affine)."""
+    n = len(src)
+    d2 = ((src[:, None, :] - src[None, :, :]) ** 2).sum(-1)
+    k = _tps_kernel(d2) + reg * np.eye(n)
+    p = np.hstack([np.ones((n, 1)), src])
+    a = np.zeros((n + 3, n + 3))
+    a[:n, :n], a[:n, n:], a[n:, :n] = k, p, p.T
+    b = np.zeros((n + 3, 2))
+    b[:n] = dst
+    sol = np.linalg.solve(a, b)
+    return sol[:n], sol[n:]
+
+
+def tps_apply(src: np.ndarray, weights: np.ndarray, affine: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    p32, s32 = pts.astype(np.float32), src.astype(np.float32)
+    d2 = (p32 * p32).sum(1)[:, None] + (s32 * s32).sum(1)[None, :] - 2.0 * (p32 @ s32.T)
+    np.maximum(d2, 1e-12, out=d2)
+    kernel = d2 * np.log(d2)
+    return kernel @ weights.astype(np.float32) + affine[0] + pts @ affine[1:]
+
+
+class MouthFrame:
+    """The mouth's own coordinates: origin between the corners, x along them, unit = mouth width."""
+
+    def __init__(self, lm: np.ndarray) -> None:
+        left, right = lm[MOUTH_CORNERS[0]].astype(np.float64), lm[MOUTH_CORNERS[1]].astype(np.float64)
+        d = right - left
+        self.width = max(float(np.hypot(*d)), 8.0)
+        self.ex = d / self.width
+        self.ey = np.array([-self.ex[1], self.ex[0]])
+        self.origin = 0.5 * (left + right)
+
+    def to_uv(self, p: np.ndarray) -> np.ndarray:
+        q = (p - self.origin) / self.width
+        return np.stack([q @ self.ex, q @ self.ey], axis=-1)
+
+    def to_xy(self, uv: np.ndarray) -> np.ndarray:
+        return self.origin + self.width * (uv[..., :1] * self.ex + uv[..., 1:] * self.ey)
+
+
+def _lens(u: np.ndarray, power: float = 0.75) -> np.ndarray:
+    """1 at the middle of the mouth, 0 at the corners (u = +-0.5)."""
+    return np.clip(1.0 - (u / 0.5) ** 2, 0.0, 1.0) ** power
+
+
+def target_landmarks(lm: np.ndarray, shape: MouthShape) -> tuple[dict[int, np.ndarray], MouthFrame]:
+    """Where each moving landmark goes for *shape* (pixels), and the mouth frame used."""
+    frame = MouthFrame(lm)
+    uv = {i: frame.to_uv(lm[i].astype(np.float64)) for i in _LIP_IDS + JAW + [CHIN]}
+    opening = float(np.clip(shape.open, 0.0, 1.2))
+    width = float(np.clip(shape.width, -1.0, 1.0))
+    rnd, tuck = float(np.clip(shape.round, 0.0, 1.0)), float(np.clip(shape.tuck, 0.0, 1.0))
+
+    # Close the reference's own gap first, so that every target starts from closed lips.
+    closing: dict[int, float] = {}
+    for up, low in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER):
+        gap = float(uv[low][1] - uv[up][1])
+        if up != low and gap > 0:
+            closing[up], closing[low] = 0.5 * gap, -0.5 * gap
+    mid_gap = max(0.0, float(uv[14][1] - uv[13][1]))
+
+    drop = LOWER_LIP_DROP * opening
+    lift = UPPER_LIP_LIFT * opening + TUCK_LIFT * tuck
+    out: dict[int, np.ndarray] = {}
+    for i, (u, v) in uv.items():
+        du, dv = (SPREAD * width - ROUND_PULL * rnd) * u * (1.0 if abs(u) <= 0.6 else 0.6 / abs(u)), 0.0
+        if i in LIPS_UPPER_INNER:
+            dv = closing.get(i, 0.0) - lift * _lens(u)
+        elif i in LIPS_LOWER_INNER:
+            dv = closing.get(i, 0.0) + drop * _lens(u) - tuck * 0.02 * _lens(u)
+        elif i in LIPS_UPPER_OUTER:
+            dv = 0.5 * mid_gap * _lens(u) - (0.85 * lift + PROTRUDE * rnd) * _lens(u)
+        elif i in LIPS_LOWER_OUTER:
+            dv = -0.5 * mid_gap * _lens(u) + (0.95 * drop + PROTRUDE * rnd - 0.02 * tuck) * _lens(u)
+        else:  # jaw and chin follow the lower lip, less towards the ears
+            dv = (JAW_SHARE * drop - 0.5 * mid_gap) * float(np.clip(1.0 - abs(u) / 1.4, 0.2, 1.0))
+            du = 0.0
+        if i in MOUTH_CORNERS:
+            dv = 0.0
+        out[i] = frame.to_xy(np.array([u + du, v + dv]))
+    return out, frame
+
+
+def roi_for(lm: np.ndarray, frame: MouthFrame, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the lower face with room for the jaw to drop."""
+    h, w = size
+    pts = lm[JAW + [CHIN, 2, 98, 327]]
+    x0 = float(pts[:, 0].min()) - 0.25 * frame.width
+    x1 = float(pts[:, 0].max()) + 0.25 * frame.width
+    y0 = float(lm[2, 1]) - 0.15 * frame.width
+    y1 = float(lm[CHIN, 1]) + (JAW_SHARE * LOWER_LIP_DROP + 0.45) * frame.width
+    return max(0, int(y0)), min(h, int(math.ceil(y1))), max(0, int(x0)), min(w, int(math.ceil(x1)))
+
+
+def _ring(y0: int, y1: int, x0: int, x1: int, per_side: int = 7) -> np.ndarray:
+    xs = np.linspace(x0, x1 - 1, per_side)
+    ys = np.linspace(y0, y1 - 1, per_side)
+    pts = [(x, y0) for x in xs] + [(x, y1 - 1) for x in xs] + [(x0, y) for y in ys[1:-1]] + [(x1 - 1, y) for y in ys[1:-1]]
+    return np.array(pts, dtype=np.float64)
+
+
+def compose_landmarks(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
+    """A copy of the reference frame with its mouth in *shape*."""
+    lm = ref.landmarks
+    if lm is None:
+        return compose_mouth(ref, shape)
+    image = ref.image
+    frame0 = MouthFrame(lm)
+    gap0 = float(frame0.to_uv(lm[14].astype(np.float64))[1] - frame0.to_uv(lm[13].astype(np.float64))[1])
+    if shape.is_rest and gap0 < 0.03:
+        return image.copy()  # lips already closed: silence leaves the frame untouched
+
+    targets, frame = target_landmarks(lm, shape)
+    h, w = image.shape[:2]
+    y0, y1, x0, x1 = roi_for(lm, frame, (h, w))
+    if y1 - y0 < 16 or x1 - x0 < 16:
+        return image.copy()
+    opening_px = float(np.dot(targets[14] - targets[13], frame.ey))
+    ids = [i for i in targets if not (i in LIPS_LOWER_INNER and i not in MOUTH_CORNERS and opening_px < 1.5)]
+    dst = np.array([targets[i] for i in ids] + [lm[i] for i in ANCHORS], dtype=np.float64)
+    src = np.array([lm[i] for i in ids] + [lm[i] for i in ANCHORS], dtype=np.float64)
+    inside = (dst[:, 0] > x0) & (dst[:, 0] < x1 - 1) & (dst[:, 1] > y0) & (dst[:, 1] < y1 - 1)
+    ring = _ring(y0, y1, x0, x1)
+    dst = np.vstack([dst[inside], ring])
+    src = np.vstack([src[inside], ring])
+
+    # Backward map: for each output pixel, where to sample the reference. Fit in a local frame.
+    scale = frame.width
+    origin = np.array([x0, y0], dtype=np.float64)
+    weights, affine = tps_fit((dst - origin) / scale, (src - origin) / scale)
+    gy = np.arange(0, y1 - y0 + GRID_STEP, GRID_STEP, dtype=np.float64)
+    gx = np.arange(0, x1 - x0 + GRID_STEP, GRID_STEP, dtype=np.float64)
+    grid = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
+    mapped = tps_apply((dst - origin) / scale, weights, affine, grid / scale) * scale + origin
+    mapped = mapped.reshape(len(gy), len(gx), 2).astype(np.float32)
+    full_w, full_h = (len(gx) - 1) * GRID_STEP + 1, (len(gy) - 1) * GRID_STEP + 1
+    maps = cv2.resize(mapped, (full_w, full_h), interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
+    warped = cv2.remap(image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32)
+
+    if opening_px >= 0.6:
+        warped = _draw_interior(warped, image, lm, targets, frame, shape, (y0, x0), opening_px)
+
+    original = image[y0:y1, x0:x1].astype(np.float32)
+    yy = np.arange(y1 - y0, dtype=np.float32)[:, None]
+    xx = np.arange(x1 - x0, dtype=np.float32)[None, :]
+    edge = np.minimum(np.minimum(yy, (y1 - y0 - 1) - yy), np.minimum(xx, (x1 - x0 - 1) - xx))
+    feather = _smoothstep(0.0, FEATHER_PX, edge).astype(np.float32)[..., None]
+    out = image.copy()
+    out[y0:y1, x0:x1] = np.clip(original + feather * (warped - original) + 0.5, 0, 255).astype(np.uint8)
+    return out
+
+
+def _poly(points: list[np.ndarray], origin: tuple[int, int]) -> np.ndarray:
+    arr = np.array(points, dtype=np.float64) - np.array([origin[1], origin[0]])
+    return np.round(arr * 4).astype(np.int32)  # 2 fractional bits for cv2's sub-pixel drawing
+
+
+def _draw_interior(
+    warped: np.ndarray,
+    image: np.ndarray,
+    lm: np.ndarray,
+    targets: dict[int, np.ndarray],
+    frame: MouthFrame,
+    shape: MouthShape,
+    origin: tuple[int, int],
+    opening_px: float,
+) -> np.ndarray:
+    """Cavity, upper teeth and tongue between the target inner lips, lit like the face."""
+    upper = [targets[i] for i in LIPS_UPPER_INNER]
+    lower = [targets[i] for i in LIPS_LOWER_INNER]
+    poly = np.array(upper + lower[::-1])
+    # Work in the polygon's bounding box only (inside the region).
+    rh, rw = warped.shape[:2]
+    by0 = max(0, int(poly[:, 1].min()) - origin[0] - 2)
+    by1 = min(rh, int(math.ceil(poly[:, 1].max())) - origin[0] + 3)
+    bx0 = max(0, int(poly[:, 0].min()) - origin[1] - 2)
+    bx1 = min(rw, int(math.ceil(poly[:, 0].max())) - origin[1] + 3)
+    if by1 - by0 < 2 or bx1 - bx0 < 2:
+        return warped
+    origin = (origin[0] + by0, origin[1] + bx0)
+    h, w = by1 - by0, bx1 - bx0
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [_poly(upper + lower[::-1], origin)], 255, lineType=cv2.LINE_AA, shift=2)
+    alpha = mask.astype(np.float32) / 255.0
+    if alpha.max() <= 0.0:
+        return warped
+
+    # Lighting from the face itself: skin between nose and lip, and the lips' own colour.
+    fw = frame.width
+    skin_pt = 0.5 * (lm[2] + lm[0])
+    sx, sy = int(skin_pt[0]), int(skin_pt[1])
+    r = max(2, int(0.06 * fw))
+    skin = image[max(0, sy - r) : sy + r, max(0, sx - r) : sx + r].reshape(-1, 3).astype(np.float32)
+    skin_col = np.median(skin, axis=0) if len(skin) else np.array([150.0, 170.0, 200.0], np.float32)
+    light = float(np.clip(skin_col.mean() / 170.0, 0.35, 1.4))
+    cavity = np.array([38.0, 34.0, 70.0], np.float32) * light
+    teeth = np.array([196.0, 208.0, 218.0], np.float32) * min(1.0, 0.3 + 0.75 * light)
+    tongue = np.array([92.0, 98.0, 178.0], np.float32) * light
+
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    uv = frame.to_uv(np.stack([xs + origin[1], ys + origin[0]], axis=-1))
+    u, v = uv[..., 0].astype(np.float32), uv[..., 1].astype(np.float32)
+    up_uv = frame.to_uv(np.array(upper))
+    low_uv = frame.to_uv(np.array(lower))
+    order_up, order_low = np.argsort(up_uv[:, 0]), np.argsort(low_uv[:, 0])
+    v_up = np.interp(u, up_uv[order_up, 0], up_uv[order_up, 1]).astype(np.float32)
+    v_low = np.interp(u, low_uv[order_low, 0], low_uv[order_low, 1]).astype(np.float32)
+    gap = np.maximum(v_low - v_up, 1e-4)
+    depth = np.clip((v - v_up) / gap, 0.0, 1.0)  # 0 at the upper lip, 1 at the lower lip
+
+    # Cavity: darker in the middle and the back, a little light near the lips.
+    shade = 0.75 + 0.5 * np.abs(depth - 0.45) + 0.6 * np.clip(np.abs(u) - 0.25, 0.0, 0.3)
+    col = cavity[None, None, :] * shade[..., None]
+
+    # Upper teeth: a band under the upper lip, narrower than the mouth, shaded towards the corners.
+    open_w = opening_px / fw
+    teeth_h = min(0.085, 0.55 * open_w + 0.02 * shape.tuck)
+    in_teeth = _smoothstep(-0.012, 0.0, -(v - v_up - teeth_h)) * (1.0 - _smoothstep(0.26, 0.36, np.abs(u)))
+    teeth_shade = (0.78 + 0.22 * np.cos(np.clip(u / 0.36, -1, 1) * math.pi / 2)) * (0.8 + 0.2 * _smoothstep(0.0, 0.02, v - v_up))
+    t_alpha = (in_teeth * np.clip(open_w / 0.03, 0.0, 1.0)).astype(np.float32)[..., None]
+    col = col * (1 - t_alpha) + (teeth[None, None, :] * teeth_shade[..., None].astype(np.float32)) * t_alpha
+
+    # Tongue: a soft rounded hump resting on the lower lip when the mouth is well open.
+    tongue_a = _smoothstep(0.55, 0.85, depth) * (1.0 - _smoothstep(0.18, 0.32, np.abs(u))) * _smoothstep(0.12, 0.3, open_w)
+    tongue_a = (0.8 * tongue_a).astype(np.float32)[..., None]
+    col = col * (1 - tongue_a) + tongue[None, None, :] * tongue_a
+
+    # A soft shadow under the upper lip keeps the lip edge from looking cut out.
+    lip_shadow = 1.0 - 0.35 * (1.0 - _smoothstep(0.0, 0.03, v - v_up))
+    col = col * lip_shadow[..., None].astype(np.float32)
+
+    a = alpha[..., None]
+    box = warped[by0:by1, bx0:bx1]
+    warped[by0:by1, bx0:bx1] = box * (1.0 - a) + col.astype(np.float32) * a
+    return warped

@@ -1,0 +1,148 @@
+"""The viseme engine: speech sounds -> mouth shapes, drawn with a landmark-driven warp.
+
+Per 10 ms hop the front end (:mod:`.features`) gives level, voicing, band energies, where the
+first formant sits and how much energy the front of the spectrum has. Soft rules turn these into
+memberships of a small viseme set:
+
+- ``sil``: silence (lips closed, relaxed), ``closed``: p/b/m and hums (lips pressed together:
+  a nasal murmur or voice bar has its energy below 300 Hz, a vowel of the same loudness does not),
+- ``a`` open, ``e`` mid, ``i`` spread, ``o`` round (o/u/w), ``fv`` lower lip to upper teeth,
+- ``rest``: other consonants (slightly parted, teeth together for s/z/sh).
+
+Each viseme has a target mouth shape; a frame's shape is the membership-weighted mean over hops
+from 40 ms before to 80 ms after the frame's centre, weighted towards the future, so the mouth
+starts moving before the sound (anticipatory coarticulation, within the declared lookahead).
+A closure is never blurred: if any hop inside the frame's own 33 ms is a closure, the lips close.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..protocol import FPS, SAMPLE_RATE
+from .base import Engine, EngineStream, MouthShape, ReferenceFrame
+from .features import HOP, Features, analyse
+from .meshwarp import compose_landmarks
+
+VISEMES = ("sil", "closed", "a", "e", "i", "o", "fv", "rest")
+
+#: target mouth per viseme: open (0..1), width (-1 round .. 1 spread), round (0..1), tuck (f/v)
+TARGETS: dict[str, MouthShape] = {
+    "sil": MouthShape(0.0, 0.0),
+    "closed": MouthShape(0.0, 0.0),
+    "a": MouthShape(0.95, 0.15),
+    "e": MouthShape(0.5, 0.45),
+    "i": MouthShape(0.25, 0.9),
+    "o": MouthShape(0.45, -0.7, round=1.0),
+    "fv": MouthShape(0.12, 0.1, tuck=1.0),
+    "rest": MouthShape(0.22, 0.2),
+}
+_TARGET_MATRIX = np.array([[t.open, t.width, t.round, t.tuck] for t in (TARGETS[v] for v in VISEMES)], dtype=np.float64)
+
+GATE_DB = -50.0  # absolute: below this it is silence
+FLOOR_BELOW_PEAK_DB = 38.0  # relative: this far under the loudest recent speech is silence too
+PEAK_DECAY_DB_PER_FRAME = 0.03
+PAST_S, FUTURE_S, LEAD_S, SPREAD_S = 0.04, 0.08, 0.02, 0.04  # coarticulation window and kernel
+LOOKAHEAD_SAMPLES = 1280  # 80 ms after the frame's end: FUTURE_S past its centre plus half a hop window
+CONTEXT_SAMPLES = 960  # 60 ms before the frame's start
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _bump(x: np.ndarray, centre: float, width: float) -> np.ndarray:
+    return np.exp(-(((x - centre) / width) ** 2))
+
+
+def memberships(f: Features, floor_db: float) -> np.ndarray:
+    """(hops, len(VISEMES)) soft memberships, rows summing to 1."""
+    b = f.bands_db
+    speech = _sigmoid((f.level_db - floor_db) / 2.0)
+    voiced = _sigmoid((f.voicing - 0.6) / 0.08)
+    # Energy above 300 Hz against the murmur below it: very negative for m/n and hums.
+    mouth_db = np.maximum(b["f1"], b["f2"]) - b["low"]
+    hum = voiced * _sigmoid((-2.5 - mouth_db) / 1.2)
+    sibilant = _sigmoid((np.maximum(b["hiss"], b["high"]) - b["f1"] - 6.0) / 2.0) * _sigmoid((f.centroid - 3000.0) / 400.0)
+    quiet = _sigmoid((floor_db + 24.0 - f.level_db) / 2.0)  # weak sounds: f, v, th, h, stop releases
+    flat = _bump(b["hiss"] - b["f1"], 0.0, 7.0)
+    fv = quiet * flat * (1.0 - sibilant) * (1.0 - hum)
+    vowel = voiced * (1.0 - hum) * (1.0 - sibilant) * (1.0 - quiet)
+
+    f1c, front = f.f1_centroid, f.front_db
+    a = _bump(f1c, 780.0, 130.0) * _sigmoid((front + 20.0) / 2.0)
+    e = _bump(f1c, 560.0, 110.0) * _bump(front, -7.0, 5.0)
+    i = _bump(f1c, 360.0, 90.0) * _sigmoid((front + 12.0) / 2.5)
+    o = _sigmoid((-18.0 - front) / 2.0) + 0.5 * _bump(f1c, 650.0, 120.0) * _bump(front, -16.0, 2.0)
+    vowels = np.stack([a, e, i, o], axis=1) + 1e-3
+    vowels /= vowels.sum(axis=1, keepdims=True)
+
+    consonant = np.clip(1.0 - hum - vowel - fv, 0.0, 1.0)
+    m = np.zeros((len(f), len(VISEMES)))
+    m[:, 0] = 1.0 - speech
+    m[:, 1] = speech * hum
+    m[:, 2:6] = (speech * vowel)[:, None] * vowels
+    m[:, 6] = speech * fv
+    m[:, 7] = speech * consonant
+    m /= m.sum(axis=1, keepdims=True) + 1e-12
+    return m
+
+
+@dataclass(frozen=True)
+class FrameAnalysis:
+    """What the engine decided for one frame (kept for tests and the quality harness)."""
+
+    shape: MouthShape
+    viseme: str  # the dominant viseme at the frame's centre
+    closure: float  # strongest closure inside the frame
+
+
+class VisemeStream(EngineStream):
+    def __init__(self, engine: "VisemeEngine") -> None:
+        self.engine = engine
+        self.peak_db = -20.0
+        self.last: FrameAnalysis | None = None
+
+    def analyse(self, window: np.ndarray) -> FrameAnalysis:
+        ctx, ahead = self.engine.context_samples, self.engine.lookahead_samples
+        frame_len = len(window) - ctx - ahead
+        centre = ctx + frame_len / 2.0
+        offsets = np.arange(-PAST_S, FUTURE_S + 1e-9, HOP / SAMPLE_RATE)
+        centres = np.round(centre + offsets * SAMPLE_RATE).astype(np.int64)
+        f = analyse(window, centres)
+        inside = np.abs(offsets) <= 0.5 / FPS
+        self.peak_db = max(float(f.level_db[inside].max()), self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
+        floor_db = max(GATE_DB, self.peak_db - FLOOR_BELOW_PEAK_DB)
+        m = memberships(f, floor_db)
+        closed_m = m[:, 0] + m[:, 1]  # silence or a lip closure
+        if closed_m.min() > 0.98:
+            shape = MouthShape()
+        else:
+            w = _bump(offsets, LEAD_S, SPREAD_S)
+            params = (w[:, None] * m).sum(axis=0) / w.sum() @ _TARGET_MATRIX
+            shape = MouthShape(float(params[0]), float(params[1]), float(params[2]), float(params[3]))
+        closure = float(closed_m[inside].max())
+        if closure > 0.5:
+            # Lips meet: no blur across a closure, but keep the spread/rounding it is coarticulated with.
+            shape = MouthShape(0.0, shape.width * 0.5, shape.round * 0.5, 0.0)
+        centre_hop = int(np.argmin(np.abs(offsets)))
+        result = FrameAnalysis(shape, VISEMES[int(np.argmax(m[centre_hop]))], closure)
+        self.last = result
+        return result
+
+    def mouth(self, window: np.ndarray) -> MouthShape:
+        return self.analyse(window).shape
+
+    def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
+        return compose_landmarks(ref, shape)
+
+
+class VisemeEngine(Engine):
+    name = "viseme"
+    lookahead_samples = LOOKAHEAD_SAMPLES
+    context_samples = CONTEXT_SAMPLES
+
+    def stream(self) -> VisemeStream:
+        return VisemeStream(self)
