@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-idle-time", type=_seconds_or_none, default=300.0, metavar="SECONDS", help="longest silence from a client; 0 = no limit (default: %(default)s)")
     s.add_argument("--lead", type=float, default=DEFAULT_LEAD, metavar="SECONDS", help="how far frames may run ahead of real time (default: %(default)s)")
 
+    pr = sub.add_parser("prepare", help="turn a talking-head video into a character directory")
+    pr.add_argument("video", type=Path, help="any video FFmpeg reads, with one face")
+    pr.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="directory to write NAME.mp4, NAME.pkl, NAME.landmarks.npz")
+    pr.add_argument("--name", default=None, help="file name stem (default: the directory's name)")
+    pr.add_argument("--max-seconds", type=float, default=30.0, help="use at most this much of the video (default: %(default)s)")
+
     for name, helptext in [("render", "render an audio file to an MP4 through a server"), ("demo", "the default character speaking the bundled sentence, to an MP4")]:
         r = sub.add_parser(name, help=helptext)
         if name == "render":
@@ -115,6 +121,20 @@ async def _render(args: argparse.Namespace, audio_path: Path) -> int:
     return 0
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    from .character import CharacterError
+    from .faces import FaceError
+    from .prepare import prepare
+
+    try:
+        out = prepare(args.video, args.output, args.name, max(1, int(args.max_seconds * 30)), progress=sys.stderr.isatty())
+    except (CharacterError, FaceError) as exc:
+        log.error("cannot prepare %s: %s", args.video, exc)
+        return 1
+    print(f"character ready: serve {args.output.resolve().parent} with --asset-root and ask for {args.output.name}/{out.video.name}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -127,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         config.fetch = FetchConfig(asset_roots=list(args.asset_root), cache_dir=args.cache_dir or default_cache_dir())
         asyncio.run(serve_forever(config))
         return 0
+    if args.command == "prepare":
+        return _prepare(args)
     audio = args.audio if args.command == "render" else sample_speech()
     return asyncio.run(_render(args, audio))
 

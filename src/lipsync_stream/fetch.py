@@ -48,7 +48,7 @@ class Fetcher:
 
     def __init__(self, config: FetchConfig | None = None) -> None:
         self.config = config or FetchConfig()
-        self.roots = [r.resolve() for r in self.config.asset_roots]
+        self.roots = [Path(r).resolve() for r in self.config.asset_roots]
         self.downloads = self.config.cache_dir / "downloads"
 
     def resolve(self, ref: str) -> Path:

@@ -35,7 +35,12 @@ BANDS = {
 _BAND_MASKS = {name: (_FREQS >= lo) & (_FREQS < hi) for name, (lo, hi) in BANDS.items()}
 _FORMANT_RANGE = (_FREQS >= 180) & (_FREQS <= 3500)
 _F1_BAND = (_FREQS >= 200) & (_FREQS <= 1100)
+_F2_BAND = (_FREQS >= 900) & (_FREQS <= 3000)
+_LOW_ENV_BAND = (_FREQS >= 150) & (_FREQS < 900)
 _FRONT_LO = (_FREQS >= 200) & (_FREQS < 1600)
+_MURMUR_BASE = (_FREQS >= 60) & (_FREQS < 600)
+_MURMUR_MID = (_FREQS >= 600) & (_FREQS < 1500)
+_MURMUR_UPPER = (_FREQS >= 1500) & (_FREQS < 3500)
 _FRONT_HI = (_FREQS >= 1600) & (_FREQS < 3500)
 
 
@@ -51,6 +56,9 @@ class Features:
     centroid: np.ndarray  # Hz, spectral centroid
     f1_centroid: np.ndarray  # Hz, centre of the LPC envelope's mass in 200-1100 Hz: rises as the jaw opens
     front_db: np.ndarray  # dB of 1.6-3.5 kHz over 0.2-1.6 kHz: high for spread front vowels, low for rounded
+    f2_centroid: np.ndarray  # Hz, centre of the envelope's mass in 0.9-3 kHz: follows F2 (low when rounded)
+    upper_db: np.ndarray  # dB of the envelope in 0.9-3 kHz over 150-900 Hz
+    murmur_db: dict[str, np.ndarray]  # dB of 0.6-1.5 kHz ("mid") and 1.5-3.5 kHz ("upper") over 60-600 Hz
 
     def __len__(self) -> int:
         return len(self.level_db)
@@ -103,8 +111,16 @@ def analyse(signal: np.ndarray, centres: np.ndarray) -> Features:
     f1, f2 = _formants(np.log(envelope))
     low_env = envelope[:, _F1_BAND]
     f1c = (low_env * _FREQS[_F1_BAND]).sum(axis=1) / (low_env.sum(axis=1) + 1e-12)
+    hi_env = envelope[:, _F2_BAND]
+    f2c = (hi_env * _FREQS[_F2_BAND]).sum(axis=1) / (hi_env.sum(axis=1) + 1e-12)
+    upper = 10.0 * np.log10((hi_env.sum(axis=1) + 1e-12) / (envelope[:, _LOW_ENV_BAND].sum(axis=1) + 1e-12))
     front = 10.0 * np.log10((power[:, _FRONT_HI].sum(axis=1) + 1e-10) / (power[:, _FRONT_LO].sum(axis=1) + 1e-10))
-    return Features(level, voicing, bands, f1, f2, centroid, f1c, front)
+    base = power[:, _MURMUR_BASE].sum(axis=1) + 1e-10
+    murmur = {
+        "mid": 10.0 * np.log10((power[:, _MURMUR_MID].sum(axis=1) + 1e-10) / base),
+        "upper": 10.0 * np.log10((power[:, _MURMUR_UPPER].sum(axis=1) + 1e-10) / base),
+    }
+    return Features(level, voicing, bands, f1, f2, centroid, f1c, front, f2c, upper, murmur)
 
 
 def _formants(envelope: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

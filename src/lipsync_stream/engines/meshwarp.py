@@ -242,7 +242,9 @@ def _draw_interior(
     skin_col = np.median(skin, axis=0) if len(skin) else np.array([150.0, 170.0, 200.0], np.float32)
     light = float(np.clip(skin_col.mean() / 170.0, 0.35, 1.4))
     cavity = np.array([38.0, 34.0, 70.0], np.float32) * light
-    teeth = np.array([196.0, 208.0, 218.0], np.float32) * min(1.0, 0.3 + 0.75 * light)
+    # Teeth: off-white tinted by the skin's light, never brighter than the brightest skin.
+    teeth = (0.6 * np.array([176.0, 200.0, 222.0], np.float32) + 0.4 * skin_col) * min(1.0, 0.35 + 0.6 * light)
+    teeth = np.minimum(teeth, skin_col.max() * 1.05)
     tongue = np.array([92.0, 98.0, 178.0], np.float32) * light
 
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)

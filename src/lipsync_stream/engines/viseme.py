@@ -41,6 +41,10 @@ TARGETS: dict[str, MouthShape] = {
 }
 _TARGET_MATRIX = np.array([[t.open, t.width, t.round, t.tuck] for t in (TARGETS[v] for v in VISEMES)], dtype=np.float64)
 
+# Prototype envelope centroids (Hz) of the vowel visemes a, e, i, o.
+_VOWEL_F1 = np.array([760.0, 540.0, 320.0, 560.0])
+_VOWEL_F2 = np.array([1500.0, 2020.0, 2450.0, 1450.0])
+
 GATE_DB = -50.0  # absolute: below this it is silence
 FLOOR_BELOW_PEAK_DB = 38.0  # relative: this far under the loudest recent speech is silence too
 PEAK_DECAY_DB_PER_FRAME = 0.03
@@ -62,21 +66,20 @@ def memberships(f: Features, floor_db: float) -> np.ndarray:
     b = f.bands_db
     speech = _sigmoid((f.level_db - floor_db) / 2.0)
     voiced = _sigmoid((f.voicing - 0.6) / 0.08)
-    # Energy above 300 Hz against the murmur below it: very negative for m/n and hums.
+    # A hum or nasal murmur (lips closed) has its energy below 600 Hz: nothing in 1.5-3.5 kHz, or
+    # (a short m in running speech) a weak first-formant band while 0.6-1.5 kHz still carries some.
     mouth_db = np.maximum(b["f1"], b["f2"]) - b["low"]
-    hum = voiced * _sigmoid((-2.5 - mouth_db) / 1.2)
+    upper, mid = f.murmur_db["upper"], f.murmur_db["mid"]
+    hum = voiced * np.maximum(_sigmoid((-32.0 - upper) / 3.0), _sigmoid((-6.0 - mouth_db) / 1.5) * _sigmoid((-19.0 - upper) / 2.0) * _sigmoid((mid + 22.0) / 3.0))
     sibilant = _sigmoid((np.maximum(b["hiss"], b["high"]) - b["f1"] - 6.0) / 2.0) * _sigmoid((f.centroid - 3000.0) / 400.0)
     quiet = _sigmoid((floor_db + 24.0 - f.level_db) / 2.0)  # weak sounds: f, v, th, h, stop releases
     flat = _bump(b["hiss"] - b["f1"], 0.0, 7.0)
     fv = quiet * flat * (1.0 - sibilant) * (1.0 - hum)
     vowel = voiced * (1.0 - hum) * (1.0 - sibilant) * (1.0 - quiet)
 
-    f1c, front = f.f1_centroid, f.front_db
-    a = _bump(f1c, 780.0, 130.0) * _sigmoid((front + 20.0) / 2.0)
-    e = _bump(f1c, 560.0, 110.0) * _bump(front, -7.0, 5.0)
-    i = _bump(f1c, 360.0, 90.0) * _sigmoid((front + 12.0) / 2.5)
-    o = _sigmoid((-18.0 - front) / 2.0) + 0.5 * _bump(f1c, 650.0, 120.0) * _bump(front, -16.0, 2.0)
-    vowels = np.stack([a, e, i, o], axis=1) + 1e-3
+    # Vowel quality from where the envelope's mass sits: F1 (jaw) and F2 (front/back, rounding).
+    f1c, f2c = f.f1_centroid[:, None], f.f2_centroid[:, None]
+    vowels = np.exp(-(((f1c - _VOWEL_F1) / 110.0) ** 2) - ((f2c - _VOWEL_F2) / 220.0) ** 2) + 1e-3
     vowels /= vowels.sum(axis=1, keepdims=True)
 
     consonant = np.clip(1.0 - hum - vowel - fv, 0.0, 1.0)
@@ -123,7 +126,11 @@ class VisemeStream(EngineStream):
             w = _bump(offsets, LEAD_S, SPREAD_S)
             params = (w[:, None] * m).sum(axis=0) / w.sum() @ _TARGET_MATRIX
             shape = MouthShape(float(params[0]), float(params[1]), float(params[2]), float(params[3]))
-        closure = float(closed_m[inside].max())
+        # A closure inside the frame: a hum or m, or a silence that follows speech (a stop's closure,
+        # or the end of a phrase). Silence before the first sound is not one: the lips may part early.
+        past = offsets < -0.5 / FPS
+        after_speech = float((1.0 - m[past, 0]).max()) if past.any() else 0.0
+        closure = max(float(m[inside, 1].max()), float(m[inside, 0].max()) * after_speech)
         if closure > 0.5:
             # Lips meet: no blur across a closure, but keep the spread/rounding it is coarticulated with.
             shape = MouthShape(0.0, shape.width * 0.5, shape.round * 0.5, 0.0)

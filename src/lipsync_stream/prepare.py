@@ -1,0 +1,119 @@
+"""``lipsync-stream prepare VIDEO -o DIR``: turn any talking-head video into a character.
+
+Writes, for ``NAME`` (the output directory's name unless given):
+
+- ``NAME.mp4``: the 512x512 video at 30 fps, cropped around the face (H.264),
+- ``NAME.pkl``: Wav2Lip-compatible ``face_det_results`` (one ``[face_crop, (y1, y2, x1, x2)]``
+  per frame), so other tools can read the character too,
+- ``NAME.landmarks.npz``: the 478 face-mesh points per frame, smoothed without lag.
+
+Serve the directory with ``--asset-root`` and ask for ``NAME/NAME.mp4`` (the server finds the
+landmarks beside the video); the pickle may be given as ``face_det_results``.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from tqdm import tqdm
+
+from .character import LANDMARKS_SUFFIX, MAX_FRAMES, CharacterError, square_frames
+from .faces import FaceError, detect_faces, face_det_results
+from .landmarks import Landmarks, track_landmarks
+from .protocol import FPS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    video: Path
+    faces: Path
+    landmarks: Path
+    frames: int
+    mouth_width: float  # median, pixels
+
+
+def read_video_30fps(path: Path, max_frames: int = MAX_FRAMES, progress: bool = False) -> list[np.ndarray]:
+    """Frames of *path* resampled to 30 fps by timestamp (nearest earlier frame), BGR."""
+    frames: list[np.ndarray] = []
+    times: list[float] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise CharacterError(f"{path.name} has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            total = stream.frames or None
+            with tqdm(total=total, desc="decoding", unit="frame", disable=not progress, leave=False) as bar:
+                for frame in container.decode(stream):
+                    t = float(frame.pts * stream.time_base) if frame.pts is not None else len(frames) / FPS
+                    frames.append(frame.to_ndarray(format="bgr24"))
+                    times.append(t)
+                    bar.update(1)
+                    if t - times[0] >= max_frames / FPS:
+                        log.warning("%s is longer than %d s; using the first %d frames", path.name, max_frames // FPS, max_frames)
+                        break
+    except CharacterError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        if not frames:
+            raise CharacterError(f"cannot decode video {path.name}: {exc}") from None
+        log.warning("%s is damaged after frame %d (%s); using the frames before it", path.name, len(frames), exc)
+    if not frames:
+        raise CharacterError(f"video {path.name} has no frames")
+    rel = np.asarray(times) - times[0]
+    n_out = min(max_frames, max(1, int(np.floor(rel[-1] * FPS + 1e-6)) + 1))
+    idx = np.searchsorted(rel, np.arange(n_out) / FPS + 1e-6, side="right") - 1
+    return [frames[i] for i in np.clip(idx, 0, len(frames) - 1)]
+
+
+def write_video(path: Path, frames: np.ndarray, crf: int = 18) -> None:
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    with av.open(str(tmp), "w") as container:
+        stream = container.add_stream("libx264", rate=FPS, options={"crf": str(crf), "preset": "medium"})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        for i, img in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="bgr24")
+            vf.pts, vf.time_base = i, Fraction(1, FPS)
+            container.mux(stream.encode(vf))
+        container.mux(stream.encode(None))
+    tmp.replace(path)
+
+
+def prepare(video: Path, out_dir: Path, name: str | None = None, max_frames: int = MAX_FRAMES, progress: bool = True) -> Prepared:
+    """Make a character directory from *video*; FaceError/CharacterError say what is wrong."""
+    video = Path(video)
+    if not video.is_file():
+        raise CharacterError(f"no such video: {video}")
+    name = name or out_dir.resolve().name
+    frames = read_video_30fps(video, max_frames, progress)
+    log.info("%s: %d frames at 30 fps, %dx%d", video.name, len(frames), frames[0].shape[1], frames[0].shape[0])
+    with tqdm(total=len(frames) // 3 + 1, desc="finding the face", unit="frame", disable=not progress, leave=False) as bar:
+        boxes = detect_faces(frames, progress=bar.update)
+    square, _ = square_frames(frames, boxes)
+    del frames
+    with tqdm(total=len(square), desc="landmarks", unit="frame", disable=not progress, leave=False) as bar:
+        points = track_landmarks(list(square), progress=bar.update)
+    landmarks = Landmarks(points)
+    face_boxes = landmarks.boxes()
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = Prepared(out_dir / f"{name}.mp4", out_dir / f"{name}.pkl", out_dir / f"{name}{LANDMARKS_SUFFIX}", len(square), float(np.median(2 * landmarks.mouths()[:, 2])))
+    write_video(paths.video, square)
+    with open(paths.faces, "wb") as f:
+        pickle.dump(face_det_results(list(square), face_boxes), f, protocol=4)
+    landmarks.save(paths.landmarks)
+    log.info("wrote %s, %s and %s (%d frames, mouth %.0f px wide)", paths.video, paths.faces.name, paths.landmarks.name, paths.frames, paths.mouth_width)
+    if paths.mouth_width < 40:
+        log.warning("the mouth is only %.0f px wide at 512x512: the face is small in this video; lip-sync will be coarse", paths.mouth_width)
+    return paths
+
+
+__all__ = ["FaceError", "Prepared", "prepare", "read_video_30fps"]
