@@ -77,7 +77,8 @@ def smooth_track(points: np.ndarray, window: int = 7, order: int = 2) -> np.ndar
         return points.copy()
     coeffs = savgol_coefficients(window, order)
     half = window // 2
-    padded = np.concatenate([points[half:0:-1], points, points[-2 : -half - 2 : -1]])  # mirror ends
+    # Point reflection at the ends keeps steady motion steady up to the first and last frame.
+    padded = np.concatenate([2 * points[:1] - points[half:0:-1], points, 2 * points[-1:] - points[-2 : -half - 2 : -1]])
     out = np.zeros_like(points, dtype=np.float64)
     for i, c in enumerate(coeffs):
         out += c * padded[i : i + n]

@@ -27,6 +27,7 @@ JAW_SHARE = 0.8  # of the lower lip's drop that the chin follows
 SPREAD = 0.16  # horizontal scale of the lips at width = +-1
 PROTRUDE = 0.05  # lips thicken outwards at round = 1
 ROUND_PULL = 0.22  # corners drawn in at round = 1
+UPPER_SHARE = 0.15  # of an open reference mouth's gap that the upper lip closes (the jaw does the rest)
 TUCK_LIFT = 0.06  # upper lip lift for f/v, showing the teeth over the lower lip
 
 ANCHORS = [1, 2, 4, 5, 98, 327, 195, 33, 133, 263, 362, 50, 280, 116, 345, 234, 454, 93, 323]
@@ -34,6 +35,10 @@ GRID_STEP = 6  # px between exact spline evaluations; bilinear in between
 FEATHER_PX = 10.0
 
 _LIP_IDS = sorted(set(LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER))
+# Skin around the lips, moved along with them so that the spline stays local (no overshoot).
+UPPER_SKIN = [164, 165, 391, 92, 322]  # between the nose and the upper lip
+LOWER_SKIN = [18, 83, 313, 182, 406, 43, 273, 106, 335]  # just under the lower lip
+CHIN_SKIN = [200, 199, 175]  # down the chin
 
 
 def _smoothstep(e0: float, e1: float, x: np.ndarray | float) -> np.ndarray:
@@ -94,17 +99,18 @@ def _lens(u: np.ndarray, power: float = 0.75) -> np.ndarray:
 def target_landmarks(lm: np.ndarray, shape: MouthShape) -> tuple[dict[int, np.ndarray], MouthFrame]:
     """Where each moving landmark goes for *shape* (pixels), and the mouth frame used."""
     frame = MouthFrame(lm)
-    uv = {i: frame.to_uv(lm[i].astype(np.float64)) for i in _LIP_IDS + JAW + [CHIN]}
+    uv = {i: frame.to_uv(lm[i].astype(np.float64)) for i in _LIP_IDS + UPPER_SKIN + LOWER_SKIN + CHIN_SKIN + JAW + [CHIN]}
     opening = float(np.clip(shape.open, 0.0, 1.2))
     width = float(np.clip(shape.width, -1.0, 1.0))
     rnd, tuck = float(np.clip(shape.round, 0.0, 1.0)), float(np.clip(shape.tuck, 0.0, 1.0))
 
-    # Close the reference's own gap first, so that every target starts from closed lips.
+    # Close the reference's own gap first, so that every target starts from closed lips: the jaw
+    # and lower lip do most of the closing, as they do in speech.
     closing: dict[int, float] = {}
     for up, low in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER):
         gap = float(uv[low][1] - uv[up][1])
         if up != low and gap > 0:
-            closing[up], closing[low] = 0.5 * gap, -0.5 * gap
+            closing[up], closing[low] = UPPER_SHARE * gap, -(1.0 - UPPER_SHARE) * gap
     mid_gap = max(0.0, float(uv[14][1] - uv[13][1]))
 
     drop = LOWER_LIP_DROP * opening
@@ -117,11 +123,17 @@ def target_landmarks(lm: np.ndarray, shape: MouthShape) -> tuple[dict[int, np.nd
         elif i in LIPS_LOWER_INNER:
             dv = closing.get(i, 0.0) + drop * _lens(u) - tuck * 0.02 * _lens(u)
         elif i in LIPS_UPPER_OUTER:
-            dv = 0.5 * mid_gap * _lens(u) - (0.85 * lift + PROTRUDE * rnd) * _lens(u)
+            dv = UPPER_SHARE * mid_gap * _lens(u) - (0.85 * lift + PROTRUDE * rnd) * _lens(u)
         elif i in LIPS_LOWER_OUTER:
-            dv = -0.5 * mid_gap * _lens(u) + (0.95 * drop + PROTRUDE * rnd - 0.02 * tuck) * _lens(u)
+            dv = -(1.0 - UPPER_SHARE) * mid_gap * _lens(u) + (0.95 * drop + PROTRUDE * rnd - 0.02 * tuck) * _lens(u)
+        elif i in UPPER_SKIN:
+            dv = 0.4 * (UPPER_SHARE * mid_gap - 0.85 * lift) * _lens(u, 0.5)
+            du *= 0.3
+        elif i in LOWER_SKIN:
+            dv = (0.9 * drop - (1.0 - UPPER_SHARE) * mid_gap) * float(np.clip(1.0 - abs(u) / 1.0, 0.3, 1.0))
+            du *= 0.5
         else:  # jaw and chin follow the lower lip, less towards the ears
-            dv = (JAW_SHARE * drop - 0.5 * mid_gap) * float(np.clip(1.0 - abs(u) / 1.4, 0.2, 1.0))
+            dv = (JAW_SHARE * drop - (1.0 - UPPER_SHARE) * mid_gap) * float(np.clip(1.0 - abs(u) / 1.4, 0.2, 1.0))
             du = 0.0
         if i in MOUTH_CORNERS:
             dv = 0.0
@@ -164,7 +176,14 @@ def compose_landmarks(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
     if y1 - y0 < 16 or x1 - x0 < 16:
         return image.copy()
     opening_px = float(np.dot(targets[14] - targets[13], frame.ey))
-    ids = [i for i in targets if not (i in LIPS_LOWER_INNER and i not in MOUTH_CORNERS and opening_px < 1.5)]
+    # Inner lips that meet stay a pixel apart, so the spline squeezes any open mouth in the
+    # reference into that pixel instead of being asked to map one point to two places.
+    for up, low in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER):
+        if up != low:
+            sep = float(np.dot(targets[low] - targets[up], frame.ey))
+            if sep < 1.0:
+                targets[low] = targets[low] + (1.0 - sep) * frame.ey
+    ids = list(targets)
     dst = np.array([targets[i] for i in ids] + [lm[i] for i in ANCHORS], dtype=np.float64)
     src = np.array([lm[i] for i in ids] + [lm[i] for i in ANCHORS], dtype=np.float64)
     inside = (dst[:, 0] > x0) & (dst[:, 0] < x1 - 1) & (dst[:, 1] > y0) & (dst[:, 1] < y1 - 1)

@@ -1,0 +1,69 @@
+"""Face-mesh landmarks: found on real faces, filled and smoothed without lag, stored compactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lipsync_stream.character import load_default_character
+from lipsync_stream.faces import FaceError
+from lipsync_stream.landmarks import N_POINTS, FaceMesher, Landmarks, fill_gaps, smooth_track
+
+
+def test_mesh_finds_the_default_mouth() -> None:
+    c = load_default_character()
+    with FaceMesher(video=False) as mesher:
+        lm = mesher.landmarks(c.frames[0])
+        assert mesher.landmarks(np.full((256, 256, 3), 90, np.uint8)) is None
+    assert lm is not None and lm.shape == (N_POINTS, 2)
+    assert np.abs(lm - c.landmarks[0]).mean() < 3.0  # the stored landmarks are this face's
+    left, right = lm[61], lm[291]
+    assert 80 <= right[0] - left[0] <= 120 and abs(0.5 * (left[1] + right[1]) - 300) < 15
+
+
+def test_smoothing_has_no_lag() -> None:
+    t = np.arange(60, dtype=np.float32)
+    ramp = np.stack([t, 2 * t], axis=1)[:, None, :]  # a steady motion passes unchanged
+    assert np.allclose(smooth_track(ramp), ramp, atol=1e-3)
+    jitter = np.random.default_rng(0).normal(0, 1, (200, 1, 2)).astype(np.float32)
+    assert smooth_track(jitter).std() < 0.75 * jitter.std()
+    step = np.zeros((40, 1, 2), np.float32)
+    step[20:] = 10.0
+    smoothed = smooth_track(step)
+    assert abs(float(smoothed[19, 0, 0] + smoothed[20, 0, 0]) - 10.0) < 1e-3  # symmetric about the jump
+
+
+def test_short_gaps_are_filled_and_long_ones_named() -> None:
+    pts = np.arange(10, dtype=np.float32)[:, None, None] * np.ones((1, 3, 2), np.float32)
+    found = np.ones(10, bool)
+    found[4:6] = False
+    filled = fill_gaps(pts * found[:, None, None], found)
+    assert np.allclose(filled, pts)
+    found = np.ones(100, bool)
+    found[30:60] = False
+    with pytest.raises(FaceError, match=r"frames 30-59 \(1.00-2.00 s\)"):
+        fill_gaps(np.zeros((100, 3, 2), np.float32), found)
+    with pytest.raises(FaceError, match="no face"):
+        fill_gaps(np.zeros((5, 3, 2), np.float32), np.zeros(5, bool))
+
+
+def test_save_load_round_trip_within_a_sixteenth_of_a_pixel(tmp_path: Path) -> None:
+    pts = np.random.default_rng(2).uniform(0, 512, (3, N_POINTS, 2)).astype(np.float32)
+    Landmarks(pts).save(tmp_path / "x.landmarks.npz")
+    back = Landmarks.load(tmp_path / "x.landmarks.npz").points
+    assert np.abs(back - pts).max() <= 1 / 32 + 1e-6
+    (tmp_path / "bad.npz").write_bytes(b"junk")
+    with pytest.raises(FaceError, match="cannot read landmarks"):
+        Landmarks.load(tmp_path / "bad.npz")
+
+
+def test_mouth_geometry_and_boxes_from_landmarks() -> None:
+    lm = load_default_character().landmarks[:5]
+    mouths = Landmarks(lm).mouths()
+    assert np.allclose(mouths[:, 0], 0.5 * (lm[:, 61, 0] + lm[:, 291, 0]))
+    assert (mouths[:, 2] * 2 >= 80).all()
+    boxes = Landmarks(lm).boxes()
+    y1, y2, x1, x2 = boxes[0]
+    assert y1 < mouths[0, 1] < y2 and x1 < mouths[0, 0] < x2

@@ -1,0 +1,82 @@
+"""Landmark-driven rendering: where it draws, how the mouth looks, and that it closes open mouths."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lipsync_stream.character import load_default_character
+from lipsync_stream.engines.base import MouthShape, ReferenceFrame
+from lipsync_stream.engines.meshwarp import MouthFrame, compose_landmarks, roi_for, target_landmarks, tps_apply, tps_fit
+from lipsync_stream.engines.viseme import TARGETS
+from lipsync_stream.landmarks import FaceMesher
+
+CHARACTER = load_default_character()
+
+
+def gap(lm: np.ndarray) -> float:
+    """Inner-lip opening in mouth widths."""
+    f = MouthFrame(lm)
+    return float(f.to_uv(lm[14].astype(np.float64))[1] - f.to_uv(lm[13].astype(np.float64))[1])
+
+
+def test_tps_interpolates_its_points() -> None:
+    src = np.random.default_rng(0).uniform(0, 1, (12, 2))
+    dst = src + np.random.default_rng(1).normal(0, 0.05, (12, 2))
+    w, a = tps_fit(src, dst, reg=0.0)
+    assert np.allclose(tps_apply(src, w, a, src), dst, atol=1e-4)
+
+
+def test_rest_on_a_closed_mouth_is_the_reference() -> None:
+    ref = CHARACTER.reference(3)
+    assert np.array_equal(compose_landmarks(ref, MouthShape()), ref.image)
+
+
+@pytest.mark.parametrize("viseme", ["a", "e", "i", "o", "fv"])
+def test_shapes_change_only_the_lower_face_without_a_seam(viseme: str) -> None:
+    ref = CHARACTER.reference(20)
+    out = compose_landmarks(ref, TARGETS[viseme])
+    diff = np.abs(out.astype(int) - ref.image.astype(int)).sum(axis=2)
+    targets, frame = target_landmarks(ref.landmarks, TARGETS[viseme])
+    y0, y1, x0, x1 = roi_for(ref.landmarks, frame, (512, 512))
+    outside = diff.copy()
+    outside[y0:y1, x0:x1] = 0
+    assert outside.max() == 0
+    assert diff[y0:y1, x0:x1].mean() > 0.5
+    border = np.concatenate([diff[y0, x0:x1], diff[y1 - 1, x0:x1], diff[y0:y1, x0], diff[y0:y1, x1 - 1]])
+    assert border.max() <= 3  # the feather reaches zero at the region's edge
+    assert out[: int(ref.landmarks[1, 1]) - 20].tobytes() == ref.image[: int(ref.landmarks[1, 1]) - 20].tobytes()  # eyes untouched
+
+
+def test_open_mouth_shows_a_dark_cavity_and_drops_the_jaw() -> None:
+    ref = CHARACTER.reference(0)
+    out = compose_landmarks(ref, TARGETS["a"])
+    with FaceMesher(video=False) as mesher:
+        lm = mesher.landmarks(out)
+    assert lm is not None
+    assert gap(lm) > 0.25  # the face-mesh model itself sees an open mouth
+    assert lm[152, 1] - ref.landmarks[152, 1] > 0.1 * MouthFrame(ref.landmarks).width  # chin went down
+    cx, cy = (0.5 * (lm[13] + lm[14])).astype(int)
+    assert out[cy - 3 : cy + 4, cx - 5 : cx + 6].mean() < 0.5 * ref.image[cy - 3 : cy + 4, cx - 5 : cx + 6].mean()
+
+
+def test_an_open_reference_mouth_can_be_closed() -> None:
+    """Characters from talking videos have open mouths in some frames; silence must still close them."""
+    opened = compose_landmarks(CHARACTER.reference(0), TARGETS["a"])
+    with FaceMesher(video=False) as mesher:
+        lm = mesher.landmarks(opened)
+        assert lm is not None and gap(lm) > 0.25
+        closed = compose_landmarks(ReferenceFrame(0, opened, CHARACTER.reference(0).mouth, lm), MouthShape())
+        lm2 = mesher.landmarks(closed)
+    assert lm2 is not None and gap(lm2) < 0.08
+
+
+def test_round_is_narrower_than_spread() -> None:
+    ref = CHARACTER.reference(0)
+    width = {}
+    with FaceMesher(video=False) as mesher:
+        for v in ("i", "o"):
+            lm = mesher.landmarks(compose_landmarks(ref, TARGETS[v]))
+            assert lm is not None
+            width[v] = float(np.hypot(*(lm[291] - lm[61])))
+    assert width["o"] < 0.9 * width["i"]
