@@ -69,7 +69,8 @@ def read_video_30fps(path: Path, max_frames: int = MAX_FRAMES, progress: bool = 
     if not frames:
         raise CharacterError(f"video {path.name} has no frames")
     rel = np.asarray(times) - times[0]
-    n_out = min(max_frames, max(1, int(np.floor(rel[-1] * FPS + 1e-6)) + 1))
+    step = float(np.median(np.diff(rel))) if len(rel) > 1 else 1.0 / FPS  # the last frame lasts this long
+    n_out = min(max_frames, max(1, int(round((rel[-1] + step) * FPS))))
     idx = np.searchsorted(rel, np.arange(n_out) / FPS + 1e-6, side="right") - 1
     return [frames[i] for i in np.clip(idx, 0, len(frames) - 1)]
 
