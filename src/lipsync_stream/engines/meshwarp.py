@@ -32,7 +32,7 @@ TUCK_LIFT = 0.06  # upper lip lift for f/v, showing the teeth over the lower lip
 
 ANCHORS = [1, 2, 4, 5, 98, 327, 195, 33, 133, 263, 362, 50, 280, 116, 345, 234, 454, 93, 323]
 GRID_STEP = 6  # px between exact spline evaluations; bilinear in between
-FEATHER_PX = 10.0
+FEATHER_PX = 16.0  # displacement fades to zero over this many pixels at the region's edge
 
 _LIP_IDS = sorted(set(LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER))
 # Skin around the lips, moved along with them so that the spline stays local (no overshoot).
@@ -145,10 +145,10 @@ def roi_for(lm: np.ndarray, frame: MouthFrame, size: tuple[int, int]) -> tuple[i
     """(y0, y1, x0, x1): the lower face with room for the jaw to drop."""
     h, w = size
     pts = lm[JAW + [CHIN, 2, 98, 327]]
-    x0 = float(pts[:, 0].min()) - 0.25 * frame.width
-    x1 = float(pts[:, 0].max()) + 0.25 * frame.width
-    y0 = float(lm[2, 1]) - 0.15 * frame.width
-    y1 = float(lm[CHIN, 1]) + (JAW_SHARE * LOWER_LIP_DROP + 0.45) * frame.width
+    x0 = float(pts[:, 0].min()) - 0.35 * frame.width
+    x1 = float(pts[:, 0].max()) + 0.35 * frame.width
+    y0 = float(lm[2, 1]) - 0.45 * frame.width  # above the nostrils: the fade happens on the nose bridge
+    y1 = float(lm[CHIN, 1]) + (JAW_SHARE * LOWER_LIP_DROP + 0.8) * frame.width  # room below the dropped chin
     return max(0, int(y0)), min(h, int(math.ceil(y1))), max(0, int(x0)), min(w, int(math.ceil(x1)))
 
 
@@ -202,18 +202,23 @@ def compose_landmarks(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
     mapped = mapped.reshape(len(gy), len(gx), 2).astype(np.float32)
     full_w, full_h = (len(gx) - 1) * GRID_STEP + 1, (len(gy) - 1) * GRID_STEP + 1
     maps = cv2.resize(mapped, (full_w, full_h), interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
-    warped = cv2.remap(image, maps[..., 0], maps[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32)
+    # Fade the displacement (not the pixels) out towards the region's edge: no double edges, and
+    # exactly the reference at the edge itself.
+    yy = np.arange(y1 - y0, dtype=np.float32)[:, None]
+    xx = np.arange(x1 - x0, dtype=np.float32)[None, :]
+    edge = np.minimum(np.minimum(yy, (y1 - y0 - 1) - yy), np.minimum(xx, (x1 - x0 - 1) - xx))
+    feather = _smoothstep(0.0, FEATHER_PX, edge).astype(np.float32)
+    ident_x = xx + np.float32(x0)
+    ident_y = yy + np.float32(y0)
+    map_x = ident_x + feather * (maps[..., 0] - ident_x)
+    map_y = ident_y + feather * (maps[..., 1] - ident_y)
+    warped = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32)
 
     if opening_px >= 0.6:
         warped = _draw_interior(warped, image, lm, targets, frame, shape, (y0, x0), opening_px)
 
-    original = image[y0:y1, x0:x1].astype(np.float32)
-    yy = np.arange(y1 - y0, dtype=np.float32)[:, None]
-    xx = np.arange(x1 - x0, dtype=np.float32)[None, :]
-    edge = np.minimum(np.minimum(yy, (y1 - y0 - 1) - yy), np.minimum(xx, (x1 - x0 - 1) - xx))
-    feather = _smoothstep(0.0, FEATHER_PX, edge).astype(np.float32)[..., None]
     out = image.copy()
-    out[y0:y1, x0:x1] = np.clip(original + feather * (warped - original) + 0.5, 0, 255).astype(np.uint8)
+    out[y0:y1, x0:x1] = np.clip(warped + 0.5, 0, 255).astype(np.uint8)
     return out
 
 
