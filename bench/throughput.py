@@ -5,7 +5,7 @@ as fast as the server renders it, and prints a table: end-to-end frames per seco
 milliseconds per stage (engine, compositing, JPEG encoding), and the JPEG-only floor (encoding
 the same reference frames and nothing else). Run by hand:
 
-    .venv/bin/python bench/throughput.py [--sessions 1 2 4] [--repeat 3]
+    .venv/bin/python bench/throughput.py [--engine viseme] [--sessions 1 2 4] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -54,15 +54,15 @@ def jpeg_floor(n: int = 120) -> float:
     return (time.perf_counter() - start) / n
 
 
-async def run(sessions: list[int], repeat: int) -> None:
+async def run(sessions: list[int], repeat: int, engine: str) -> None:
     pcm = load_audio(sample_speech()).astype("<i2").tobytes()
     per_session = frames_for_samples(len(pcm) // 2)
     floor = jpeg_floor()
-    print(f"machine: {os.cpu_count()} CPUs; audio {len(pcm) / 32000:.2f} s = {per_session} frames per session; JPEG quality {DEFAULT_JPEG_QUALITY}")
+    print(f"engine {engine}; machine: {os.cpu_count()} CPUs; audio {len(pcm) / 32000:.2f} s = {per_session} frames per session; JPEG quality {DEFAULT_JPEG_QUALITY}")
     print()
     print("| sessions | frames | wall s | fps total | fps/session | ms/frame engine | compose | JPEG+pack | server total | JPEG share | JPEG floor ms | server/floor |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    async with running_server(ServerConfig(port=0)) as (app, url):
+    async with running_server(ServerConfig(port=0, engine=engine)) as (app, url):
         await one_session(url, pcm[:32000])  # warm up: character load, imports
         for n in sessions:
             best: tuple[float, StageTimes] | None = None
@@ -88,8 +88,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; the fastest is shown")
+    parser.add_argument("--engine", default="viseme", help="lip-sync engine (viseme, energy)")
     args = parser.parse_args()
-    asyncio.run(run(args.sessions, args.repeat))
+    asyncio.run(run(args.sessions, args.repeat, args.engine))
 
 
 if __name__ == "__main__":
