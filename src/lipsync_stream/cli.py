@@ -51,6 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-idle-time", type=_seconds_or_none, default=300.0, metavar="SECONDS", help="longest silence from a client; 0 = no limit (default: %(default)s)")
     s.add_argument("--lead", type=float, default=DEFAULT_LEAD, metavar="SECONDS", help="how far frames may run ahead of real time (default: %(default)s)")
 
+    pl = sub.add_parser("play", help="play a session live: OpenCV window and sound, in sync")
+    src = pl.add_mutually_exclusive_group(required=True)
+    src.add_argument("audio", type=Path, nargs="?", help="audio file to speak")
+    src.add_argument("--mic", action="store_true", help="speak into the microphone (16 kHz mono)")
+    pl.add_argument("--server", default=None, help="ws:// URL of a running server (default: start one in this process)")
+    pl.add_argument("--character", default=DEFAULT_CHARACTER, help="video_reference_url (default: the embedded character)")
+    pl.add_argument("--buffer", type=int, default=6, metavar="FRAMES", help="frames to queue before playing, like minimumChunkSize (default: %(default)s)")
+    pl.add_argument("--no-sound", action="store_true", help="no sound device: keep time with a silent clock")
+    pl.add_argument("--handle-silence", action="store_true", help="let the server make idle frames instead of sending silence")
+    pl.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    pl.add_argument("--stats-json", type=Path, default=None, help="write what was measured (frames, fps, audio/video skew) here")
+    _add_server_options(pl)
+
     pr = sub.add_parser("prepare", help="turn a talking-head video into a character directory")
     pr.add_argument("video", type=Path, help="any video FFmpeg reads, with one face")
     pr.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="directory to write NAME.mp4, NAME.pkl, NAME.landmarks.npz")
@@ -121,6 +134,49 @@ async def _render(args: argparse.Namespace, audio_path: Path) -> int:
     return 0
 
 
+def _play(args: argparse.Namespace) -> int:
+    from .client.player import Microphone, NullAudioOut, Player, PyAudioOut, write_stats
+    from .server import ServerConfig, ServerThread
+
+    pcm = None
+    if not args.mic:
+        try:
+            pcm = load_audio(args.audio)
+        except AudioError as exc:
+            log.error("%s", exc)
+            return 2
+    roots: list[Path] = []
+    character = _local_reference(args.character, roots, bool(args.server)) or DEFAULT_CHARACTER
+    params = SessionParams(video_reference_url=character, handle_silence=args.handle_silence)
+    try:
+        out = NullAudioOut() if args.no_sound else PyAudioOut()
+    except (RuntimeError, OSError) as exc:
+        log.error("%s (or use --no-sound)", exc)
+        return 2
+    with contextlib.ExitStack() as stack:
+        url = args.server
+        if not url:
+            config = ServerConfig(port=0, engine=args.engine, jpeg_quality=args.jpeg_quality, asset_roots=roots)
+            config.fetch = FetchConfig(asset_roots=roots, cache_dir=args.cache_dir or default_cache_dir())
+            url = stack.enter_context(ServerThread(config)).url
+        player = Player(url, params, out, args.buffer)
+        player.start_network(pcm)
+        if args.mic:
+            assert player.feed is not None
+            try:
+                stack.callback(Microphone(player.feed).close)
+            except (RuntimeError, OSError) as exc:
+                log.error("%s", exc)
+                return 2
+            log.info("listening: speak into the microphone; q, Esc or Ctrl-C to stop")
+        stats = player.run(args.seconds)
+    summary = stats.summary()
+    log.info("shown %d of %d frames at %.1f fps; audio/video skew p50 %.1f ms, p95 %.1f ms", summary["shown"], summary["received"], summary["fps"], summary["skew_ms_p50"], summary["skew_ms_p95"])
+    if args.stats_json:
+        write_stats(args.stats_json, stats)
+    return 1 if stats.error else 0
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from .character import CharacterError
     from .faces import FaceError
@@ -149,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "prepare":
         return _prepare(args)
+    if args.command == "play":
+        return _play(args)
     audio = args.audio if args.command == "render" else sample_speech()
     return asyncio.run(_render(args, audio))
 

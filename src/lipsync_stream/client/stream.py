@@ -38,6 +38,33 @@ def decode_image(frame: FrameMessage) -> np.ndarray:
     return image
 
 
+class AudioFeed:
+    """Live audio for a session, filled from any thread (a microphone callback, say)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    def put(self, pcm: bytes) -> None:
+        """Add audio; safe to call from another thread (ignored once the session has ended)."""
+        self._send(bytes(pcm))
+
+    def close(self) -> None:
+        """No more audio (the session will send DONE once it has sent what is queued)."""
+        self._send(None)
+
+    def _send(self, item: bytes | None) -> None:
+        with contextlib.suppress(RuntimeError):  # the session's loop has already closed
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def get(self, timeout: float | None) -> bytes | None:
+        """Next chunk; b"" when nothing came within *timeout*; None once closed."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return b""
+
+
 class LipsyncClient:
     """One session. Use as ``async with LipsyncClient(url, params) as c:``."""
 
@@ -68,11 +95,35 @@ class LipsyncClient:
         for start in range(0, len(data), chunk_bytes):
             await self.ws.send(data[start : start + chunk_bytes])
 
+    async def pump(self, feed: AudioFeed, idle_chunk_s: float = 0.25) -> None:
+        """Send *feed*'s audio as it comes, then DONE when it closes.
+
+        While the caller has nothing, 250 ms of silence goes out every 250 ms so that frames keep
+        coming (as the original clients do), unless the session asked for ``handleSilence``, in
+        which case the server makes the idle frames itself.
+        """
+        odd = b""
+        while True:
+            chunk = await feed.get(None if self.params.handle_silence else idle_chunk_s)
+            if chunk is None:
+                break
+            if chunk == b"":
+                await self.ws.send(bytes(2 * int(16000 * idle_chunk_s)))
+                continue
+            data = odd + chunk
+            if len(data) % 2:  # keep whole samples together across chunks
+                data, odd = data[:-1], data[-1:]
+            else:
+                odd = b""
+            await self.send_audio(data)
+        await self.finish()
+
     async def finish(self) -> None:
         """No more audio: the server sends what is left, then DONE."""
         await self.ws.send("DONE")
 
     async def skip(self) -> None:
+        """Drop all audio the server has not rendered yet (barge-in)."""
         await self.ws.send("SKIP")
 
     async def frames(self) -> AsyncIterator[FrameMessage]:
