@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -35,6 +36,13 @@ from .session import Fail, Finish, Limits, Render, Session, State, Wait
 log = logging.getLogger(__name__)
 
 WEBSOCKET_PATHS = frozenset({"/", "/LipsyncStream"})
+#: the browser page and what it loads: URL path -> (package resource, content type)
+STATIC_FILES = {
+    "/index.html": ("web/index.html", "text/html; charset=utf-8"),
+    "/app.js": ("web/app.js", "text/javascript; charset=utf-8"),
+    "/pcm-worklet.js": ("web/pcm-worklet.js", "text/javascript; charset=utf-8"),
+    "/sample.flac": ("assets/speech/hello.flac", "audio/flac"),
+}
 CLOSE_REASON_BYTES = 120  # a close frame's reason must fit in 123 bytes
 
 
@@ -71,6 +79,7 @@ class LipsyncServer:
         self.active_sessions = 0
         self.sessions_total = 0
         self.stage_times = StageTimes()  # summed over finished sessions
+        self._static_cache: dict[str, bytes] = {}
 
     # --- HTTP side -------------------------------------------------------------------------------
 
@@ -78,11 +87,30 @@ class LipsyncServer:
         path = _path_of(request)
         if path == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "ok\n")
-        if path not in WEBSOCKET_PATHS:
-            return connection.respond(http.HTTPStatus.NOT_FOUND, f"no such path {path}; the websocket endpoint is /LipsyncStream\n")
-        if request.headers.get("Upgrade", "").lower() != "websocket":
-            return connection.respond(http.HTTPStatus.OK, "LipsyncStream server: open a websocket on /LipsyncStream\n")
-        return None
+        upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+        if path in WEBSOCKET_PATHS and upgrade:
+            return None
+        if path == "/favicon.ico":
+            return connection.respond(http.HTTPStatus.NO_CONTENT, "")
+        page = STATIC_FILES.get("/index.html" if path == "/" else path)
+        if page is not None:
+            return self._static(connection, *page)
+        if path == "/LipsyncStream":
+            return connection.respond(http.HTTPStatus.UPGRADE_REQUIRED, "this is the LipsyncStream websocket endpoint\n")
+        return connection.respond(http.HTTPStatus.NOT_FOUND, f"no such path {path}; the websocket endpoint is /LipsyncStream\n")
+
+    def _static(self, connection: ServerConnection, resource: str, content_type: str) -> Response:
+        body = self._static_cache.get(resource)
+        if body is None:
+            body = (resources.files("lipsync_stream") / resource).read_bytes()
+            self._static_cache[resource] = body
+        response = connection.respond(http.HTTPStatus.OK, "")
+        response.body = body
+        for name, value in (("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-cache")):
+            if name in response.headers:
+                del response.headers[name]
+            response.headers[name] = value
+        return response
 
     # --- one session -----------------------------------------------------------------------------
 

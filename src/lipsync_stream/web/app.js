@@ -1,0 +1,269 @@
+// The browser client: streams PCM16 16 kHz to /LipsyncStream, draws the frames, plays their audio.
+// A frame is drawn when its own audio starts playing (Web Audio's clock), so picture and sound
+// stay together whatever the network does. window.lipsyncStats is kept up to date for tests.
+"use strict";
+
+const SAMPLE_RATE = 16000;
+const LEAD_S = 0.25; // audio is scheduled this far ahead of "now" when a stream (re)starts
+const canvas = document.getElementById("screen");
+const g = canvas.getContext("2d");
+const statusEl = document.getElementById("status");
+const statsEl = document.getElementById("stats");
+const buttons = { mic: document.getElementById("mic"), demo: document.getElementById("demo"), stop: document.getElementById("stop"), sound: document.getElementById("sound") };
+const fileInput = document.getElementById("file");
+const params = new URLSearchParams(location.search);
+if (params.get("character")) document.getElementById("character").value = params.get("character");
+
+const stats = (window.lipsyncStats = { framesShown: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null });
+
+let ctx = null; // AudioContext
+let session = null;
+
+function audioContext() {
+  if (!ctx) ctx = new AudioContext({ latencyHint: "interactive" });
+  return ctx;
+}
+
+// Web Audio's clock while it runs; a wall clock while the browser keeps sound blocked.
+const wallStart = performance.now();
+function now() {
+  if (ctx && ctx.state === "running") return ctx.currentTime + (ctx.outputLatency || 0);
+  return (performance.now() - wallStart) / 1000;
+}
+function clockIsAudio() {
+  return !!ctx && ctx.state === "running";
+}
+
+function setStatus(text) {
+  statusEl.textContent = text || "";
+}
+
+function parseFrame(buf) {
+  const v = new DataView(buf);
+  const tag = String.fromCharCode(...new Uint8Array(buf, 0, 5));
+  if (tag !== "VIDEO") throw new Error("not a frame message");
+  const L = v.getInt32(5, true);
+  const index = v.getInt32(9, true);
+  const image = new Uint8Array(buf, 21, L - 12);
+  let pcm = new Int16Array(0);
+  const end = 9 + L;
+  if (end < buf.byteLength) {
+    const A = v.getInt32(end + 5, true);
+    pcm = new Int16Array(buf.slice(end + 9, end + 9 + A));
+  }
+  return { index, image, pcm };
+}
+
+class Session {
+  constructor(character) {
+    this.queue = []; // {index, bitmap, at}
+    this.nextAt = null; // when the next frame's audio starts
+    this.clockIsAudio = clockIsAudio();
+    this.closed = false;
+    this.shownTimes = [];
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    this.ws = new WebSocket(scheme + location.host + "/LipsyncStream");
+    this.ws.binaryType = "arraybuffer";
+    this.opened = new Promise((resolve, reject) => {
+      this.ws.onopen = () => {
+        this.ws.send(JSON.stringify({ video_reference_url: character, isJPG: true, syncAudio: true }));
+        resolve();
+      };
+      this.ws.onerror = () => reject(new Error("cannot connect to the server"));
+    });
+    this.ws.onmessage = (ev) => this.onMessage(ev.data);
+    this.ws.onclose = (ev) => {
+      this.closed = true;
+      if (!stats.done && !stats.error && ev.code !== 1000) setStatus(`connection closed (${ev.code})`);
+      setButtons(false);
+    };
+  }
+
+  onMessage(data) {
+    if (typeof data === "string") {
+      if (data === "DONE") {
+        stats.done = true;
+        setStatus("done");
+        return;
+      }
+      try {
+        const err = JSON.parse(data);
+        stats.error = err.error + ": " + err.detail;
+      } catch (e) {
+        stats.error = data;
+      }
+      setStatus("server error: " + stats.error);
+      return;
+    }
+    const frame = parseFrame(data);
+    stats.framesReceived += 1;
+    stats.audioSeconds += frame.pcm.length / SAMPLE_RATE;
+    const t = now();
+    if (this.nextAt === null || this.nextAt < t) this.nextAt = t + LEAD_S; // (re)start with a small buffer
+    const at = this.nextAt;
+    this.nextAt += frame.pcm.length / SAMPLE_RATE || 1 / 30;
+    if (frame.pcm.length && clockIsAudio()) {
+      const c = audioContext();
+      const buffer = c.createBuffer(1, frame.pcm.length, SAMPLE_RATE);
+      const ch = buffer.getChannelData(0);
+      for (let i = 0; i < frame.pcm.length; i++) ch[i] = frame.pcm[i] / 32768;
+      const src = c.createBufferSource();
+      src.buffer = buffer;
+      src.connect(c.destination);
+      src.start(at - (c.outputLatency || 0));
+    }
+    const item = { index: frame.index, at, bitmap: null };
+    this.queue.push(item);
+    createImageBitmap(new Blob([frame.image], { type: "image/jpeg" })).then((bmp) => (item.bitmap = bmp));
+  }
+
+  sendPcm(int16) {
+    for (let i = 0; i < int16.length; i += 4000) {
+      this.ws.send(int16.slice(i, i + 4000).buffer);
+    }
+  }
+
+  finish() {
+    if (this.ws.readyState === WebSocket.OPEN) this.ws.send("DONE");
+  }
+
+  close() {
+    if (this.micStop) this.micStop();
+    try {
+      this.ws.close(1000);
+    } catch (e) {}
+  }
+
+  draw() {
+    const t = now();
+    let due = null;
+    while (this.queue.length && this.queue[0].at <= t && this.queue[0].bitmap) {
+      if (due) due.bitmap.close();
+      due = this.queue.shift();
+    }
+    if (!due) return;
+    g.drawImage(due.bitmap, 0, 0, canvas.width, canvas.height);
+    due.bitmap.close();
+    stats.framesShown += 1;
+    stats.skewMs.push((t - due.at) * 1000);
+    if (stats.skewMs.length > 2000) stats.skewMs.shift();
+    this.shownTimes.push(performance.now());
+    if (this.shownTimes.length > 31) this.shownTimes.shift();
+  }
+}
+
+function percentile(values, p) {
+  if (!values.length) return 0;
+  const s = values.map(Math.abs).sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+}
+
+function loop() {
+  if (session) {
+    session.draw();
+    const times = session.shownTimes;
+    const fps = times.length > 1 ? ((times.length - 1) * 1000) / (times[times.length - 1] - times[0]) : 0;
+    const ahead = session.nextAt === null ? 0 : Math.max(0, session.nextAt - now());
+    stats.fps = fps;
+    stats.skewMsP95 = percentile(stats.skewMs, 95);
+    statsEl.textContent =
+      `fps ${fps.toFixed(1)}   frames ${stats.framesShown}/${stats.framesReceived}   buffer ${session.queue.length} frames, ${ahead.toFixed(2)} s\n` +
+      `audio ${stats.audioSeconds.toFixed(2)} s   a/v skew p95 ${stats.skewMsP95.toFixed(1)} ms   clock ${clockIsAudio() ? "audio" : "wall (no sound yet)"}`;
+  }
+  requestAnimationFrame(loop);
+}
+requestAnimationFrame(loop);
+
+function setButtons(running) {
+  buttons.mic.disabled = running;
+  buttons.demo.disabled = running;
+  buttons.stop.disabled = !running;
+}
+
+async function tryStartAudio() {
+  const c = audioContext();
+  if (c.state !== "running") {
+    try {
+      await c.resume();
+    } catch (e) {}
+  }
+  buttons.sound.style.display = c.state === "running" ? "none" : "inline-block";
+}
+
+async function start() {
+  if (session) session.close();
+  await tryStartAudio();
+  Object.assign(stats, { framesShown: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null });
+  setStatus("");
+  session = new Session(document.getElementById("character").value.trim() || "default");
+  setButtons(true);
+  await session.opened;
+  return session;
+}
+
+async function toPcm16(arrayBuffer) {
+  // Decode at the context's rate, then resample to 16 kHz mono with an offline context.
+  const decoded = await audioContext().decodeAudioData(arrayBuffer);
+  const frames = Math.ceil(decoded.duration * SAMPLE_RATE);
+  const off = new OfflineAudioContext(1, frames, SAMPLE_RATE);
+  const src = off.createBufferSource();
+  src.buffer = decoded;
+  src.connect(off.destination);
+  src.start();
+  const rendered = await off.startRendering();
+  const f = rendered.getChannelData(0);
+  const out = new Int16Array(f.length);
+  for (let i = 0; i < f.length; i++) {
+    const v = Math.max(-1, Math.min(1, f[i]));
+    out[i] = v < 0 ? v * 32768 : v * 32767;
+  }
+  return out;
+}
+
+async function speak(arrayBuffer) {
+  try {
+    const pcm = await toPcm16(arrayBuffer);
+    const s = await start();
+    s.sendPcm(pcm); // all at once: the server paces the frames
+    s.finish();
+  } catch (e) {
+    setStatus(String(e));
+    stats.error = String(e);
+  }
+}
+
+async function demo() {
+  const res = await fetch("sample.flac");
+  await speak(await res.arrayBuffer());
+}
+
+buttons.demo.onclick = demo;
+buttons.stop.onclick = () => session && session.close();
+buttons.sound.onclick = tryStartAudio;
+fileInput.onchange = async () => {
+  if (fileInput.files.length) await speak(await fileInput.files[0].arrayBuffer());
+  fileInput.value = "";
+};
+buttons.mic.onclick = async () => {
+  try {
+    const c = audioContext();
+    await c.audioWorklet.addModule("pcm-worklet.js");
+    const media = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
+    const s = await start();
+    const node = new AudioWorkletNode(c, "pcm16-capture");
+    const input = c.createMediaStreamSource(media);
+    input.connect(node);
+    node.port.onmessage = (ev) => s.ws.readyState === WebSocket.OPEN && s.ws.send(ev.data);
+    s.micStop = () => {
+      input.disconnect();
+      node.disconnect();
+      media.getTracks().forEach((t) => t.stop());
+      s.finish();
+    };
+    setStatus("listening…");
+  } catch (e) {
+    setStatus("microphone: " + e);
+  }
+};
+
+if (params.get("demo") === "1") demo();

@@ -1,0 +1,81 @@
+"""The browser page at ``GET /``, driven in Debian's headless Chromium by Playwright."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import httpx
+import numpy as np
+import pytest
+
+from lipsync_stream.faces import detect_face
+from lipsync_stream.fetch import FetchConfig
+from lipsync_stream.server import ServerConfig, ServerThread
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (installed by .ci/run)")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    cache = tmp_path_factory.mktemp("cache")
+    config = ServerConfig(port=0)
+    config.fetch = FetchConfig(cache_dir=cache)
+    with ServerThread(config) as server:
+        yield server.url.replace("ws://", "http://").rsplit("/", 1)[0]
+
+
+def test_page_and_its_files_are_served(base_url: str) -> None:
+    page = httpx.get(base_url + "/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html") and "app.js" in page.text
+    assert httpx.get(base_url + "/app.js").headers["content-type"].startswith("text/javascript")
+    sample = httpx.get(base_url + "/sample.flac")
+    assert sample.status_code == 200 and sample.content[:4] == b"fLaC"
+    assert httpx.get(base_url + "/LipsyncStream").status_code == 426
+    assert httpx.get(base_url + "/../etc/passwd").status_code == 404
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@needs_chromium
+def test_demo_talks_and_moves_without_a_click(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base_url + "/?demo=1")
+    page.wait_for_function("window.lipsyncStats.framesShown > 45", timeout=30000)
+    shot = page.locator("canvas").screenshot()
+    image = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR)
+    assert detect_face(image) is not None  # a face is drawn on the canvas
+    page.wait_for_function("window.lipsyncStats.done && window.lipsyncStats.framesShown >= window.lipsyncStats.framesReceived - 3", timeout=30000)
+    stats = page.evaluate("({...window.lipsyncStats, skewMs: undefined})")
+    assert stats["framesReceived"] == 266 and stats["error"] is None
+    assert abs(stats["audioSeconds"] - 8.857) < 0.01  # every sample of the sentence came back
+    assert stats["skewMsP95"] <= 34  # frames are drawn within a frame of their audio
+    assert not errors
+    page.close()
+
+
+@needs_chromium
+def test_server_errors_are_shown(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    page.goto(base_url + "/?demo=1&character=nobody.mp4")
+    page.wait_for_function("window.lipsyncStats.error !== null", timeout=30000)
+    assert "character_error" in page.evaluate("window.lipsyncStats.error")
+    assert "server error" in page.locator("#status").text_content()
+    page.close()
