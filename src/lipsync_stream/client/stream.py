@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from types import TracebackType
 
 import cv2
@@ -36,6 +37,15 @@ def decode_image(frame: FrameMessage) -> np.ndarray:
     if image is None:
         raise ValueError(f"frame {frame.index}: undecodable JPEG")
     return image
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A received frame, decoded: its index, the picture (BGR) and its audio (PCM16 bytes)."""
+
+    index: int
+    image: np.ndarray
+    audio: bytes
 
 
 class AudioFeed:
@@ -144,6 +154,11 @@ class LipsyncClient:
             code = exc.rcvd.code if exc.rcvd else None
             raise ServerError("connection_closed", f"the connection closed before DONE ({exc})", code) from None
         raise ServerError("connection_closed", "the server closed the session without DONE", ws.close_code)
+
+    async def decoded_frames(self) -> AsyncIterator[Frame]:
+        """Like :meth:`frames`, with the pictures decoded to arrays."""
+        async for message in self.frames():
+            yield Frame(message.index, decode_image(message), message.audio or b"")
 
 
 def _server_error(text: str, code: int | None) -> ServerError:
