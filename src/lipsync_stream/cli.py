@@ -166,7 +166,8 @@ def _play(args: argparse.Namespace) -> int:
             try:
                 stack.callback(Microphone(player.feed).close)
             except (RuntimeError, OSError) as exc:
-                log.error("%s", exc)
+                log.error("cannot open the microphone: %s", exc)
+                player.stop()
                 return 2
             log.info("listening: speak into the microphone; q, Esc or Ctrl-C to stop")
         stats = player.run(args.seconds)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
 import threading
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from websockets.exceptions import ConnectionClosed
 
 from ..protocol import SAMPLE_RATE, FrameMessage, SessionParams
 from .stream import AudioFeed, LipsyncClient, ServerError, decode_image
@@ -226,27 +229,38 @@ class Player:
                     self.feed.put(pcm.astype("<i2").tobytes())
                     self.feed.close()
                 pump = asyncio.create_task(client.pump(self.feed))
-                async for frame in client.frames():
-                    if self._quit.is_set():
-                        break
-                    if frame.index != expected:
-                        self.stats.order_ok = False
-                    expected = frame.index + 1
-                    audio = frame.audio or b""
-                    with self._lock:
-                        self._queue.append(_Queued(frame, self._samples))
-                        self._samples += len(audio) // 2
-                    self.out.write(audio)
-                    self.stats.received += 1
-                pump.cancel()
+                try:
+                    async for frame in client.frames():
+                        if self._quit.is_set():
+                            break
+                        if frame.index != expected:
+                            self.stats.order_ok = False
+                        expected = frame.index + 1
+                        audio = frame.audio or b""
+                        with self._lock:
+                            self._queue.append(_Queued(frame, self._samples))
+                            self._samples += len(audio) // 2
+                        self.out.write(audio)
+                        self.stats.received += 1
+                finally:
+                    pump.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                        await pump
         except ServerError as exc:
-            self.stats.error = str(exc)
-            log.error("server error: %s", exc)
+            if not self._quit.is_set():
+                self.stats.error = str(exc)
+                log.error("server error: %s", exc)
         except OSError as exc:
             self.stats.error = f"cannot reach {self.url}: {exc}"
             log.error("%s", self.stats.error)
         finally:
             self._ended.set()
+
+    def stop(self) -> None:
+        """End the session from any thread (before or instead of :meth:`run`)."""
+        self._quit.set()
+        if self.feed is not None:
+            self.feed.close()
 
     # --- display (calling thread) --------------------------------------------------------------
 
