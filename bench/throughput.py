@@ -16,7 +16,6 @@ import json
 import os
 import time
 
-import numpy as np
 from websockets.asyncio.client import connect
 
 from lipsync_stream.audio import load_audio

@@ -40,3 +40,18 @@ def hum(seconds: float = 0.5, rms_db: float = -20.0, f0: float = 120.0) -> np.nd
 
 def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * RATE), np.int16)
+
+
+def engine_frames(engine, pcm: np.ndarray, analyse: bool = False) -> list:  # type: ignore[no-untyped-def]
+    """Run *pcm* through *engine* frame by frame as a session would; mouth shapes (or analyses)."""
+    from lipsync_stream.protocol import AudioFramer
+
+    framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
+    framer.push(pcm.astype("<i2").tobytes())
+    framer.flush()
+    stream = engine.stream()
+    out = []
+    while framer.ready():
+        window = framer.pop().window
+        out.append(stream.analyse(window) if analyse else stream.mouth(window))
+    return out

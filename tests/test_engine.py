@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from speech_synth import engine_frames
 
 from lipsync_stream.character import load_default_character
 from lipsync_stream.engines import CLOSED, MouthShape, get_engine
@@ -13,14 +14,7 @@ ENGINE = get_engine("energy")
 
 
 def shapes(pcm: np.ndarray) -> list[MouthShape]:
-    framer = AudioFramer(ENGINE.lookahead_samples, ENGINE.context_samples)
-    framer.push(pcm.astype("<i2").tobytes())
-    framer.flush()
-    stream = ENGINE.stream()
-    out = []
-    while framer.ready():
-        out.append(stream.mouth(framer.pop().window))
-    return out
+    return engine_frames(ENGINE, pcm)
 
 
 def vowel(seconds: float, f0: float = 140.0, amp: float = 0.3) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lipsync_stream.fetch import FetchConfig, FetchError, Fetcher
+from lipsync_stream.fetch import FetchConfig, Fetcher, FetchError
 
 
 @pytest.fixture

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from speech_synth import hum, silence, vowel
+from speech_synth import engine_frames, hum, silence, vowel
 
 from lipsync_stream.engines import DEFAULT_ENGINE, get_engine
 from lipsync_stream.engines.viseme import FrameAnalysis, VisemeEngine
-from lipsync_stream.protocol import FPS, AudioFramer
+from lipsync_stream.protocol import FPS
 
 ENGINE = get_engine("viseme")
 
 
 def analyse(pcm: np.ndarray) -> list[FrameAnalysis]:
-    framer = AudioFramer(ENGINE.lookahead_samples, ENGINE.context_samples)
-    framer.push(pcm.astype("<i2").tobytes())
-    framer.flush()
-    stream = ENGINE.stream()
-    out = []
-    while framer.ready():
-        out.append(stream.analyse(framer.pop().window))
-    return out
+    return engine_frames(ENGINE, pcm, analyse=True)
 
 
 def middle(results: list[FrameAnalysis], start_s: float, end_s: float) -> list[FrameAnalysis]:

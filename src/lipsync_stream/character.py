@@ -27,8 +27,8 @@ import numpy as np
 
 from .engines.base import MouthGeometry, ReferenceFrame
 from .faces import FaceError, detect_faces, load_face_det_results
-from .landmarks import N_POINTS, Landmarks, track_landmarks
 from .fetch import Fetcher, FetchError
+from .landmarks import N_POINTS, Landmarks, track_landmarks
 from .protocol import DEFAULT_CHARACTER, FRAME_HEIGHT, FRAME_WIDTH
 
 log = logging.getLogger(__name__)
@@ -81,7 +81,13 @@ class Character:
 
 def decode_video(path: Path, max_frames: int = MAX_FRAMES) -> list[np.ndarray]:
     """All frames (up to *max_frames*) as BGR arrays; any decoding problem is a CharacterError."""
+    return decode_video_timed(path, max_frames)[0]
+
+
+def decode_video_timed(path: Path, max_frames: int = MAX_FRAMES, progress: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[float]]:
+    """Frames (BGR) and their timestamps in seconds. A damaged tail is cut off with a warning."""
     frames: list[np.ndarray] = []
+    times: list[float] = []
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -90,6 +96,9 @@ def decode_video(path: Path, max_frames: int = MAX_FRAMES) -> list[np.ndarray]:
             stream.thread_type = "AUTO"
             for frame in container.decode(stream):
                 frames.append(frame.to_ndarray(format="bgr24"))
+                times.append(float(frame.pts * stream.time_base) if frame.pts is not None else len(times) / 30.0)
+                if progress:
+                    progress(1)
                 if len(frames) >= max_frames:
                     log.warning("%s is longer than %d frames; using the first %d", path.name, max_frames, max_frames)
                     break
@@ -101,7 +110,7 @@ def decode_video(path: Path, max_frames: int = MAX_FRAMES) -> list[np.ndarray]:
         log.warning("%s is damaged after frame %d (%s); using the frames before it", path.name, len(frames), exc)
     if not frames:
         raise CharacterError(f"video {path.name} has no frames")
-    return frames
+    return frames, times
 
 
 def face_crop(boxes: np.ndarray, width: int, height: int) -> tuple[int, int, int]:
@@ -245,7 +254,7 @@ class CharacterStore:
         else:
             boxes = None  # already 512x512: the landmarks give the boxes
         square, square_boxes = square_frames(frames, boxes) if boxes is not None else (np.stack(frames), None)
-        del frames
+        frames.clear()  # the 512x512 copies are all that is kept
         landmarks = None
         if (h, w) == (FRAME_HEIGHT, FRAME_WIDTH):
             landmarks = self._prepared_landmarks(video_ref, n)

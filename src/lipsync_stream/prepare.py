@@ -23,7 +23,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from .character import LANDMARKS_SUFFIX, MAX_FRAMES, CharacterError, square_frames
+from .character import LANDMARKS_SUFFIX, MAX_FRAMES, CharacterError, decode_video_timed, square_frames
 from .faces import FaceError, detect_faces, face_det_results
 from .landmarks import Landmarks, track_landmarks
 from .protocol import FPS
@@ -42,32 +42,9 @@ class Prepared:
 
 def read_video_30fps(path: Path, max_frames: int = MAX_FRAMES, progress: bool = False) -> list[np.ndarray]:
     """Frames of *path* resampled to 30 fps by timestamp (nearest earlier frame), BGR."""
-    frames: list[np.ndarray] = []
-    times: list[float] = []
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise CharacterError(f"{path.name} has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            total = stream.frames or None
-            with tqdm(total=total, desc="decoding", unit="frame", disable=not progress, leave=False) as bar:
-                for frame in container.decode(stream):
-                    t = float(frame.pts * stream.time_base) if frame.pts is not None else len(frames) / FPS
-                    frames.append(frame.to_ndarray(format="bgr24"))
-                    times.append(t)
-                    bar.update(1)
-                    if t - times[0] >= max_frames / FPS:
-                        log.warning("%s is longer than %d s; using the first %d frames", path.name, max_frames // FPS, max_frames)
-                        break
-    except CharacterError:
-        raise
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        if not frames:
-            raise CharacterError(f"cannot decode video {path.name}: {exc}") from None
-        log.warning("%s is damaged after frame %d (%s); using the frames before it", path.name, len(frames), exc)
-    if not frames:
-        raise CharacterError(f"video {path.name} has no frames")
+    with tqdm(desc="decoding", unit="frame", disable=not progress, leave=False) as bar:
+        # Decode a little more than max_frames in case the source runs faster than 30 fps.
+        frames, times = decode_video_timed(path, 2 * max_frames, bar.update)
     rel = np.asarray(times) - times[0]
     step = float(np.median(np.diff(rel))) if len(rel) > 1 else 1.0 / FPS  # the last frame lasts this long
     n_out = min(max_frames, max(1, int(round((rel[-1] + step) * FPS))))

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-
 from websockets.exceptions import ConnectionClosed
 
 from ..protocol import SAMPLE_RATE, FrameMessage, SessionParams

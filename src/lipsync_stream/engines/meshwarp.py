@@ -16,7 +16,7 @@ import math
 import cv2
 import numpy as np
 
-from ..landmarks import CHIN, EYE_OUTER, JAW, LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER, MOUTH_CORNERS
+from ..landmarks import CHIN, JAW, LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER, MOUTH_CORNERS
 from .base import MouthShape, ReferenceFrame
 from .mouthwarp import compose_mouth
 
