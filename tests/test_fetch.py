@@ -58,6 +58,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         _Handler.hits.append(self.path)
+        if self.path.startswith("/redirect?to="):
+            self.send_response(302)
+            self.send_header("Location", self.path.split("=", 1)[1])
+            self.end_headers()
+            return
         super().do_GET()
 
 
@@ -77,17 +82,17 @@ def web(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 def test_download_is_cached_on_disk(web: tuple[str, Path], tmp_path: Path) -> None:
     base, site = web
     (site / "c.mp4").write_bytes(b"x" * 1000)
-    f = Fetcher(FetchConfig(cache_dir=tmp_path / "cache"))
+    f = Fetcher(FetchConfig(cache_dir=tmp_path / "cache", allow_private_urls=True))
     first = f.resolve(f"{base}/c.mp4")
     assert first.read_bytes() == b"x" * 1000 and first.suffix == ".mp4"
-    again = Fetcher(FetchConfig(cache_dir=tmp_path / "cache")).resolve(f"{base}/c.mp4")  # a new process, same cache
+    again = Fetcher(FetchConfig(cache_dir=tmp_path / "cache", allow_private_urls=True)).resolve(f"{base}/c.mp4")  # a new process, same cache
     assert again == first and _Handler.hits == ["/c.mp4"]
 
 
 def test_stale_cache_entries_are_fetched_again(web: tuple[str, Path], tmp_path: Path) -> None:
     base, site = web
     (site / "c.mp4").write_bytes(b"old")
-    f = Fetcher(FetchConfig(cache_dir=tmp_path / "cache", cache_ttl=0.0))
+    f = Fetcher(FetchConfig(cache_dir=tmp_path / "cache", cache_ttl=0.0, allow_private_urls=True))
     f.resolve(f"{base}/c.mp4")
     (site / "c.mp4").write_bytes(b"new")
     assert f.resolve(f"{base}/c.mp4").read_bytes() == b"new" and len(_Handler.hits) == 2
@@ -96,7 +101,7 @@ def test_stale_cache_entries_are_fetched_again(web: tuple[str, Path], tmp_path: 
 def test_download_limits_and_errors(web: tuple[str, Path], tmp_path: Path) -> None:
     base, site = web
     (site / "big.mp4").write_bytes(b"x" * 5000)
-    f = Fetcher(FetchConfig(cache_dir=tmp_path / "cache", max_download_bytes=1000))
+    f = Fetcher(FetchConfig(cache_dir=tmp_path / "cache", max_download_bytes=1000, allow_private_urls=True))
     with pytest.raises(FetchError, match="allowed"):
         f.resolve(f"{base}/big.mp4")
     with pytest.raises(FetchError, match="404"):
@@ -110,7 +115,30 @@ def test_cache_size_cap_evicts_least_recently_used(web: tuple[str, Path], tmp_pa
     base, site = web
     for name in "abc":
         (site / f"{name}.mp4").write_bytes(b"x" * 600)
-    f = Fetcher(FetchConfig(cache_dir=tmp_path / "cache", cache_max_bytes=1300))
+    f = Fetcher(FetchConfig(cache_dir=tmp_path / "cache", cache_max_bytes=1300, allow_private_urls=True))
     paths = [f.resolve(f"{base}/{n}.mp4") for n in "abc"]
     remaining = sorted(p.name for p in (tmp_path / "cache").rglob("*.mp4"))
     assert len(remaining) == 2 and paths[2].exists()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:9/x.mp4", "http://localhost/x.mp4", "http://10.1.2.3/x.mp4", "http://192.168.0.1/x.mp4", "http://169.254.169.254/latest/meta-data", "http://[::1]/x.mp4", "http://[::ffff:127.0.0.1]/x.mp4", "http://0.0.0.0/x.mp4"],
+)
+def test_private_addresses_are_refused_by_default(url: str, tmp_path: Path) -> None:
+    with pytest.raises(FetchError, match="private or reserved"):
+        Fetcher(FetchConfig(cache_dir=tmp_path)).resolve(url)
+
+
+def test_redirects_are_checked_again(web: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base, site = web
+    (site / "c.mp4").write_bytes(b"x")
+    f = Fetcher(FetchConfig(cache_dir=tmp_path / "cache"))
+    # Pretend 127.0.0.1 is a public address; [::1] stays private.
+    monkeypatch.setattr(Fetcher, "address_allowed", staticmethod(lambda ip: str(ip) == "127.0.0.1"))
+    assert f.resolve(f"{base}/redirect?to=/c.mp4").read_bytes() == b"x"  # a redirect to an allowed host is followed
+    port = base.rsplit(":", 1)[1]
+    with pytest.raises(FetchError, match="private or reserved"):
+        f.resolve(f"{base}/redirect?to=http://[::1]:{port}/c.mp4")
+    with pytest.raises(FetchError, match="redirected more than"):
+        Fetcher(FetchConfig(cache_dir=tmp_path / "c2", max_redirects=2)).resolve(f"{base}/redirect?to=/redirect?to=/redirect?to=/c.mp4")

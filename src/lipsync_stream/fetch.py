@@ -9,8 +9,10 @@ refused with a :class:`FetchError` that says why.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import os
+import socket
 import time
 import urllib.parse
 from dataclasses import dataclass, field
@@ -41,6 +43,8 @@ class FetchConfig:
     download_timeout: float = 60.0  # whole download, seconds
     cache_ttl: float = 24 * 3600.0  # a cached download older than this is fetched again
     cache_max_bytes: int = 4 * 1024 * 1024 * 1024  # oldest downloads are evicted past this
+    allow_private_urls: bool = False  # loopback, link-local and private addresses (SSRF guard)
+    max_redirects: int = 5
 
 
 class Fetcher:
@@ -92,6 +96,35 @@ class Fetcher:
         suffix = suffix if suffix.isascii() and 1 < len(suffix) <= 6 and suffix[1:].isalnum() else ""
         return self.downloads / f"{digest}{suffix}"
 
+    def check_url(self, url: str) -> None:
+        """Refuse URLs whose host resolves to loopback, link-local, private or reserved addresses.
+
+        A client must not make the server fetch from its own network (SSRF), unless the server
+        was started with ``--allow-private-urls``. Every redirect hop is checked again.
+        """
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme.lower() not in ("http", "https"):
+            raise FetchError(f"redirect to unsupported URL {url!r}")
+        host = parts.hostname
+        if not host:
+            raise FetchError(f"URL {url!r} has no host")
+        if self.config.allow_private_urls:
+            return
+        try:
+            infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80), proto=socket.IPPROTO_TCP)
+        except (socket.gaierror, UnicodeError) as exc:
+            raise FetchError(f"cannot resolve host {host!r}: {exc}") from None
+        for info in infos:
+            ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+            if not self.address_allowed(ip):
+                raise FetchError(f"URL {url!r} points at {ip}, a loopback, private or reserved address; refused (see --allow-private-urls)")
+
+    @staticmethod
+    def address_allowed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return ip.is_global and not ip.is_multicast
+
     def _download(self, url: str) -> Path:
         target = self.cache_path(url)
         if target.is_file() and time.time() - target.stat().st_mtime < self.config.cache_ttl:
@@ -102,23 +135,34 @@ class Fetcher:
         tmp = target.with_name(f"{target.name}.{os.getpid()}.{time.monotonic_ns()}.part")
         cap, deadline = self.config.max_download_bytes, time.monotonic() + self.config.download_timeout
         log.info("downloading %s", url)
+        size = 0
         try:
             timeout = httpx.Timeout(min(30.0, self.config.download_timeout))
-            with httpx.stream("GET", url, follow_redirects=True, timeout=timeout) as response:
-                if response.status_code != 200:
-                    raise FetchError(f"GET {url} answered HTTP {response.status_code}")
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > cap:
-                    raise FetchError(f"{url} is {int(declared)} bytes, more than the {cap} allowed")
-                size = 0
-                with open(tmp, "wb") as out:
-                    for chunk in response.iter_bytes(1 << 16):
-                        size += len(chunk)
-                        if size > cap:
-                            raise FetchError(f"{url} is larger than the {cap} bytes allowed")
-                        if time.monotonic() > deadline:
-                            raise FetchError(f"downloading {url} took longer than {self.config.download_timeout:.0f} s")
-                        out.write(chunk)
+            with httpx.Client(follow_redirects=False, timeout=timeout) as client:
+                current = url
+                for _hop in range(self.config.max_redirects + 1):
+                    self.check_url(current)
+                    with client.stream("GET", current) as response:
+                        if response.is_redirect:
+                            location = response.headers.get("location", "")
+                            current = urllib.parse.urljoin(current, location)
+                            continue
+                        if response.status_code != 200:
+                            raise FetchError(f"GET {current} answered HTTP {response.status_code}")
+                        declared = response.headers.get("content-length")
+                        if declared and declared.isdigit() and int(declared) > cap:
+                            raise FetchError(f"{url} is {int(declared)} bytes, more than the {cap} allowed")
+                        with open(tmp, "wb") as out:
+                            for chunk in response.iter_bytes(1 << 16):
+                                size += len(chunk)
+                                if size > cap:
+                                    raise FetchError(f"{url} is larger than the {cap} bytes allowed")
+                                if time.monotonic() > deadline:
+                                    raise FetchError(f"downloading {url} took longer than {self.config.download_timeout:.0f} s")
+                                out.write(chunk)
+                        break
+                else:
+                    raise FetchError(f"{url} redirected more than {self.config.max_redirects} times")
             tmp.replace(target)
         except httpx.HTTPError as exc:
             raise FetchError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from None
