@@ -280,7 +280,8 @@ class AudioFramer:
         self.flushed = False
         self._fifo = bytearray()
         self._history = np.zeros(context, dtype=np.int16)
-        self._odd = False
+        self.pushed_bytes = 0  # ever appended (padding included)
+        self.consumed_bytes = 0  # ever taken out (frames and skips)
 
     @property
     def pending_samples(self) -> int:
@@ -293,6 +294,7 @@ class AudioFramer:
         if self.flushed:
             raise ProtocolError(ErrorKind.BAD_REQUEST, "audio received after DONE")
         self._fifo += data
+        self.pushed_bytes += len(data)
 
     def flush(self) -> None:
         """No more audio will come: the last partial frame becomes ready."""
@@ -301,6 +303,7 @@ class AudioFramer:
     def skip(self) -> int:
         """Drop every sample not yet framed; returns how many were dropped."""
         dropped = self.pending_samples
+        self.consumed_bytes += len(self._fifo)
         self._fifo.clear()
         return dropped
 
@@ -309,6 +312,7 @@ class AudioFramer:
         missing = frame_length(self.next_index) - self.pending_samples
         if missing > 0:
             self._fifo += bytes(missing * BYTES_PER_SAMPLE)
+            self.pushed_bytes += missing * BYTES_PER_SAMPLE
             return missing
         return 0
 
@@ -338,6 +342,7 @@ class AudioFramer:
         window[self.context : self.context + len(ahead)] = ahead
         pcm = bytes(self._fifo[:own_bytes])
         del self._fifo[:own_bytes]
+        self.consumed_bytes += own_bytes
         if self.context:
             self._history = window[n : n + self.context].copy()
         self.next_index += 1

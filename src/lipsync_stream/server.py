@@ -29,6 +29,7 @@ from websockets.http11 import Request, Response
 from .character import CharacterError, CharacterStore
 from .engines import DEFAULT_ENGINE, get_engine
 from .fetch import FetchConfig, Fetcher
+from .metrics import Metrics
 from .pipeline import DEFAULT_JPEG_QUALITY, FrameRenderer, StageTimes
 from .protocol import ErrorKind, ProtocolError, error_message, parse_first_message
 from .session import Fail, Finish, Limits, Render, Session, State, Wait
@@ -55,6 +56,7 @@ class ServerConfig:
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     limits: Limits = field(default_factory=Limits)
     first_message_timeout: float = 10.0
+    send_timeout: float = 10.0  # a client that takes no frame for this long is not reading: closed
     character_memory_bytes: int = 2 * 1024**3
     fetch: FetchConfig | None = None
     render_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
@@ -78,6 +80,7 @@ class LipsyncServer:
         self._ids = itertools.count(1)
         self.active_sessions = 0
         self.sessions_total = 0
+        self.metrics = Metrics()
         self.stage_times = StageTimes()  # summed over finished sessions
         self._static_cache: dict[str, bytes] = {}
 
@@ -90,6 +93,9 @@ class LipsyncServer:
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path in WEBSOCKET_PATHS and upgrade:
             return None
+        if path == "/metrics":
+            response = connection.respond(http.HTTPStatus.OK, "")
+            return self._with_body(response, self.metrics.exposition(), self.metrics.content_type)
         if path == "/favicon.ico":
             return connection.respond(http.HTTPStatus.NO_CONTENT, "")
         page = STATIC_FILES.get("/index.html" if path == "/" else path)
@@ -104,7 +110,10 @@ class LipsyncServer:
         if body is None:
             body = (resources.files("lipsync_stream") / resource).read_bytes()
             self._static_cache[resource] = body
-        response = connection.respond(http.HTTPStatus.OK, "")
+        return self._with_body(connection.respond(http.HTTPStatus.OK, ""), body, content_type)
+
+    @staticmethod
+    def _with_body(response: Response, body: bytes, content_type: str) -> Response:
         response.body = body
         for name, value in (("Content-Type", content_type), ("Content-Length", str(len(body))), ("Cache-Control", "no-cache")):
             if name in response.headers:
@@ -118,6 +127,8 @@ class LipsyncServer:
         sid = f"s{next(self._ids)}"
         self.active_sessions += 1
         self.sessions_total += 1
+        self.metrics.sessions.inc()
+        self.metrics.sessions_active.inc()
         started = time.monotonic()
         log.info("[%s] connected from %s", sid, ws.remote_address)
         try:
@@ -129,14 +140,19 @@ class LipsyncServer:
             await self._fail(ws, sid, ErrorKind.INTERNAL, "the server failed while serving this session; see its log")
         finally:
             self.active_sessions -= 1
+            self.metrics.sessions_active.dec()
             log.info("[%s] ended after %.1f s", sid, time.monotonic() - started)
 
     async def _fail(self, ws: ServerConnection, sid: str, kind: ErrorKind, detail: str) -> None:
         log.warning("[%s] %s: %s", sid, kind.value, detail)
-        with contextlib.suppress(ConnectionClosed):
-            await ws.send(error_message(kind, detail))
-            reason = detail.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore")
-            await ws.close(kind.close_code, reason)
+        self.metrics.errors.labels(kind.value).inc()
+        reason = detail.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore")
+        try:
+            # A client that does not read cannot hold us: the error and the close get a deadline.
+            await asyncio.wait_for(ws.send(error_message(kind, detail)), self.config.send_timeout)
+            await asyncio.wait_for(ws.close(kind.close_code, reason), self.config.send_timeout)
+        except (ConnectionClosed, TimeoutError):
+            ws.transport.abort()
 
     async def _serve_session(self, ws: ServerConnection, sid: str) -> None:
         loop = asyncio.get_running_loop()
@@ -165,6 +181,8 @@ class LipsyncServer:
             try:
                 async for message in ws:
                     session.receive(message, loop.time())
+                    if isinstance(message, bytes):
+                        self.metrics.audio_seconds.inc(len(message) / 32000)
                     wake.set()
             finally:
                 wake.set()
@@ -181,13 +199,21 @@ class LipsyncServer:
                         return
                 step = session.next_step(loop.time())
                 if isinstance(step, Render):
+                    started = time.perf_counter()
                     try:
                         message = await loop.run_in_executor(self.executor, renderer.render, step.frame)
                     except Exception as exc:
                         log.exception("[%s] rendering frame %d failed", sid, step.frame.index)
                         session.fail(ErrorKind.INTERNAL, f"rendering frame {step.frame.index} failed: {type(exc).__name__}")
                         continue
-                    await ws.send(message)
+                    self.metrics.render_time.observe(time.perf_counter() - started)
+                    try:
+                        await asyncio.wait_for(ws.send(message), self.config.send_timeout)
+                    except TimeoutError:
+                        session.fail(ErrorKind.LIMIT, f"the client took no frame for {self.config.send_timeout:g} s (it is not reading); closing")
+                        continue
+                    self.metrics.frames.inc()
+                    self.metrics.frame_latency.observe(max(0.0, loop.time() - step.audio_at))
                 elif isinstance(step, Wait):
                     timeout = None if step.until is None else max(0.0, step.until - loop.time())
                     with contextlib.suppress(TimeoutError):

@@ -13,6 +13,7 @@ Only released frames leave the audio FIFO, so ``SKIP`` drops everything not yet 
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ class Limits:
     max_session_length: float | None = 3600.0
     max_idle_time: float | None = 300.0
     lead: float = DEFAULT_LEAD
+    max_backlog_seconds: float = 120.0  # audio received but not yet rendered
 
 
 # --- what the session asks the I/O shell to do --------------------------------------------------
@@ -53,6 +55,7 @@ class Render:
     """Render this frame and send it now."""
 
     frame: AudioFrame
+    audio_at: float  # when the last of the frame's own audio arrived (for latency metrics)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,7 @@ class Session:
         self.samples_skipped = 0
         self._failure: Fail | None = None
         self._starved = False  # the last step waited for audio, not for the clock
+        self._arrivals: collections.deque[tuple[int, float]] = collections.deque()  # (FIFO end offset, time)
 
     @property
     def closed(self) -> bool:
@@ -138,6 +142,13 @@ class Session:
             else:
                 self.framer.push(message)
                 self.samples_received += len(message) // 2
+                self._arrivals.append((self.framer.pushed_bytes, now))
+                backlog = self.framer.pending_samples / 16000
+                if backlog > self.limits.max_backlog_seconds:
+                    raise ProtocolError(
+                        ErrorKind.LIMIT,
+                        f"{backlog:.0f} s of audio waiting to be rendered (limit {self.limits.max_backlog_seconds:g} s): the client sends much faster than real time",
+                    )
         except ProtocolError as exc:
             self._failure = Fail(exc.kind, exc.detail)
 
@@ -202,6 +213,7 @@ class Session:
             due = self._starve_time(k)
             if now >= due:
                 framer.pad_next_with_silence()
+                self._arrivals.append((framer.pushed_bytes, now))
                 self.idle_frames += 1
                 return self._release(k, now, force=True, deadlines=deadlines)
             deadlines.append(due)
@@ -231,7 +243,14 @@ class Session:
             if now < due:
                 return Wait(min([due, *deadlines]))
         self.frames_released += 1
-        return Render(self.framer.pop(force=force))
+        frame = self.framer.pop(force=force)
+        end = self.framer.consumed_bytes
+        audio_at = now
+        while self._arrivals and self._arrivals[0][0] < end:
+            self._arrivals.popleft()
+        if self._arrivals:
+            audio_at = min(now, self._arrivals[0][1])
+        return Render(frame, audio_at)
 
     def _fail_now(self, kind: ErrorKind, detail: str) -> Fail:
         self.state = State.CLOSED
