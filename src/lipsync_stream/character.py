@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -242,26 +243,58 @@ class CharacterStore:
 
     def _build(self, video_ref: str, faces_ref: str | None) -> Character:
         if video_ref == DEFAULT_CHARACTER and faces_ref is None:
-            return load_default_character()
+            video, landmarks_file = default_character_files()
+            square, _ = self._square_frames(video_ref, video, None)
+            return make_character(DEFAULT_CHARACTER, square, Landmarks.load(landmarks_file).points)
         video = self.fetcher.resolve(video_ref)
-        frames = decode_video(video)
-        n, (h, w) = len(frames), frames[0].shape[:2]
-        digest = _file_digest(video)
-        if faces_ref is not None:
-            boxes: np.ndarray | None = load_face_det_results(self.fetcher.resolve(faces_ref), n, w, h)
-        elif (h, w) != (FRAME_HEIGHT, FRAME_WIDTH):
-            boxes = self._cached(f"faces/{digest}-{n}.npy", (n, 4), lambda: detect_faces(frames), f"face detection for {video_ref}")
-        else:
-            boxes = None  # already 512x512: the landmarks give the boxes
-        square, square_boxes = square_frames(frames, boxes) if boxes is not None else (np.stack(frames), None)
-        frames.clear()  # the 512x512 copies are all that is kept
-        landmarks = None
-        if (h, w) == (FRAME_HEIGHT, FRAME_WIDTH):
-            landmarks = self._prepared_landmarks(video_ref, n)
+        faces = self.fetcher.resolve(faces_ref) if faces_ref is not None else None
+        square, square_boxes = self._square_frames(video_ref, video, faces)
+        n = len(square)
+        landmarks = self._prepared_landmarks(video_ref, n) if square_boxes is None else None
         if landmarks is None:
-            crop_key = hashlib.sha256(b"" if square_boxes is None else square_boxes.tobytes()).hexdigest()[:12]
-            landmarks = self._cached(f"landmarks/{digest}-{n}-{crop_key}.npy", (n, N_POINTS, 2), lambda: track_landmarks(square), f"landmarks for {video_ref}")
+            key = f"{_file_digest(video)}-{n}-" + hashlib.sha256(b"" if square_boxes is None else square_boxes.tobytes()).hexdigest()[:12]
+            landmarks = self._cached(f"landmarks/{key}.npy", (n, N_POINTS, 2), lambda: track_landmarks(square), f"landmarks for {video_ref}")
         return make_character(video_ref, square, landmarks, square_boxes)
+
+    def _square_frames(self, video_ref: str, video: Path, faces: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The 512x512 frames, decoded once into the cache directory and memory-mapped from there.
+
+        Every worker process maps the same file, so the operating system keeps one copy of a
+        character in memory however many processes serve it.
+        """
+        key = _file_digest(video) + (f"-{_file_digest(faces)}" if faces is not None else "")
+        base = self.fetcher.config.cache_dir / "characters" / key
+        frames_path, boxes_path = base.with_name(key + ".frames.npy"), base.with_name(key + ".boxes.npy")
+        if not (frames_path.is_file() and boxes_path.is_file()):
+            frames = decode_video(video)
+            n, (h, w) = len(frames), frames[0].shape[:2]
+            if faces is not None:
+                boxes: np.ndarray | None = load_face_det_results(faces, n, w, h)
+            elif (h, w) != (FRAME_HEIGHT, FRAME_WIDTH):
+                boxes = self._cached(f"faces/{key}-{n}.npy", (n, 4), lambda: detect_faces(frames), f"face detection for {video_ref}")
+            else:
+                boxes = None  # already 512x512: the landmarks give the boxes
+            square, square_boxes = square_frames(frames, boxes) if boxes is not None else (np.stack(frames), None)
+            frames.clear()
+            frames_path.parent.mkdir(parents=True, exist_ok=True)
+            tag = f"{os.getpid()}.{threading.get_ident()}"
+            tmp_frames, tmp_boxes = frames_path.with_name(f"{key}.{tag}.tmp.npy"), boxes_path.with_name(f"{key}.{tag}.boxes.tmp.npy")
+            np.save(tmp_frames, square)
+            np.save(tmp_boxes, np.zeros((0, 4), np.int32) if square_boxes is None else square_boxes)
+            tmp_boxes.replace(boxes_path)
+            tmp_frames.replace(frames_path)
+            del square
+        try:
+            mapped = np.load(frames_path, mmap_mode="r", allow_pickle=False)
+            boxes_arr = np.load(boxes_path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            frames_path.unlink(missing_ok=True)
+            raise CharacterError(f"decoded-character cache {frames_path.name} is unreadable ({exc}); try again") from None
+        if mapped.ndim != 4 or mapped.shape[1:] != (FRAME_HEIGHT, FRAME_WIDTH, 3) or mapped.dtype != np.uint8:
+            frames_path.unlink(missing_ok=True)
+            raise CharacterError(f"decoded-character cache {frames_path.name} has the wrong shape; removed, try again")
+        log.info("character %s: %d frames mapped from %s", video_ref, len(mapped), frames_path)
+        return mapped, (None if len(boxes_arr) == 0 else boxes_arr.astype(np.int32))
 
     def _prepared_landmarks(self, video_ref: str, n: int) -> np.ndarray | None:
         """Landmarks that ``prepare`` wrote beside the video, when there are any."""

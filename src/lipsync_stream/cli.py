@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest client message (default: %(default)s)")
     s.add_argument("--max-session-length", type=_seconds_or_none, default=3600.0, metavar="SECONDS", help="longest session; 0 = no limit (default: %(default)s)")
     s.add_argument("--max-idle-time", type=_seconds_or_none, default=300.0, metavar="SECONDS", help="longest silence from a client; 0 = no limit (default: %(default)s)")
+    s.add_argument("--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT) and the character cache (default: %(default)s)")
     s.add_argument("--allow-private-urls", action="store_true", help="let clients name http(s) URLs on loopback, link-local and private addresses (off: SSRF guard)")
     s.add_argument("--lead", type=float, default=DEFAULT_LEAD, metavar="SECONDS", help="how far frames may run ahead of real time (default: %(default)s)")
 
@@ -203,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
         limits = Limits(args.max_message_bytes, args.max_session_length, args.max_idle_time, args.lead)
         config = ServerConfig(args.host, args.port, list(args.asset_root), args.engine, args.jpeg_quality, limits)
         config.fetch = FetchConfig(asset_roots=list(args.asset_root), cache_dir=args.cache_dir or default_cache_dir(), allow_private_urls=args.allow_private_urls)
+        if args.workers > 1:
+            from .server import serve_workers
+
+            return serve_workers(config, args.workers)
         asyncio.run(serve_forever(config))
         return 0
     if args.command == "prepare":

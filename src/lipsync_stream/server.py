@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import cv2
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
@@ -60,6 +61,7 @@ class ServerConfig:
     character_memory_bytes: int = 2 * 1024**3
     fetch: FetchConfig | None = None
     render_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+    reuse_port: bool = False  # several worker processes listen on one port (SO_REUSEPORT)
 
     def fetch_config(self) -> FetchConfig:
         return self.fetch if self.fetch is not None else FetchConfig(asset_roots=[Path(p) for p in self.asset_roots])
@@ -74,6 +76,7 @@ class LipsyncServer:
 
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
+        cv2.setNumThreads(1)  # parallel across sessions, not inside one small image
         self.engine = get_engine(self.config.engine)
         self.store = CharacterStore(Fetcher(self.config.fetch_config()), self.config.character_memory_bytes)
         self.executor = ThreadPoolExecutor(self.config.render_threads, thread_name_prefix="render")
@@ -254,6 +257,7 @@ class LipsyncServer:
             compression=None,  # frames are JPEG: deflate would cost CPU for nothing
             # Messages a little over the limit still arrive, so the client hears why it is refused.
             max_size=4 * limit,
+            reuse_port=self.config.reuse_port or None,
         )
 
     def close(self) -> None:
@@ -334,3 +338,38 @@ class ServerThread:
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(lambda: self._stop.done() or self._stop.set_result(None))  # type: ignore[union-attr]
         self._thread.join(10)
+
+
+def serve_workers(config: ServerConfig, workers: int) -> int:
+    """Run *workers* server processes on one port (SO_REUSEPORT); the kernel spreads connections.
+
+    Each worker has its own event loop and render threads (no shared GIL); characters are shared
+    through the memory-mapped decoded-character cache on disk.
+    """
+    import multiprocessing
+    import signal
+
+    config.reuse_port = True
+    config.render_threads = max(1, (os.cpu_count() or 2) // workers)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_main, args=(config, i), name=f"worker-{i}") for i in range(workers)]
+    for proc in procs:
+        proc.start()
+    log.info("started %d workers on port %d", workers, config.port)
+
+    def stop(_sig: int, _frame: object) -> None:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for proc in procs:
+        proc.join()
+    return max((proc.exitcode or 0) for proc in procs if proc.exitcode is not None and proc.exitcode > 0) if any((p.exitcode or 0) > 0 for p in procs) else 0
+
+
+def _worker_main(config: ServerConfig, index: int) -> None:
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s w{index} %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    asyncio.run(serve_forever(config))

@@ -11,6 +11,7 @@ taken from the face's own skin and lips, so it follows the character's lighting.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -31,7 +32,7 @@ UPPER_SHARE = 0.15  # of an open reference mouth's gap that the upper lip closes
 TUCK_LIFT = 0.06  # upper lip lift for f/v, showing the teeth over the lower lip
 
 ANCHORS = [1, 2, 4, 5, 98, 327, 195, 33, 133, 263, 362, 50, 280, 116, 345, 234, 454, 93, 323]
-GRID_STEP = 6  # px between exact spline evaluations; bilinear in between
+GRID_STEP = 8  # px between exact spline evaluations; bilinear in between
 FEATHER_PX = 16.0  # displacement fades to zero over this many pixels at the region's edge
 
 _LIP_IDS = sorted(set(LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER))
@@ -96,49 +97,63 @@ def _lens(u: np.ndarray, power: float = 0.75) -> np.ndarray:
     return np.clip(1.0 - (u / 0.5) ** 2, 0.0, 1.0) ** power
 
 
+def _moving_groups() -> tuple[np.ndarray, np.ndarray]:
+    """Every moving landmark once, with its group (the first that claims it, in this order)."""
+    groups = [LIPS_UPPER_INNER, LIPS_LOWER_INNER, LIPS_UPPER_OUTER, LIPS_LOWER_OUTER, UPPER_SKIN, LOWER_SKIN, JAW + [CHIN]]
+    ids: list[int] = []
+    codes: list[int] = []
+    for code, group in enumerate(groups):
+        for i in group:
+            if i not in ids:
+                ids.append(i)
+                codes.append(code)
+    return np.array(ids), np.array(codes)
+
+
+_MOVING, _GROUP = _moving_groups()
+_CORNER = np.isin(_MOVING, MOUTH_CORNERS)
+_POS = {int(i): k for k, i in enumerate(_MOVING)}
+_PAIRS = np.array([(_POS[u], _POS[lo]) for u, lo in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER) if u != lo])
+
+
 def target_landmarks(lm: np.ndarray, shape: MouthShape) -> tuple[dict[int, np.ndarray], MouthFrame]:
     """Where each moving landmark goes for *shape* (pixels), and the mouth frame used."""
     frame = MouthFrame(lm)
-    uv = {i: frame.to_uv(lm[i].astype(np.float64)) for i in _LIP_IDS + UPPER_SKIN + LOWER_SKIN + CHIN_SKIN + JAW + [CHIN]}
-    opening = float(np.clip(shape.open, 0.0, 1.2))
-    width = float(np.clip(shape.width, -1.0, 1.0))
-    rnd, tuck = float(np.clip(shape.round, 0.0, 1.0)), float(np.clip(shape.tuck, 0.0, 1.0))
+    uv = frame.to_uv(lm[_MOVING].astype(np.float64))
+    u, v = uv[:, 0], uv[:, 1]
+    opening = min(max(shape.open, 0.0), 1.2)
+    width = min(max(shape.width, -1.0), 1.0)
+    rnd, tuck = min(max(shape.round, 0.0), 1.0), min(max(shape.tuck, 0.0), 1.0)
 
     # Close the reference's own gap first, so that every target starts from closed lips: the jaw
     # and lower lip do most of the closing, as they do in speech.
-    closing: dict[int, float] = {}
-    for up, low in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER):
-        gap = float(uv[low][1] - uv[up][1])
-        if up != low and gap > 0:
-            closing[up], closing[low] = UPPER_SHARE * gap, -(1.0 - UPPER_SHARE) * gap
-    mid_gap = max(0.0, float(uv[14][1] - uv[13][1]))
+    closing = np.zeros(len(_MOVING))
+    gaps = np.maximum(v[_PAIRS[:, 1]] - v[_PAIRS[:, 0]], 0.0)
+    closing[_PAIRS[:, 0]] = UPPER_SHARE * gaps
+    closing[_PAIRS[:, 1]] = -(1.0 - UPPER_SHARE) * gaps
+    mid_gap = max(0.0, float(v[_POS[14]] - v[_POS[13]]))
 
     drop = LOWER_LIP_DROP * opening
     lift = UPPER_LIP_LIFT * opening + TUCK_LIFT * tuck
-    out: dict[int, np.ndarray] = {}
-    for i, (u, v) in uv.items():
-        du, dv = (SPREAD * width - ROUND_PULL * rnd) * u * (1.0 if abs(u) <= 0.6 else 0.6 / abs(u)), 0.0
-        if i in LIPS_UPPER_INNER:
-            dv = closing.get(i, 0.0) - lift * _lens(u)
-        elif i in LIPS_LOWER_INNER:
-            dv = closing.get(i, 0.0) + drop * _lens(u) - tuck * 0.02 * _lens(u)
-        elif i in LIPS_UPPER_OUTER:
-            dv = UPPER_SHARE * mid_gap * _lens(u) - (0.85 * lift + PROTRUDE * rnd) * _lens(u)
-        elif i in LIPS_LOWER_OUTER:
-            dv = -(1.0 - UPPER_SHARE) * mid_gap * _lens(u) + (0.95 * drop + PROTRUDE * rnd - 0.02 * tuck) * _lens(u)
-        elif i in UPPER_SKIN:
-            dv = 0.4 * (UPPER_SHARE * mid_gap - 0.85 * lift) * _lens(u, 0.5)
-            du *= 0.3
-        elif i in LOWER_SKIN:
-            dv = (0.9 * drop - (1.0 - UPPER_SHARE) * mid_gap) * float(np.clip(1.0 - abs(u) / 1.0, 0.3, 1.0))
-            du *= 0.5
-        else:  # jaw and chin follow the lower lip, less towards the ears
-            dv = (JAW_SHARE * drop - (1.0 - UPPER_SHARE) * mid_gap) * float(np.clip(1.0 - abs(u) / 1.4, 0.2, 1.0))
-            du = 0.0
-        if i in MOUTH_CORNERS:
-            dv = 0.0
-        out[i] = frame.to_xy(np.array([u + du, v + dv]))
-    return out, frame
+    lens, soft_lens = _lens(u), _lens(u, 0.5)
+    du = (SPREAD * width - ROUND_PULL * rnd) * u * np.minimum(1.0, 0.6 / np.maximum(np.abs(u), 1e-9))
+    dv = np.select(
+        [_GROUP == 0, _GROUP == 1, _GROUP == 2, _GROUP == 3, _GROUP == 4, _GROUP == 5],
+        [
+            closing - lift * lens,
+            closing + (drop - tuck * 0.02) * lens,
+            (UPPER_SHARE * mid_gap - 0.85 * lift - PROTRUDE * rnd) * lens,
+            (-(1.0 - UPPER_SHARE) * mid_gap + 0.95 * drop + PROTRUDE * rnd - 0.02 * tuck) * lens,
+            0.4 * (UPPER_SHARE * mid_gap - 0.85 * lift) * soft_lens,
+            (0.9 * drop - (1.0 - UPPER_SHARE) * mid_gap) * np.clip(1.0 - np.abs(u), 0.3, 1.0),
+        ],
+        # jaw and chin follow the lower lip, less towards the ears
+        (JAW_SHARE * drop - (1.0 - UPPER_SHARE) * mid_gap) * np.clip(1.0 - np.abs(u) / 1.4, 0.2, 1.0),
+    )
+    du = np.select([_GROUP == 4, _GROUP == 5, _GROUP == 6], [0.3 * du, 0.5 * du, 0.0 * du], du)
+    dv[_CORNER] = 0.0
+    xy = frame.to_xy(np.stack([u + du, v + dv], axis=1))
+    return {int(i): xy[k] for k, i in enumerate(_MOVING)}, frame
 
 
 def roi_for(lm: np.ndarray, frame: MouthFrame, size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -150,6 +165,17 @@ def roi_for(lm: np.ndarray, frame: MouthFrame, size: tuple[int, int]) -> tuple[i
     y0 = float(lm[2, 1]) - 0.45 * frame.width  # above the nostrils: the fade happens on the nose bridge
     y1 = float(lm[CHIN, 1]) + (JAW_SHARE * LOWER_LIP_DROP + 0.8) * frame.width  # room below the dropped chin
     return max(0, int(y0)), min(h, int(math.ceil(y1))), max(0, int(x0)), min(w, int(math.ceil(x1)))
+
+
+@functools.lru_cache(maxsize=64)
+def _feather(h: int, w: int) -> np.ndarray:
+    """0 at the region's edge rising smoothly to 1 at FEATHER_PX inside (read-only, cached)."""
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    edge = np.minimum(np.minimum(yy, (h - 1) - yy), np.minimum(xx, (w - 1) - xx))
+    out = _smoothstep(0.0, FEATHER_PX, edge).astype(np.float32)
+    out.flags.writeable = False
+    return out
 
 
 def _ring(y0: int, y1: int, x0: int, x1: int, per_side: int = 7) -> np.ndarray:
@@ -204,12 +230,9 @@ def compose_landmarks(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
     maps = cv2.resize(mapped, (full_w, full_h), interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
     # Fade the displacement (not the pixels) out towards the region's edge: no double edges, and
     # exactly the reference at the edge itself.
-    yy = np.arange(y1 - y0, dtype=np.float32)[:, None]
-    xx = np.arange(x1 - x0, dtype=np.float32)[None, :]
-    edge = np.minimum(np.minimum(yy, (y1 - y0 - 1) - yy), np.minimum(xx, (x1 - x0 - 1) - xx))
-    feather = _smoothstep(0.0, FEATHER_PX, edge).astype(np.float32)
-    ident_x = xx + np.float32(x0)
-    ident_y = yy + np.float32(y0)
+    feather = _feather(y1 - y0, x1 - x0)
+    ident_x = np.arange(x0, x1, dtype=np.float32)[None, :]
+    ident_y = np.arange(y0, y1, dtype=np.float32)[:, None]
     map_x = ident_x + feather * (maps[..., 0] - ident_x)
     map_y = ident_y + feather * (maps[..., 1] - ident_y)
     warped = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32)
