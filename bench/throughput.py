@@ -2,8 +2,10 @@
 
 Runs a server in this process and N client sessions at once, each streaming the bundled sentence
 as fast as the server renders it, and prints a table: end-to-end frames per second, per-frame
-milliseconds per stage (engine, compositing, JPEG encoding), and the JPEG-only floor (encoding
-the same reference frames and nothing else). Run by hand:
+milliseconds of wall time per stage in the render threads (engine, compositing, JPEG encoding;
+with several sessions these include waiting for the GIL), the process's CPU time per frame
+(server and the frame-counting clients, everything: websockets, event loop, threads), and the
+JPEG-only floor (encoding the same reference frames and nothing else). Run by hand:
 
     .venv/bin/python bench/throughput.py [--engine viseme] [--sessions 1 2 4] [--repeat 3]
 """
@@ -59,27 +61,27 @@ async def run(sessions: list[int], repeat: int, engine: str) -> None:
     floor = jpeg_floor()
     print(f"engine {engine}; machine: {os.cpu_count()} CPUs; audio {len(pcm) / 32000:.2f} s = {per_session} frames per session; JPEG quality {DEFAULT_JPEG_QUALITY}")
     print()
-    print("| sessions | frames | wall s | fps total | fps/session | ms/frame engine | compose | JPEG+pack | server total | JPEG share | JPEG floor ms | server/floor |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| sessions | frames | wall s | fps total | fps/session | ms/frame engine | compose | JPEG+pack | render total | JPEG share | CPU ms/frame | JPEG floor ms | CPU/floor |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     async with running_server(ServerConfig(port=0, engine=engine)) as (app, url):
         await one_session(url, pcm[:32000])  # warm up: character load, imports
         for n in sessions:
             best: tuple[float, StageTimes] | None = None
             for _ in range(repeat):
                 app.stage_times = StageTimes()
-                start = time.perf_counter()
+                start, cpu0 = time.perf_counter(), time.process_time()
                 counts = await asyncio.gather(*(one_session(url, pcm) for _ in range(n)))
-                wall = time.perf_counter() - start
+                wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
                 assert all(c == per_session for c in counts), counts
                 if best is None or wall < best[0]:
-                    best = (wall, app.stage_times)
+                    best = (wall, app.stage_times, cpu)
             assert best is not None
-            wall, t = best
+            wall, t, cpu = best
             total = n * per_session
             ms = lambda x: 1000 * x / t.frames  # noqa: E731
             print(
                 f"| {n} | {total} | {wall:.2f} | {total / wall:.1f} | {per_session / wall:.1f} | {ms(t.mouth):.2f} | {ms(t.compose):.2f} | {ms(t.encode):.2f} "
-                f"| {ms(t.total):.2f} | {t.encode / t.total:.0%} | {1000 * floor:.2f} | {t.total / t.frames / floor:.1f}x |"
+                f"| {ms(t.total):.2f} | {t.encode / t.total:.0%} | {1000 * cpu / total:.2f} | {1000 * floor:.2f} | {cpu / total / floor:.1f}x |"
             )
 
 

@@ -31,7 +31,7 @@ ROUND_PULL = 0.22  # corners drawn in at round = 1
 UPPER_SHARE = 0.15  # of an open reference mouth's gap that the upper lip closes (the jaw does the rest)
 TUCK_LIFT = 0.06  # upper lip lift for f/v, showing the teeth over the lower lip
 
-ANCHORS = [1, 2, 4, 5, 98, 327, 195, 33, 133, 263, 362, 50, 280, 116, 345, 234, 454, 93, 323]
+ANCHORS = [1, 2, 4, 5, 98, 327, 195, 33, 133, 263, 362, 50, 280, 116, 345, 234, 454, 93, 323]  # nose, eyes, cheekbones, temples: held still
 GRID_STEP = 8  # px between exact spline evaluations; bilinear in between
 FEATHER_PX = 16.0  # displacement fades to zero over this many pixels at the region's edge
 
@@ -43,7 +43,8 @@ CHIN_SKIN = [200, 199, 175]  # down the chin
 
 
 def _smoothstep(e0: float, e1: float, x: np.ndarray | float) -> np.ndarray:
-    t = np.clip((np.asarray(x, dtype=np.float64) - e0) / (e1 - e0), 0.0, 1.0)
+    """0 below e0, 1 above e1, smooth between; keeps float32 arrays float32."""
+    t = np.clip((np.asarray(x) - e0) * (1.0 / (e1 - e0)), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
 
 
@@ -54,7 +55,8 @@ def _tps_kernel(r2: np.ndarray) -> np.ndarray:
 def tps_fit(src: np.ndarray, dst: np.ndarray, reg: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """Thin-plate spline mapping *src* points onto *dst* points: (weights, affine)."""
     n = len(src)
-    d2 = ((src[:, None, :] - src[None, :, :]) ** 2).sum(-1)
+    sq = (src * src).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (src @ src.T), 0.0)
     k = _tps_kernel(d2) + reg * np.eye(n)
     p = np.hstack([np.ones((n, 1)), src])
     a = np.zeros((n + 3, n + 3))
@@ -235,13 +237,11 @@ def compose_landmarks(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
     ident_y = np.arange(y0, y1, dtype=np.float32)[:, None]
     map_x = ident_x + feather * (maps[..., 0] - ident_x)
     map_y = ident_y + feather * (maps[..., 1] - ident_y)
-    warped = cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT).astype(np.float32)
-
-    if opening_px >= 0.6:
-        warped = _draw_interior(warped, image, lm, targets, frame, shape, (y0, x0), opening_px)
-
     out = image.copy()
-    out[y0:y1, x0:x1] = np.clip(warped + 0.5, 0, 255).astype(np.uint8)
+    warped = out[y0:y1, x0:x1]
+    cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, dst=warped, borderMode=cv2.BORDER_REFLECT)
+    if opening_px >= 0.6:
+        _draw_interior(warped, image, lm, targets, frame, shape, (y0, x0), opening_px)
     return out
 
 
@@ -259,8 +259,11 @@ def _draw_interior(
     shape: MouthShape,
     origin: tuple[int, int],
     opening_px: float,
-) -> np.ndarray:
-    """Cavity, upper teeth and tongue between the target inner lips, lit like the face."""
+) -> None:
+    """Cavity, upper teeth and tongue between the target inner lips, lit like the face.
+
+    Drawn into *warped* (the uint8 region of the output, origin at *origin*) in place.
+    """
     upper = [targets[i] for i in LIPS_UPPER_INNER]
     lower = [targets[i] for i in LIPS_LOWER_INNER]
     poly = np.array(upper + lower[::-1])
@@ -271,14 +274,14 @@ def _draw_interior(
     bx0 = max(0, int(poly[:, 0].min()) - origin[1] - 2)
     bx1 = min(rw, int(math.ceil(poly[:, 0].max())) - origin[1] + 3)
     if by1 - by0 < 2 or bx1 - bx0 < 2:
-        return warped
+        return
     origin = (origin[0] + by0, origin[1] + bx0)
     h, w = by1 - by0, bx1 - bx0
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, [_poly(upper + lower[::-1], origin)], 255, lineType=cv2.LINE_AA, shift=2)
-    alpha = mask.astype(np.float32) / 255.0
-    if alpha.max() <= 0.0:
-        return warped
+    if not mask.any():
+        return
+    alpha = mask.astype(np.float32) * np.float32(1.0 / 255.0)
 
     # Lighting from the face itself: skin between nose and lip, and the lips' own colour.
     fw = frame.width
@@ -294,9 +297,13 @@ def _draw_interior(
     teeth = np.minimum(teeth, skin_col.max() * 1.05)
     tongue = np.array([92.0, 98.0, 178.0], np.float32) * light
 
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    uv = frame.to_uv(np.stack([xs + origin[1], ys + origin[0]], axis=-1))
-    u, v = uv[..., 0].astype(np.float32), uv[..., 1].astype(np.float32)
+    # Mouth coordinates of every pixel of the box: an affine function of (x, y).
+    ox, oy = (np.array([origin[1], origin[0]], np.float64) - frame.origin) / frame.width
+    ex, ey = frame.ex / frame.width, frame.ey / frame.width
+    xs = np.arange(w, dtype=np.float32)[None, :]
+    ys = np.arange(h, dtype=np.float32)[:, None]
+    u = np.float32(ox * frame.ex[0] + oy * frame.ex[1]) + np.float32(ex[0]) * xs + np.float32(ex[1]) * ys
+    v = np.float32(ox * frame.ey[0] + oy * frame.ey[1]) + np.float32(ey[0]) * xs + np.float32(ey[1]) * ys
     up_uv = frame.to_uv(np.array(upper))
     low_uv = frame.to_uv(np.array(lower))
     order_up, order_low = np.argsort(up_uv[:, 0]), np.argsort(low_uv[:, 0])
@@ -328,5 +335,6 @@ def _draw_interior(
 
     a = alpha[..., None]
     box = warped[by0:by1, bx0:bx1]
-    warped[by0:by1, bx0:bx1] = box * (1.0 - a) + col.astype(np.float32) * a
-    return warped
+    blended = box.astype(np.float32) * (1.0 - a) + col.astype(np.float32) * a
+    np.clip(blended + 0.5, 0, 255, out=blended)
+    box[...] = blended.astype(np.uint8)
