@@ -61,8 +61,8 @@ async def run(sessions: list[int], repeat: int, engine: str) -> None:
     floor = jpeg_floor()
     print(f"engine {engine}; machine: {os.cpu_count()} CPUs; audio {len(pcm) / 32000:.2f} s = {per_session} frames per session; JPEG quality {DEFAULT_JPEG_QUALITY}")
     print()
-    print("| sessions | frames | wall s | fps total | fps/session | ms/frame engine | compose | JPEG+pack | render total | JPEG share | CPU ms/frame | JPEG floor ms | CPU/floor |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| sessions | frames | wall s | fps total | fps/session | ms/frame features | engine | compose | JPEG+pack | send | render total | JPEG share | CPU ms/frame | JPEG floor ms | CPU/floor |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     async with running_server(ServerConfig(port=0, engine=engine)) as (app, url):
         await one_session(url, pcm[:32000])  # warm up: character load, imports
         for n in sessions:
@@ -80,7 +80,7 @@ async def run(sessions: list[int], repeat: int, engine: str) -> None:
             total = n * per_session
             ms = lambda x: 1000 * x / t.frames  # noqa: E731
             print(
-                f"| {n} | {total} | {wall:.2f} | {total / wall:.1f} | {per_session / wall:.1f} | {ms(t.mouth):.2f} | {ms(t.compose):.2f} | {ms(t.encode):.2f} "
+                f"| {n} | {total} | {wall:.2f} | {total / wall:.1f} | {per_session / wall:.1f} | {ms(t.features):.2f} | {ms(t.mouth - t.features):.2f} | {ms(t.compose):.2f} | {ms(t.encode):.2f} | {ms(t.send):.2f} "
                 f"| {ms(t.total):.2f} | {t.encode / t.total:.0%} | {1000 * cpu / total:.2f} | {1000 * floor:.2f} | {cpu / total / floor:.1f}x |"
             )
 

@@ -32,9 +32,11 @@ class StageTimes:
     """Seconds spent per stage, summed over frames."""
 
     frames: int = 0
-    mouth: float = 0.0  # audio features and engine
+    features: float = 0.0  # audio features (part of `mouth`, for engines that report it)
+    mouth: float = 0.0  # audio features and the engine's mapping to a mouth shape
     compose: float = 0.0
     encode: float = 0.0  # JPEG (or raw copy) and message packing
+    send: float = 0.0  # handing the message to the websocket (measured by the server)
 
     @property
     def total(self) -> float:
@@ -42,9 +44,11 @@ class StageTimes:
 
     def add(self, other: "StageTimes") -> None:
         self.frames += other.frames
+        self.features += other.features
         self.mouth += other.mouth
         self.compose += other.compose
         self.encode += other.encode
+        self.send += other.send
 
 
 class FrameRenderer:
@@ -70,6 +74,7 @@ class FrameRenderer:
         self.last_shape = shape
         times = self.times
         times.frames += 1
+        times.features = self.stream.feature_seconds
         times.mouth += t1 - t0
         times.compose += t2 - t1
         times.encode += t3 - t2

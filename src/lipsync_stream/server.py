@@ -210,8 +210,10 @@ class LipsyncServer:
                         session.fail(ErrorKind.INTERNAL, f"rendering frame {step.frame.index} failed: {type(exc).__name__}")
                         continue
                     self.metrics.render_time.observe(time.perf_counter() - started)
+                    sending = time.perf_counter()
                     try:
                         await asyncio.wait_for(ws.send(message), self.config.send_timeout)
+                        renderer.times.send += time.perf_counter() - sending
                     except TimeoutError:
                         session.fail(ErrorKind.LIMIT, f"the client took no frame for {self.config.send_timeout:g} s (it is not reading); closing")
                         continue

@@ -60,6 +60,9 @@ CLOSED = MouthShape()
 class EngineStream(ABC):
     """Per-session engine state."""
 
+    #: seconds spent computing audio features so far (engines that have a separate front end)
+    feature_seconds: float = 0.0
+
     @abstractmethod
     def mouth(self, window: np.ndarray) -> MouthShape:
         """Mouth shape for the frame at the centre of *window* (advances smoothing state)."""

@@ -17,6 +17,7 @@ A closure is never blurred: if any hop inside the frame's own 33 ms is a closure
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,7 +115,9 @@ class VisemeStream(EngineStream):
         centre = ctx + frame_len / 2.0
         offsets = np.arange(-PAST_S, FUTURE_S + 1e-9, HOP / SAMPLE_RATE)
         centres = np.round(centre + offsets * SAMPLE_RATE).astype(np.int64)
+        started = time.perf_counter()
         f = analyse(window, centres)
+        self.feature_seconds += time.perf_counter() - started
         inside = np.abs(offsets) <= 0.5 / FPS
         self.peak_db = max(float(f.level_db[inside].max()), self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
         floor_db = max(GATE_DB, self.peak_db - FLOOR_BELOW_PEAK_DB)
