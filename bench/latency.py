@@ -15,49 +15,21 @@ import argparse
 import asyncio
 import json
 import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 from websockets.asyncio.client import connect
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from serverproc import ServerProcess  # noqa: E402
+
 from lipsync_stream.audio import load_audio  # noqa: E402
 from lipsync_stream.cli import sample_speech  # noqa: E402
 from lipsync_stream.protocol import decode_frame, frame_start, frames_for_samples  # noqa: E402
 
 CHUNK = 4000  # samples: 250 ms
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    def __init__(self, engine: str, workers: int = 1) -> None:
-        self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/LipsyncStream"
-        cmd = [sys.executable, "-m", "lipsync_stream", "--log-level", "WARNING", "serve", "--port", str(self.port), "--engine", engine]
-        if workers > 1:
-            cmd += ["--workers", str(workers)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
 
 
 async def session(url: str, pcm: np.ndarray, start_at: float) -> tuple[list[float], int]:
@@ -110,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     speech = load_audio(sample_speech())
     pcm = np.tile(speech, int(np.ceil(args.seconds * 16000 / len(speech))))[: int(args.seconds * 16000)]
-    server = None if args.server else ServerProcess(args.engine, args.workers)
+    server = None if args.server else ServerProcess(["--engine", args.engine, "--workers", str(args.workers)])
     url = args.server or server.url  # type: ignore[union-attr]
     try:
         asyncio.run(run(url, 1, pcm[:16000]))  # warm up

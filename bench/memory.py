@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import free_port  # noqa: E402
+from serverproc import ServerProcess  # noqa: E402
 
 
 def proc_kib(pid: int, field: str, file: str = "status") -> int:
@@ -42,18 +40,10 @@ def tree(pid: int) -> list[int]:
     return out
 
 
-def start(workers: int, cache: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "lipsync_stream", "--log-level", "WARNING", "serve", "--port", str(port), "--cache-dir", str(cache), "--workers", str(workers)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(600):
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-        except OSError:
-            time.sleep(0.1)
+def start(workers: int, cache: Path) -> tuple[ServerProcess, str]:
+    server = ServerProcess(["--cache-dir", str(cache), "--workers", str(workers)])
     time.sleep(1.0 * workers)  # every worker up
-    return proc, f"ws://127.0.0.1:{port}/LipsyncStream"
+    return server, server.url
 
 
 async def hold(url: str, n: int, seconds: float) -> None:
@@ -95,8 +85,7 @@ def main() -> None:
                 per = f"{(rss - base) / n:.1f}" if n and base is not None and n != args.sessions[0] else ""
                 print(f"| {n} | {rss:.0f} | {per} |")
         finally:
-            proc.terminate()
-            proc.wait(10)
+            proc.close()
         print()
         print("| workers | total PSS (MB), each worker serving the default character |")
         print("|---:|---:|")
@@ -107,8 +96,7 @@ def main() -> None:
                 pss = sum(proc_kib(p, "Pss", "smaps_rollup") for p in tree(proc.pid)) / 1024
                 print(f"| {w} | {pss:.0f} |")
             finally:
-                proc.terminate()
-                proc.wait(10)
+                proc.close()
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import numpy as np
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency import free_port  # noqa: E402
+from serverproc import ServerProcess  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from lipsync_stream.character import load_default_character  # noqa: E402
@@ -63,29 +63,8 @@ async def first_frame(url: str, character: str) -> float:
             raise RuntimeError(message)
 
 
-class Server:
-    def __init__(self, roots: Path, cache: Path) -> None:
-        import subprocess
-
-        self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/LipsyncStream"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "lipsync_stream", "--log-level", "WARNING", "serve", "--port", str(self.port), "--asset-root", str(roots), "--cache-dir", str(cache)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        import socket
-
-        for _ in range(600):
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("server did not start")
-
-    def close(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+def server(root: Path, cache: Path) -> ServerProcess:
+    return ServerProcess(["--asset-root", str(root), "--cache-dir", str(cache)])
 
 
 def main() -> None:
@@ -94,20 +73,20 @@ def main() -> None:
         root.mkdir()
         make_video(root / "ten.mp4")
         rows = []
-        server = Server(root, cache)
+        srv = server(root, cache)
         try:
-            rows.append(("default, first session of a new process (cache empty)", asyncio.run(first_frame(server.url, "default"))))
-            rows.append(("default, in memory", min(asyncio.run(first_frame(server.url, "default")) for _ in range(5))))
-            rows.append(("10 s 1280x720 video, never seen (detect, crop, landmarks)", asyncio.run(first_frame(server.url, "ten.mp4"))))
-            rows.append(("10 s video, in memory", min(asyncio.run(first_frame(server.url, "ten.mp4")) for _ in range(5))))
+            rows.append(("default, first session of a new process (cache empty)", asyncio.run(first_frame(srv.url, "default"))))
+            rows.append(("default, in memory", min(asyncio.run(first_frame(srv.url, "default")) for _ in range(5))))
+            rows.append(("10 s 1280x720 video, never seen (detect, crop, landmarks)", asyncio.run(first_frame(srv.url, "ten.mp4"))))
+            rows.append(("10 s video, in memory", min(asyncio.run(first_frame(srv.url, "ten.mp4")) for _ in range(5))))
         finally:
-            server.close()
-        server = Server(root, cache)
+            srv.close()
+        srv = server(root, cache)
         try:
-            rows.append(("10 s video, new process, disk cache warm", asyncio.run(first_frame(server.url, "ten.mp4"))))
-            rows.append(("default, new process, disk cache warm", asyncio.run(first_frame(server.url, "default"))))
+            rows.append(("10 s video, new process, disk cache warm", asyncio.run(first_frame(srv.url, "ten.mp4"))))
+            rows.append(("default, new process, disk cache warm", asyncio.run(first_frame(srv.url, "default"))))
         finally:
-            server.close()
+            srv.close()
     print("| character | connect to first frame (ms) |")
     print("|---|---:|")
     for name, seconds in rows:

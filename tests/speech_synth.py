@@ -52,6 +52,6 @@ def engine_frames(engine, pcm: np.ndarray, analyse: bool = False) -> list:  # ty
     stream = engine.stream()
     out = []
     while framer.ready():
-        window = framer.pop().window
-        out.append(stream.analyse(window) if analyse else stream.mouth(window))
+        frame = framer.pop()
+        out.append(stream.analyse(frame) if analyse else stream.mouth(frame))
     return out

@@ -82,7 +82,7 @@ def test_same_audio_same_frames_and_same_reference_whatever_the_audio() -> None:
         frames = []
         while framer.ready():
             f = framer.pop()
-            frames.append(stream.compose(character.reference(f.index), stream.mouth(f.window)))
+            frames.append(stream.compose(character.reference(f.index), stream.mouth(f)))
         runs.append(frames)
     assert all(np.array_equal(a, b) for a, b in zip(*runs))
     # frame k's background (outside the mouth) is reference ref_index(k), speech or not

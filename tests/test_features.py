@@ -41,3 +41,17 @@ def test_formant_centroids_order_the_vowels() -> None:
     f2 = {n: np.median(v.f2_centroid) for n, v in f.items()}
     assert f1["a"] > f1["u"] > f1["i"] - 50 and f1["a"] > 650
     assert f2["i"] > f2["a"] and f2["i"] > f2["u"] and f2["i"] > 2000
+
+
+def test_hop_cache_gives_exactly_what_computing_gives(speech: np.ndarray) -> None:
+    from lipsync_stream.engines.features import HopCache
+    from lipsync_stream.protocol import AudioFramer
+
+    framer = AudioFramer(lookahead=1280, context=960)
+    framer.push(speech[:24000].tobytes())
+    cache = HopCache()
+    while framer.ready():
+        f = framer.pop()
+        centres = 900 + np.arange(13) * 160 - (f.start + 900) % 160
+        cached = cache.features(f.window, centres, f.start, f.valid, f.epoch).matrix()
+        assert np.array_equal(cached, analyse(f.window, centres).matrix())

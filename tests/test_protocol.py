@@ -187,3 +187,16 @@ def test_framer_context_carries_previous_samples() -> None:
     first, second = framer.pop(), framer.pop()
     assert not first.window[:100].any()
     assert second.window[:100].tolist() == list(range(433, 533))
+
+
+def test_frames_know_their_place_in_the_stream() -> None:
+    framer = AudioFramer(lookahead=100, context=50)
+    framer.push(bytes(2 * 2000))
+    a, b = framer.pop(), framer.pop()
+    assert (a.start, b.start) == (-50, 533 - 50)
+    assert a.valid == 50 + 533 + 100 and a.epoch == 0
+    framer.skip()
+    framer.push(bytes(2 * 600))
+    c = framer.pop(force=True)
+    assert c.start == 2000 - 50 and c.epoch == 1  # skipped samples are passed over, not reused
+    assert c.valid == 50 + 600 < len(c.window)  # the lookahead that has not come reads as zeros

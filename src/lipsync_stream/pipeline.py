@@ -64,7 +64,7 @@ class FrameRenderer:
     def render(self, frame: AudioFrame) -> bytes:
         """The complete binary message for *frame*."""
         t0 = time.perf_counter()
-        shape = self.stream.mouth(frame.window)
+        shape = self.stream.mouth(frame)
         t1 = time.perf_counter()
         image = self.stream.compose(self.character.reference(frame.index), shape)
         t2 = time.perf_counter()

@@ -263,6 +263,9 @@ class AudioFrame:
     index: int
     pcm: bytes  # this frame's own samples, exactly as received (shorter only for the final frame)
     window: np.ndarray  # int16: `context` samples before, the frame (zero-padded), `lookahead` after
+    start: int = 0  # position of window[0] in the stream (samples; SKIP moves it on, never back)
+    valid: int = 0  # window[:valid] is real audio; the rest was not there yet and reads as zeros
+    epoch: int = 0  # bumped by SKIP: the context before the frame no longer sits at `start`
 
 
 class AudioFramer:
@@ -282,6 +285,7 @@ class AudioFramer:
         self._history = np.zeros(context, dtype=np.int16)
         self.pushed_bytes = 0  # ever appended (padding included)
         self.consumed_bytes = 0  # ever taken out (frames and skips)
+        self.epoch = 0
 
     @property
     def pending_samples(self) -> int:
@@ -305,6 +309,8 @@ class AudioFramer:
         dropped = self.pending_samples
         self.consumed_bytes += len(self._fifo)
         self._fifo.clear()
+        if dropped:
+            self.epoch += 1
         return dropped
 
     def pad_next_with_silence(self) -> int:
@@ -332,6 +338,7 @@ class AudioFramer:
             raise RuntimeError("next frame is not ready")
         k = self.next_index
         n = frame_length(k)
+        start = self.consumed_bytes // BYTES_PER_SAMPLE - self.context
         own_bytes = min(n, self.pending_samples) * BYTES_PER_SAMPLE
         if own_bytes == 0:
             raise RuntimeError("no audio for the next frame")
@@ -346,4 +353,4 @@ class AudioFramer:
         if self.context:
             self._history = window[n : n + self.context].copy()
         self.next_index += 1
-        return AudioFrame(k, pcm, window)
+        return AudioFrame(k, pcm, window, start, self.context + len(ahead), self.epoch)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..protocol import AudioFrame
+
 
 @dataclass(frozen=True)
 class MouthGeometry:
@@ -64,8 +66,8 @@ class EngineStream(ABC):
     feature_seconds: float = 0.0
 
     @abstractmethod
-    def mouth(self, window: np.ndarray) -> MouthShape:
-        """Mouth shape for the frame at the centre of *window* (advances smoothing state)."""
+    def mouth(self, frame: AudioFrame) -> MouthShape:
+        """Mouth shape for *frame*, whose window holds the audio around it (advances state)."""
 
     @abstractmethod
     def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..protocol import SAMPLE_RATE
+from ..protocol import SAMPLE_RATE, AudioFrame
 from .base import Engine, EngineStream, MouthShape, ReferenceFrame
 from .mouthwarp import compose_mouth
 
@@ -52,7 +52,8 @@ class EnergyStream(EngineStream):
         self._open = 0.0
         self._width = 0.0
 
-    def mouth(self, window: np.ndarray) -> MouthShape:
+    def mouth(self, frame: AudioFrame) -> MouthShape:
+        window = frame.window
         frame_len = len(window) - self._engine.lookahead_samples - self._engine.context_samples
         level_db, bands = analyse(window, frame_len)
         self._peak_db = max(level_db, self._peak_db - PEAK_DECAY_DB_PER_FRAME, -30.0)

@@ -63,6 +63,51 @@ class Features:
     def __len__(self) -> int:
         return len(self.level_db)
 
+    def matrix(self) -> np.ndarray:
+        """(hops, fields) float64: every feature of every hop, one row per hop."""
+        cols = [self.level_db, self.voicing, *(self.bands_db[b] for b in BANDS), self.f1, self.f2, self.centroid, self.f1_centroid, self.front_db, self.f2_centroid, self.upper_db, self.murmur_db["mid"], self.murmur_db["upper"]]
+        return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
+
+    @classmethod
+    def from_matrix(cls, m: np.ndarray) -> "Features":
+        nb = len(BANDS)
+        bands = {name: m[:, 2 + i] for i, name in enumerate(BANDS)}
+        c = m[:, 2 + nb :]
+        return cls(m[:, 0], m[:, 1], bands, c[:, 0], c[:, 1], c[:, 2], c[:, 3], c[:, 4], c[:, 5], c[:, 6], {"mid": c[:, 7], "upper": c[:, 8]})
+
+
+class HopCache:
+    """Hop features by position in the stream, so that consecutive frames compute each hop once.
+
+    A hop is kept only when its whole 25 ms lies in real audio; the cache is cleared when SKIP
+    moves the stream (the frame's ``epoch`` changes). Rows are computed exactly as without the
+    cache, so the output does not change, only the time it takes.
+    """
+
+    def __init__(self) -> None:
+        self._rows: dict[int, np.ndarray] = {}
+        self._epoch = 0
+
+    def features(self, window: np.ndarray, centres: np.ndarray, start: int, valid: int, epoch: int) -> Features:
+        if epoch != self._epoch:
+            self._rows.clear()
+            self._epoch = epoch
+        positions = (centres + start).tolist()
+        missing = [i for i, p in enumerate(positions) if p not in self._rows]
+        rows: dict[int, np.ndarray] = {}
+        if missing:
+            computed = analyse(window, centres[missing]).matrix()
+            half = WIN // 2
+            for j, i in enumerate(missing):
+                rows[positions[i]] = computed[j]
+                if centres[i] - half >= 0 and centres[i] + half <= valid:
+                    self._rows[positions[i]] = computed[j]
+        m = np.stack([self._rows[p] if p in self._rows else rows[p] for p in positions])
+        lowest = positions[0]
+        for p in [p for p in self._rows if p < lowest]:
+            del self._rows[p]
+        return Features.from_matrix(m)
+
 
 def frames_at(signal: np.ndarray, centres: np.ndarray, width: int = WIN) -> np.ndarray:
     """(len(centres), width) float32 frames centred on *centres*; outside the signal reads as 0."""
@@ -73,19 +118,25 @@ def frames_at(signal: np.ndarray, centres: np.ndarray, width: int = WIN) -> np.n
 
 
 def levinson(r: np.ndarray, order: int) -> np.ndarray:
-    """LPC coefficients a[0..order] (a[0] = 1) for each row of autocorrelations *r*."""
-    n = r.shape[0]
-    a = np.zeros((n, order + 1), dtype=np.float64)
-    a[:, 0] = 1.0
-    err = r[:, 0].astype(np.float64) + 1e-9
-    for i in range(1, order + 1):
-        acc = r[:, i] + np.einsum("nj,nj->n", a[:, 1:i], r[:, i - 1 : 0 : -1]) if i > 1 else r[:, i].astype(np.float64)
-        k = -acc / err
-        a_prev = a[:, 1:i].copy()
-        a[:, 1:i] = a_prev + k[:, None] * a_prev[:, ::-1]
-        a[:, i] = k
-        err = err * (1.0 - k * k) + 1e-12
-    return a
+    """LPC coefficients a[0..order] (a[0] = 1) for each row of autocorrelations *r*.
+
+    A plain loop per row: an engine asks for two or three new hops per frame, where numpy's
+    per-call overhead would cost more than the arithmetic.
+    """
+    out = np.zeros((r.shape[0], order + 1), dtype=np.float64)
+    for row, rr in enumerate(np.asarray(r, dtype=np.float64).tolist()):
+        a = [1.0] + [0.0] * order
+        err = rr[0] + 1e-9
+        for i in range(1, order + 1):
+            acc = rr[i] + sum(a[j] * rr[i - j] for j in range(1, i))
+            k = -acc / err
+            prev = a[:]
+            for j in range(1, i):
+                a[j] = prev[j] + k * prev[i - j]
+            a[i] = k
+            err = err * (1.0 - k * k) + 1e-12
+        out[row] = a
+    return out
 
 
 def analyse(signal: np.ndarray, centres: np.ndarray) -> Features:

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..protocol import FPS, SAMPLE_RATE
+from ..protocol import FPS, SAMPLE_RATE, AudioFrame
 from .base import Engine, EngineStream, MouthShape, ReferenceFrame
-from .features import HOP, Features, analyse
+from .features import HOP, Features, HopCache
 from .meshwarp import compose_landmarks
 
 VISEMES = ("sil", "closed", "a", "e", "i", "o", "fv", "rest")
@@ -50,6 +50,7 @@ GATE_DB = -50.0  # absolute: below this it is silence
 FLOOR_BELOW_PEAK_DB = 38.0  # relative: this far under the loudest recent speech is silence too
 PEAK_DECAY_DB_PER_FRAME = 0.03
 PAST_S, FUTURE_S, LEAD_S, SPREAD_S = 0.04, 0.08, 0.02, 0.04  # coarticulation window and kernel
+PAST_HOPS, FUTURE_HOPS = round(PAST_S * SAMPLE_RATE / HOP), round(FUTURE_S * SAMPLE_RATE / HOP)
 LOOKAHEAD_SAMPLES = 1280  # 80 ms after the frame's end: FUTURE_S past its centre plus half a hop window
 CONTEXT_SAMPLES = 960  # 60 ms before the frame's start
 
@@ -108,15 +109,20 @@ class VisemeStream(EngineStream):
         self.engine = engine
         self.peak_db = -20.0
         self.last: FrameAnalysis | None = None
+        self._hops = HopCache()
 
-    def analyse(self, window: np.ndarray) -> FrameAnalysis:
+    def analyse(self, frame: AudioFrame) -> FrameAnalysis:
+        window = frame.window
         ctx, ahead = self.engine.context_samples, self.engine.lookahead_samples
         frame_len = len(window) - ctx - ahead
-        centre = ctx + frame_len / 2.0
-        offsets = np.arange(-PAST_S, FUTURE_S + 1e-9, HOP / SAMPLE_RATE)
-        centres = np.round(centre + offsets * SAMPLE_RATE).astype(np.int64)
+        # Hops sit on the stream's 10 ms grid (not the frame's), so consecutive frames share them.
+        centre = ctx + frame_len // 2
+        grid_centre = centre - (frame.start + centre) % HOP
+        offsets_n = np.arange(-PAST_HOPS, FUTURE_HOPS + 1)
+        centres = grid_centre + offsets_n * HOP
+        offsets = (centres - (ctx + frame_len / 2.0)) / SAMPLE_RATE
         started = time.perf_counter()
-        f = analyse(window, centres)
+        f = self._hops.features(window, centres, frame.start, frame.valid, frame.epoch)
         self.feature_seconds += time.perf_counter() - started
         inside = np.abs(offsets) <= 0.5 / FPS
         self.peak_db = max(float(f.level_db[inside].max()), self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
@@ -142,8 +148,8 @@ class VisemeStream(EngineStream):
         self.last = result
         return result
 
-    def mouth(self, window: np.ndarray) -> MouthShape:
-        return self.analyse(window).shape
+    def mouth(self, frame: AudioFrame) -> MouthShape:
+        return self.analyse(frame).shape
 
     def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
         return compose_landmarks(ref, shape)
