@@ -101,7 +101,7 @@ def _lens(u: np.ndarray, power: float = 0.75) -> np.ndarray:
 
 def _moving_groups() -> tuple[np.ndarray, np.ndarray]:
     """Every moving landmark once, with its group (the first that claims it, in this order)."""
-    groups = [LIPS_UPPER_INNER, LIPS_LOWER_INNER, LIPS_UPPER_OUTER, LIPS_LOWER_OUTER, UPPER_SKIN, LOWER_SKIN, JAW + [CHIN]]
+    groups = [LIPS_UPPER_INNER, LIPS_LOWER_INNER, LIPS_UPPER_OUTER, LIPS_LOWER_OUTER, UPPER_SKIN, LOWER_SKIN, JAW + [CHIN] + CHIN_SKIN]
     ids: list[int] = []
     codes: list[int] = []
     for code, group in enumerate(groups):
