@@ -8,10 +8,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 
-from lipsync_stream.character import Character, CharacterError, CharacterStore, decode_video, face_crop, load_default_character, square_frames
+from lipsync_stream.character import Character, CharacterError, CharacterStore, decode_video, decode_video_timed, face_crop, load_default_character, square_frames
 from lipsync_stream.faces import face_det_results
 from lipsync_stream.fetch import FetchConfig, Fetcher
 
@@ -141,3 +142,22 @@ def test_lru_drops_least_recently_used(store: CharacterStore) -> None:
     store.max_bytes = int(one.nbytes * 1.5)
     store.load("b.mp4")
     assert store.cached("a.mp4") is None and store.cached("b.mp4") is not None
+
+
+def test_huge_videos_are_scaled_down_while_decoding_and_pickles_follow(store: CharacterStore) -> None:
+    src = load_default_character().frames[:3]
+    frames = []
+    for f in src:
+        big = np.zeros((1440, 2560, 3), np.uint8)
+        big[400:1424, 1000:2024] = cv2.resize(f, (1024, 1024))
+        frames.append(big)
+    path = store.fetcher.roots[0] / "huge.mp4"
+    write_video(path, frames)
+    decoded, _, scale = decode_video_timed(path)
+    assert decoded[0].shape == (720, 1280, 3) and scale == pytest.approx(0.5)
+    boxes = np.array([[500, 1300, 1150, 1900]] * 3)  # in the original 2560x1440 video
+    (path.parent / "huge.pkl").write_bytes(pickle.dumps(face_det_results(frames, boxes)))
+    c = store.load("huge.mp4", "huge.pkl")
+    assert c.frames.shape == (3, 512, 512, 3)
+    # the 192 px mouth of the original, halved by decoding, then 720 px cropped to 512: about 68 px
+    assert 55 < 2 * float(c.mouths[0, 2]) < 80

@@ -67,3 +67,12 @@ def test_mouth_geometry_and_boxes_from_landmarks() -> None:
     boxes = Landmarks(lm).boxes()
     y1, y2, x1, x2 = boxes[0]
     assert y1 < mouths[0, 1] < y2 and x1 < mouths[0, 0] < x2
+
+
+def test_landmarks_outside_any_frame_are_refused(tmp_path: Path) -> None:
+    np.savez_compressed(tmp_path / "far.npz", points=np.full((2, N_POINTS, 2), 30000, np.int16), scale=np.float32(1.0))
+    with pytest.raises(FaceError, match="outside"):
+        Landmarks.load(tmp_path / "far.npz")
+    np.savez_compressed(tmp_path / "float.npz", points=np.full((2, N_POINTS, 2), np.nan), scale=np.float32(16.0))
+    with pytest.raises(FaceError, match="integer"):
+        Landmarks.load(tmp_path / "float.npz")

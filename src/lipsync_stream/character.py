@@ -35,6 +35,7 @@ from .protocol import DEFAULT_CHARACTER, FRAME_HEIGHT, FRAME_WIDTH
 log = logging.getLogger(__name__)
 
 MAX_FRAMES = 900  # 30 s at 30 fps; longer videos are cut (memory: 0.75 MiB a frame)
+MAX_DECODE_SIDE = 1280  # larger videos are scaled down while decoding (at most 2.6 MiB a frame)
 FACE_SCALE = 3.0  # the crop is this many face sizes wide, when the video allows
 FACE_CENTRE_HEIGHT = 0.45  # where the face centre sits in the crop, from the top
 LANDMARKS_SUFFIX = ".landmarks.npz"
@@ -85,17 +86,26 @@ def decode_video(path: Path, max_frames: int = MAX_FRAMES) -> list[np.ndarray]:
     return decode_video_timed(path, max_frames)[0]
 
 
-def decode_video_timed(path: Path, max_frames: int = MAX_FRAMES, progress: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[float]]:
-    """Frames (BGR) and their timestamps in seconds. A damaged tail is cut off with a warning."""
+def decode_video_timed(path: Path, max_frames: int = MAX_FRAMES, progress: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[float], float]:
+    """Frames (BGR), their timestamps in seconds, and the scale they were decoded at.
+
+    Videos larger than MAX_DECODE_SIDE are scaled down (uniformly) while decoding; coordinates
+    given for the original video must be multiplied by the returned scale. A damaged tail is cut
+    off with a warning.
+    """
     frames: list[np.ndarray] = []
     times: list[float] = []
+    scale = 1.0
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise CharacterError(f"{path.name} has no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            scale = min(1.0, MAX_DECODE_SIDE / max(stream.codec_context.width or 1, stream.codec_context.height or 1))
             for frame in container.decode(stream):
+                if scale < 1.0:  # bounded memory for huge videos: they are cropped to a face anyway
+                    frame = frame.reformat(width=2 * round(frame.width * scale / 2), height=2 * round(frame.height * scale / 2))
                 frames.append(frame.to_ndarray(format="bgr24"))
                 times.append(float(frame.pts * stream.time_base) if frame.pts is not None else len(times) / 30.0)
                 if progress:
@@ -111,7 +121,7 @@ def decode_video_timed(path: Path, max_frames: int = MAX_FRAMES, progress: Calla
         log.warning("%s is damaged after frame %d (%s); using the frames before it", path.name, len(frames), exc)
     if not frames:
         raise CharacterError(f"video {path.name} has no frames")
-    return frames, times
+    return frames, times, scale
 
 
 def face_crop(boxes: np.ndarray, width: int, height: int) -> tuple[int, int, int]:
@@ -266,10 +276,14 @@ class CharacterStore:
         base = self.fetcher.config.cache_dir / "characters" / key
         frames_path, boxes_path = base.with_name(key + ".frames.npy"), base.with_name(key + ".boxes.npy")
         if not (frames_path.is_file() and boxes_path.is_file()):
-            frames = decode_video(video)
+            frames, _, scale = decode_video_timed(video)
             n, (h, w) = len(frames), frames[0].shape[:2]
             if faces is not None:
-                boxes: np.ndarray | None = load_face_det_results(faces, n, w, h)
+                # The pickle speaks of the original video; frames may have been scaled down.
+                orig_w, orig_h = round(w / scale), round(h / scale)
+                boxes: np.ndarray | None = load_face_det_results(faces, n, orig_w, orig_h)
+                if scale < 1.0:
+                    boxes = np.clip(np.round(boxes * scale), 0, [h, h, w, w]).astype(np.int32)
             elif (h, w) != (FRAME_HEIGHT, FRAME_WIDTH):
                 boxes = self._cached(f"faces/{key}-{n}.npy", (n, 4), lambda: detect_faces(frames), f"face detection for {video_ref}")
             else:

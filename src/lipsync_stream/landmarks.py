@@ -157,9 +157,12 @@ class Landmarks:
                 q, scale = data["points"], float(data["scale"])
         except (OSError, ValueError, KeyError) as exc:
             raise FaceError(f"cannot read landmarks {path.name}: {exc}") from None
-        if q.ndim != 3 or q.shape[1:] != (N_POINTS, 2) or not np.isfinite(scale) or scale <= 0:
-            raise FaceError(f"landmarks {path.name} must hold (frames, {N_POINTS}, 2) points, got {q.shape}")
-        return cls((q.astype(np.float32) / scale))
+        if q.ndim != 3 or q.shape[1:] != (N_POINTS, 2) or q.dtype.kind not in "iu" or not np.isfinite(scale) or scale <= 0:
+            raise FaceError(f"landmarks {path.name} must hold integer (frames, {N_POINTS}, 2) points, got {q.dtype} {q.shape}")
+        points = q.astype(np.float32) / scale
+        if len(points) == 0 or points.min() < -512 or points.max() > 1024:
+            raise FaceError(f"landmarks {path.name} are empty or lie far outside the 512x512 frame")
+        return cls(points)
 
     def mouths(self) -> np.ndarray:
         """Closed-mouth geometry per frame: (cx, cy, half_width, angle) from the lip corners."""

@@ -44,7 +44,7 @@ def read_video_30fps(path: Path, max_frames: int = MAX_FRAMES, progress: bool = 
     """Frames of *path* resampled to 30 fps by timestamp (nearest earlier frame), BGR."""
     with tqdm(desc="decoding", unit="frame", disable=not progress, leave=False) as bar:
         # Decode a little more than max_frames in case the source runs faster than 30 fps.
-        frames, times = decode_video_timed(path, 2 * max_frames, bar.update)
+        frames, times, _ = decode_video_timed(path, 2 * max_frames, bar.update)
     rel = np.asarray(times) - times[0]
     step = float(np.median(np.diff(rel))) if len(rel) > 1 else 1.0 / FPS  # the last frame lasts this long
     n_out = min(max_frames, max(1, int(round((rel[-1] + step) * FPS))))
