@@ -96,11 +96,13 @@ class Fetcher:
         suffix = suffix if suffix.isascii() and 1 < len(suffix) <= 6 and suffix[1:].isalnum() else ""
         return self.downloads / f"{digest}{suffix}"
 
-    def check_url(self, url: str) -> None:
+    def check_url(self, url: str) -> str | None:
         """Refuse URLs whose host resolves to loopback, link-local, private or reserved addresses.
 
         A client must not make the server fetch from its own network (SSRF), unless the server
-        was started with ``--allow-private-urls``. Every redirect hop is checked again.
+        was started with ``--allow-private-urls``. Every redirect hop is checked again. Returns
+        the checked address, which the request then connects to (so a second DNS answer cannot
+        point elsewhere), or None when private addresses are allowed.
         """
         parts = urllib.parse.urlsplit(url)
         if parts.scheme.lower() not in ("http", "https"):
@@ -109,15 +111,16 @@ class Fetcher:
         if not host:
             raise FetchError(f"URL {url!r} has no host")
         if self.config.allow_private_urls:
-            return
+            return None
         try:
             infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80), proto=socket.IPPROTO_TCP)
         except (socket.gaierror, UnicodeError) as exc:
             raise FetchError(f"cannot resolve host {host!r}: {exc}") from None
-        for info in infos:
-            ip = ipaddress.ip_address(info[4][0].split("%", 1)[0])
+        addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+        for ip in addresses:
             if not self.address_allowed(ip):
                 raise FetchError(f"URL {url!r} points at {ip}, a loopback, private or reserved address; refused (see --allow-private-urls)")
+        return str(addresses[0]) if addresses else None
 
     @staticmethod
     def address_allowed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -141,8 +144,16 @@ class Fetcher:
             with httpx.Client(follow_redirects=False, timeout=timeout) as client:
                 current = url
                 for _hop in range(self.config.max_redirects + 1):
-                    self.check_url(current)
-                    with client.stream("GET", current) as response:
+                    address = self.check_url(current)
+                    request_url, headers, extensions = current, {}, {}
+                    if address is not None:  # connect to the address that was checked
+                        parts = urllib.parse.urlsplit(current)
+                        literal = f"[{address}]" if ":" in address else address
+                        netloc = literal + (f":{parts.port}" if parts.port else "")
+                        request_url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+                        headers = {"Host": parts.netloc.rsplit("@", 1)[-1]}
+                        extensions = {"sni_hostname": parts.hostname}
+                    with client.stream("GET", request_url, headers=headers, extensions=extensions) as response:
                         if response.is_redirect:
                             location = response.headers.get("location", "")
                             current = urllib.parse.urljoin(current, location)
