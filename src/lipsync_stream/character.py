@@ -107,7 +107,8 @@ def decode_video_timed(path: Path, max_frames: int = MAX_FRAMES, progress: Calla
                 if scale < 1.0:  # bounded memory for huge videos: they are cropped to a face anyway
                     frame = frame.reformat(width=2 * round(frame.width * scale / 2), height=2 * round(frame.height * scale / 2))
                 frames.append(frame.to_ndarray(format="bgr24"))
-                times.append(float(frame.pts * stream.time_base) if frame.pts is not None else len(times) / 30.0)
+                known = frame.pts is not None and stream.time_base is not None
+                times.append(float(frame.pts * stream.time_base) if known else len(times) / 30.0)  # type: ignore[operator]
                 if progress:
                     progress(1)
                 if len(frames) >= max_frames:
@@ -281,9 +282,8 @@ class CharacterStore:
             if faces is not None:
                 # The pickle speaks of the original video; frames may have been scaled down.
                 orig_w, orig_h = round(w / scale), round(h / scale)
-                boxes: np.ndarray | None = load_face_det_results(faces, n, orig_w, orig_h)
-                if scale < 1.0:
-                    boxes = np.clip(np.round(boxes * scale), 0, [h, h, w, w]).astype(np.int32)
+                given = load_face_det_results(faces, n, orig_w, orig_h)
+                boxes: np.ndarray | None = np.clip(np.round(given * scale), 0, [h, h, w, w]).astype(np.int32) if scale < 1.0 else given
             elif (h, w) != (FRAME_HEIGHT, FRAME_WIDTH):
                 boxes = self._cached(f"faces/{key}-{n}.npy", (n, 4), lambda: detect_faces(frames), f"face detection for {video_ref}")
             else:

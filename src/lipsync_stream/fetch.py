@@ -116,7 +116,7 @@ class Fetcher:
             infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80), proto=socket.IPPROTO_TCP)
         except (socket.gaierror, UnicodeError) as exc:
             raise FetchError(f"cannot resolve host {host!r}: {exc}") from None
-        addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+        addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
         for ip in addresses:
             if not self.address_allowed(ip):
                 raise FetchError(f"URL {url!r} points at {ip}, a loopback, private or reserved address; refused (see --allow-private-urls)")

@@ -118,7 +118,7 @@ def fill_gaps(points: np.ndarray, found: np.ndarray, fps: float = 30.0, max_gap:
     return out
 
 
-def track_landmarks(frames: Sequence[np.ndarray], progress: Callable[[int], None] | None = None, fps: float = 30.0) -> np.ndarray:
+def track_landmarks(frames: Sequence[np.ndarray] | np.ndarray, progress: Callable[[int], None] | None = None, fps: float = 30.0) -> np.ndarray:
     """(N, 478, 2) landmarks for *frames*, gaps filled and smoothed over time."""
     n = len(frames)
     points = np.zeros((n, N_POINTS, 2), dtype=np.float32)

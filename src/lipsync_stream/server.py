@@ -248,10 +248,10 @@ class LipsyncServer:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def serve(self, host: str | None = None, port: int | None = None) -> serve:
+    def serve(self, host: str | None = None, port: int | None = None) -> contextlib.AbstractAsyncContextManager[Server]:
         """The websockets server (use with ``async with``)."""
         limit = self.config.limits.max_message_bytes
-        return serve(
+        return serve(  # type: ignore[return-value]
             self.handler,
             self.config.host if host is None else host,
             self.config.port if port is None else port,
@@ -289,12 +289,12 @@ async def serve_forever(config: ServerConfig) -> None:
     app = LipsyncServer(config)
     async with app.serve() as ws_server:
         loop = asyncio.get_running_loop()
-        stop = loop.create_future()
+        stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+                loop.add_signal_handler(sig, stop.set)
         log.info("serving LipsyncStream on ws://%s:%d/LipsyncStream (engine %s)", config.host, bound_port(ws_server), app.engine.name)
-        await stop
+        await stop.wait()
         log.info("shutting down")
     app.close()
 

@@ -284,7 +284,7 @@ def _draw_interior(
     origin = (origin[0] + by0, origin[1] + bx0)
     h, w = by1 - by0, bx1 - bx0
     mask = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(mask, [_poly(upper + lower[::-1], origin)], 255, lineType=cv2.LINE_AA, shift=2)
+    cv2.fillPoly(mask, [_poly(upper + lower[::-1], origin)], (255,), lineType=cv2.LINE_AA, shift=2)
     if not mask.any():
         return
     alpha = mask.astype(np.float32) * np.float32(1.0 / 255.0)
