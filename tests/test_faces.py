@@ -1,4 +1,4 @@
-"""Face detection results: the restricted unpickler, validation, Haar detection, face tracks."""
+"""Face detection results: the restricted unpickler, validation, and face detection."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The wire format, byte for byte (PROTOCOL.md sections 1-4)."""
+"""The wire format, byte for byte (the LipsyncStream protocol, sections 1-4)."""
 
 from __future__ import annotations
 
