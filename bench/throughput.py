@@ -1,13 +1,14 @@
 """Throughput of the server with ``realtime: false``: frames per second and where the time goes.
 
-Runs a server in this process and N client sessions at once, each streaming the bundled sentence
-as fast as the server renders it, and prints a table: end-to-end frames per second, per-frame
-milliseconds of wall time per stage in the render threads (engine, compositing, JPEG encoding;
-with several sessions these include waiting for the GIL), the process's CPU time per frame
-(server and the frame-counting clients, everything: websockets, event loop, threads), and the
-JPEG-only floor (encoding the same reference frames and nothing else). Run by hand:
+Starts ``lipsync-stream serve`` in its own process and runs N client sessions at once from this
+one, each streaming the bundled sentence as fast as the server renders it. Prints: frames per
+second; the server process's CPU time per frame (from /proc: everything it does, websockets and
+event loop included, clients excluded); per-frame milliseconds per stage as the server reports
+them at /metrics (audio features, engine, compositing, JPEG encoding, sending; with several
+sessions these are wall times in the render threads and include waiting for the GIL); and the
+floor: the cost of only JPEG-encoding the same frames, with the ratio. Run by hand:
 
-    .venv/bin/python bench/throughput.py [--engine viseme] [--sessions 1 2 4] [--repeat 3]
+    .venv/bin/python bench/throughput.py [--engine viseme] [--sessions 1 2 4] [--repeat 3] [--workers 1]
 """
 
 from __future__ import annotations
@@ -16,16 +17,24 @@ import argparse
 import asyncio
 import json
 import os
+import re
+import sys
 import time
+from pathlib import Path
 
+import httpx
 from websockets.asyncio.client import connect
 
-from lipsync_stream.audio import load_audio
-from lipsync_stream.character import load_default_character
-from lipsync_stream.cli import sample_speech
-from lipsync_stream.pipeline import DEFAULT_JPEG_QUALITY, StageTimes, encode_jpeg
-from lipsync_stream.protocol import frames_for_samples
-from lipsync_stream.server import ServerConfig, running_server
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serverproc import ServerProcess  # noqa: E402
+
+from lipsync_stream.audio import load_audio  # noqa: E402
+from lipsync_stream.character import load_default_character  # noqa: E402
+from lipsync_stream.cli import sample_speech  # noqa: E402
+from lipsync_stream.pipeline import DEFAULT_JPEG_QUALITY, encode_jpeg  # noqa: E402
+from lipsync_stream.protocol import frames_for_samples  # noqa: E402
+
+STAGES = ("features", "engine", "compose", "encode", "send")
 
 
 async def one_session(url: str, pcm: bytes) -> int:
@@ -46,43 +55,37 @@ async def one_session(url: str, pcm: bytes) -> int:
     return frames
 
 
-def jpeg_floor(n: int = 120) -> float:
-    """Seconds per frame to only JPEG-encode the character's frames."""
+def jpeg_floor(n: int = 600) -> float:
+    """Seconds per frame to only JPEG-encode the character's frames (best of three runs)."""
     frames = load_default_character().frames
-    start = time.perf_counter()
-    for i in range(n):
-        encode_jpeg(frames[i % len(frames)], DEFAULT_JPEG_QUALITY)
-    return (time.perf_counter() - start) / n
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for i in range(n):
+            encode_jpeg(frames[i % len(frames)], DEFAULT_JPEG_QUALITY)
+        best = min(best, (time.perf_counter() - start) / n)
+    return best
 
 
-async def run(sessions: list[int], repeat: int, engine: str) -> None:
-    pcm = load_audio(sample_speech()).astype("<i2").tobytes()
-    per_session = frames_for_samples(len(pcm) // 2)
-    floor = jpeg_floor()
-    print(f"engine {engine}; machine: {os.cpu_count()} CPUs; audio {len(pcm) / 32000:.2f} s = {per_session} frames per session; JPEG quality {DEFAULT_JPEG_QUALITY}")
-    print()
-    print("| sessions | frames | wall s | fps total | fps/session | ms/frame features | engine | compose | JPEG+pack | send | render total | JPEG share | CPU ms/frame | JPEG floor ms | CPU/floor |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    async with running_server(ServerConfig(port=0, engine=engine)) as (app, url):
-        await one_session(url, pcm[:32000])  # warm up: character load, imports
-        for n in sessions:
-            best: tuple[float, StageTimes] | None = None
-            for _ in range(repeat):
-                app.stage_times = StageTimes()
-                start, cpu0 = time.perf_counter(), time.process_time()
-                counts = await asyncio.gather(*(one_session(url, pcm) for _ in range(n)))
-                wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
-                assert all(c == per_session for c in counts), counts
-                if best is None or wall < best[0]:
-                    best = (wall, app.stage_times, cpu)
-            assert best is not None
-            wall, t, cpu = best
-            total = n * per_session
-            ms = lambda x: 1000 * x / t.frames  # noqa: E731
-            print(
-                f"| {n} | {total} | {wall:.2f} | {total / wall:.1f} | {per_session / wall:.1f} | {ms(t.features):.2f} | {ms(t.mouth - t.features):.2f} | {ms(t.compose):.2f} | {ms(t.encode):.2f} | {ms(t.send):.2f} "
-                f"| {ms(t.total):.2f} | {t.encode / t.total:.0%} | {1000 * cpu / total:.2f} | {1000 * floor:.2f} | {cpu / total / floor:.1f}x |"
-            )
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid: int) -> list[int]:
+    out = [pid]
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        out += process_tree(int(child))
+    return out
+
+
+def stage_seconds(base_url: str) -> dict[str, float]:
+    text = httpx.get(base_url + "/metrics").text
+    found = {m.group(1): float(m.group(2)) for m in re.finditer(r'^lipsync_stage_seconds_total\{stage="(\w+)"\} (\S+)$', text, re.M)}
+    return {stage: found.get(stage, 0.0) for stage in STAGES}
 
 
 def main() -> None:
@@ -90,8 +93,47 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; the fastest is shown")
     parser.add_argument("--engine", default="viseme", help="lip-sync engine (viseme, energy)")
+    parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
     args = parser.parse_args()
-    asyncio.run(run(args.sessions, args.repeat, args.engine))
+
+    pcm = load_audio(sample_speech()).astype("<i2").tobytes()
+    per_session = frames_for_samples(len(pcm) // 2)
+    floor = jpeg_floor()
+    server = ServerProcess(["--engine", args.engine, "--workers", str(args.workers)])
+    base_url = server.url.replace("ws://", "http://").rsplit("/", 1)[0]
+    try:
+        time.sleep(1.0 * args.workers)
+        asyncio.run(one_session(server.url, pcm[:32000]))  # warm up: character load, imports
+        print(f"engine {args.engine}, workers {args.workers}; {os.cpu_count()} CPUs; {len(pcm) / 32000:.2f} s of audio = {per_session} frames per session; JPEG quality {DEFAULT_JPEG_QUALITY}")
+        print()
+        print("| sessions | fps | server CPU ms/frame | features | engine | compose | JPEG + pack | send | JPEG-only floor ms | CPU / floor |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for n in args.sessions:
+            best: tuple[float, float, dict[str, float]] | None = None
+            for _ in range(args.repeat):
+                pids = process_tree(server.pid)
+                s0, c0, t0 = stage_seconds(base_url), cpu_seconds(pids), time.perf_counter()
+
+                async def batch() -> list[int]:
+                    return list(await asyncio.gather(*(one_session(server.url, pcm) for _ in range(n))))
+
+                counts = asyncio.run(batch())
+                wall, cpu = time.perf_counter() - t0, cpu_seconds(pids) - c0
+                time.sleep(0.2)  # let the last sessions' stage times reach /metrics
+                s1 = stage_seconds(base_url)
+                assert all(c == per_session for c in counts), counts
+                if best is None or wall < best[0]:
+                    best = (wall, cpu, {k: s1[k] - s0[k] for k in STAGES})
+            assert best is not None
+            wall, cpu, stages = best
+            total = n * per_session
+            ms = {k: 1000 * v / total for k, v in stages.items()}
+            print(
+                f"| {n} | {total / wall:.0f} | {1000 * cpu / total:.2f} | {ms['features']:.2f} | {ms['engine']:.2f} | {ms['compose']:.2f} "
+                f"| {ms['encode']:.2f} | {ms['send']:.2f} | {1000 * floor:.2f} | {cpu / total / floor:.1f}x |"
+            )
+    finally:
+        server.close()
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ import numpy as np
 from .engines.base import MouthGeometry, ReferenceFrame
 from .faces import FaceError, detect_faces, load_face_det_results
 from .fetch import Fetcher, FetchError
+from .jpeg import ReferenceJpegs
 from .landmarks import N_POINTS, Landmarks, track_landmarks
 from .protocol import DEFAULT_CHARACTER, FRAME_HEIGHT, FRAME_WIDTH
 
@@ -54,8 +55,11 @@ class Character:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mouths", Landmarks(self.landmarks).mouths())
+        object.__setattr__(self, "jpegs", ReferenceJpegs())
 
     mouths: np.ndarray = field(init=False)  # (N, 4) float32 cx, cy, half_width, angle
+    #: reference frames encoded once as spliceable JPEGs, shared by the character's sessions
+    jpegs: ReferenceJpegs = field(init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.frames)

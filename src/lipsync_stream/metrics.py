@@ -28,6 +28,9 @@ class Metrics:
             registry=r,
         )
         self.render_time = Histogram("lipsync_render_seconds", "Time to render and encode one frame", buckets=RENDER_BUCKETS, registry=r)
+        self.stage_seconds = Counter(
+            "lipsync_stage_seconds", "Time spent per stage of finished sessions (features, engine, compose, encode, send)", ["stage"], registry=r
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -14,6 +14,7 @@ import numpy as np
 
 from .character import Character
 from .engines.base import Engine, MouthShape
+from .jpeg import MCU
 from .protocol import AudioFrame, SessionParams, encode_frame
 
 DEFAULT_JPEG_QUALITY = 85
@@ -66,9 +67,18 @@ class FrameRenderer:
         t0 = time.perf_counter()
         shape = self.stream.mouth(frame)
         t1 = time.perf_counter()
-        image = self.stream.compose(self.character.reference(frame.index), shape)
-        t2 = time.perf_counter()
-        data = encode_jpeg(image, self.jpeg_quality) if self.params.is_jpg else np.ascontiguousarray(image).tobytes()
+        ref = self.character.reference(frame.index)
+        if self.params.is_jpg:
+            # Only the rows the mouth changes are composed and encoded; the rest of the JPEG is
+            # the reference frame's, encoded once for every session of this character.
+            region = self.stream.compose_rows(ref, shape)
+            t2 = time.perf_counter()
+            reference = self.character.jpegs.get(ref.index, ref.image, self.jpeg_quality)
+            data = reference.data if region is None else reference.splice(region[0] // MCU, region[1], self.jpeg_quality)
+        else:
+            image = self.stream.compose(ref, shape)
+            t2 = time.perf_counter()
+            data = np.ascontiguousarray(image).tobytes()
         message = encode_frame(frame.index, data, frame.pcm if self.params.sync_audio else None)
         t3 = time.perf_counter()
         self.last_shape = shape

@@ -232,7 +232,10 @@ class LipsyncServer:
                     await self._fail(ws, sid, step.kind, step.detail)
                     return
         finally:
-            self.stage_times.add(renderer.times)
+            t = renderer.times
+            self.stage_times.add(t)
+            for stage, seconds in (("features", t.features), ("engine", t.mouth - t.features), ("compose", t.compose), ("encode", t.encode), ("send", t.send)):
+                self.metrics.stage_seconds.labels(stage).inc(max(0.0, seconds))
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await reader

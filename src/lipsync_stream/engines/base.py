@@ -73,6 +73,12 @@ class EngineStream(ABC):
     def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
         """Draw *shape* on the reference frame; returns a new (512, 512, 3) uint8 BGR image."""
 
+    def compose_rows(self, ref: ReferenceFrame, shape: MouthShape) -> tuple[int, np.ndarray] | None:
+        """Only the rows that change: (first row, full-width band whose top and height are
+        multiples of 16), or None when the frame is the reference itself. Lets the JPEG encoder
+        reuse the reference's other rows; engines that cannot tell return the whole frame."""
+        return 0, self.compose(ref, shape)
+
 
 class Engine(ABC):
     """A lip-sync engine: declares the audio it needs around each frame and makes streams."""

@@ -32,7 +32,8 @@ BANDS = {
     "high": (3000.0, 5000.0),
     "hiss": (5000.0, 8000.0),  # s, sh, f
 }
-_BAND_MASKS = {name: (_FREQS >= lo) & (_FREQS < hi) for name, (lo, hi) in BANDS.items()}
+# Bands are runs of FFT bins: slices are cheaper than boolean masks.
+_BAND_SLICES = {name: slice(int(np.searchsorted(_FREQS, lo)), int(np.searchsorted(_FREQS, hi))) for name, (lo, hi) in BANDS.items()}
 _FORMANT_RANGE = (_FREQS >= 180) & (_FREQS <= 3500)
 _F1_BAND = (_FREQS >= 200) & (_FREQS <= 1100)
 _F2_BAND = (_FREQS >= 900) & (_FREQS <= 3000)
@@ -128,7 +129,9 @@ def levinson(r: np.ndarray, order: int) -> np.ndarray:
         a = [1.0] + [0.0] * order
         err = rr[0] + 1e-9
         for i in range(1, order + 1):
-            acc = rr[i] + sum(a[j] * rr[i - j] for j in range(1, i))
+            acc = rr[i]
+            for j in range(1, i):
+                acc += a[j] * rr[i - j]
             k = -acc / err
             prev = a[:]
             for j in range(1, i):
@@ -146,7 +149,7 @@ def analyse(signal: np.ndarray, centres: np.ndarray) -> Features:
 
     spec = np.fft.rfft(x * _WINDOW, NFFT)
     power = spec.real**2 + spec.imag**2
-    bands = {name: 10.0 * np.log10(power[:, mask].sum(axis=1) + 1e-10) for name, mask in _BAND_MASKS.items()}
+    bands = {name: 10.0 * np.log10(power[:, sl].sum(axis=1) + 1e-10) for name, sl in _BAND_SLICES.items()}
     total = power[:, 1:].sum(axis=1) + 1e-12
     centroid = (power[:, 1:] * _FREQS[1:]).sum(axis=1) / total
 

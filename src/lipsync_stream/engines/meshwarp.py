@@ -195,20 +195,34 @@ def _ring(y0: int, y1: int, x0: int, x1: int, per_side: int = 7) -> np.ndarray:
 
 def compose_landmarks(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
     """A copy of the reference frame with its mouth in *shape*."""
-    lm = ref.landmarks
-    if lm is None:
+    if ref.landmarks is None:
         return compose_mouth(ref, shape)
+    out = ref.image.copy()
+    region = compose_region(ref, shape)
+    if region is not None:
+        top, band = region
+        out[top : top + len(band)] = band
+    return out
+
+
+def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> tuple[int, np.ndarray] | None:
+    """The rows of the frame that *shape* changes, as (first row, band of full-width rows).
+
+    The band starts and ends on multiples of *align* (JPEG MCU rows). None: nothing changes.
+    """
+    lm = ref.landmarks
+    assert lm is not None
     image = ref.image
     frame0 = MouthFrame(lm)
     gap0 = float(frame0.to_uv(lm[14].astype(np.float64))[1] - frame0.to_uv(lm[13].astype(np.float64))[1])
     if shape.is_rest and gap0 < 0.03:
-        return image.copy()  # lips already closed: silence leaves the frame untouched
+        return None  # lips already closed: silence leaves the frame untouched
 
     targets, frame = target_landmarks(lm, shape)
     h, w = image.shape[:2]
     y0, y1, x0, x1 = roi_for(lm, frame, (h, w))
     if y1 - y0 < 16 or x1 - x0 < 16:
-        return image.copy()
+        return None
     opening_px = float(np.dot(targets[14] - targets[13], frame.ey))
     # Inner lips that meet stay a pixel apart, so the spline squeezes any open mouth in the
     # reference into that pixel instead of being asked to map one point to two places.
@@ -243,12 +257,14 @@ def compose_landmarks(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
     ident_y = np.arange(y0, y1, dtype=np.float32)[:, None]
     map_x = ident_x + feather * (maps[..., 0] - ident_x)
     map_y = ident_y + feather * (maps[..., 1] - ident_y)
-    out = image.copy()
-    warped = out[y0:y1, x0:x1]
+    top = (y0 // align) * align
+    bottom = min(h, -(-y1 // align) * align)
+    band = image[top:bottom].copy()
+    warped = band[y0 - top : y1 - top, x0:x1]
     cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, dst=warped, borderMode=cv2.BORDER_REFLECT)
     if opening_px >= 0.6:
         _draw_interior(warped, image, lm, targets, frame, shape, (y0, x0), opening_px)
-    return out
+    return top, band
 
 
 def _poly(points: list[np.ndarray], origin: tuple[int, int]) -> np.ndarray:

@@ -25,7 +25,7 @@ import numpy as np
 from ..protocol import FPS, SAMPLE_RATE, AudioFrame
 from .base import Engine, EngineStream, MouthShape, ReferenceFrame
 from .features import HOP, Features, HopCache
-from .meshwarp import compose_landmarks
+from .meshwarp import compose_landmarks, compose_region
 
 VISEMES = ("sil", "closed", "a", "e", "i", "o", "fv", "rest")
 
@@ -153,6 +153,11 @@ class VisemeStream(EngineStream):
 
     def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
         return compose_landmarks(ref, shape)
+
+    def compose_rows(self, ref: ReferenceFrame, shape: MouthShape) -> tuple[int, np.ndarray] | None:
+        if ref.landmarks is None:
+            return 0, compose_landmarks(ref, shape)
+        return compose_region(ref, shape)
 
 
 class VisemeEngine(Engine):
