@@ -27,7 +27,7 @@ UPPER_LIP_LIFT = 0.07
 JAW_SHARE = 0.8  # of the lower lip's drop that the chin follows
 SPREAD = 0.16  # horizontal scale of the lips at width = +-1
 PROTRUDE = 0.05  # lips thicken outwards at round = 1
-ROUND_PULL = 0.22  # corners drawn in at round = 1
+ROUND_PULL = 0.32  # corners drawn in at round = 1
 UPPER_SHARE = 0.15  # of an open reference mouth's gap that the upper lip closes (the jaw does the rest)
 TUCK_LIFT = 0.06  # upper lip lift for f/v, showing the teeth over the lower lip
 
