@@ -72,7 +72,7 @@ def memberships(f: Features, floor_db: float) -> np.ndarray:
     # (a short m in running speech) a weak first-formant band while 0.6-1.5 kHz still carries some.
     mouth_db = np.maximum(b["f1"], b["f2"]) - b["low"]
     upper, mid = f.murmur_db["upper"], f.murmur_db["mid"]
-    hum = voiced * np.maximum(_sigmoid((-32.0 - upper) / 3.0), _sigmoid((-6.0 - mouth_db) / 1.5) * _sigmoid((-19.0 - upper) / 2.0) * _sigmoid((mid + 22.0) / 3.0))
+    hum = voiced * np.maximum(_sigmoid((-32.0 - upper) / 3.0), _sigmoid((-5.0 - mouth_db) / 1.5) * _sigmoid((-17.0 - upper) / 2.0) * _sigmoid((mid + 22.0) / 3.0))
     sibilant = _sigmoid((np.maximum(b["hiss"], b["high"]) - b["f1"] - 6.0) / 2.0) * _sigmoid((f.centroid - 3000.0) / 400.0)
     quiet = _sigmoid((floor_db + 24.0 - f.level_db) / 2.0)  # weak sounds: f, v, th, h, stop releases
     flat = _bump(b["hiss"] - b["f1"], 0.0, 7.0)
