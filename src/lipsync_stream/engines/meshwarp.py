@@ -305,13 +305,13 @@ def _draw_interior(
         return
     alpha = mask.astype(np.float32) * np.float32(1.0 / 255.0)
 
-    # Lighting from the face itself: skin between nose and lip, and the lips' own colour.
+    # Lighting from the face itself: the skin between nose and upper lip.
     fw = frame.width
     skin_pt = 0.5 * (lm[2] + lm[0])
     sx, sy = int(skin_pt[0]), int(skin_pt[1])
     r = max(2, int(0.06 * fw))
-    skin = image[max(0, sy - r) : sy + r, max(0, sx - r) : sx + r].reshape(-1, 3).astype(np.float32)
-    skin_col = np.median(skin, axis=0) if len(skin) else np.array([150.0, 170.0, 200.0], np.float32)
+    skin = image[max(0, sy - r) : sy + r : 2, max(0, sx - r) : sx + r : 2].reshape(-1, 3)
+    skin_col = skin.mean(axis=0, dtype=np.float32) if len(skin) else np.array([150.0, 170.0, 200.0], np.float32)
     light = float(np.clip(skin_col.mean() / 170.0, 0.35, 1.4))
     cavity = np.array([38.0, 34.0, 70.0], np.float32) * light
     # Teeth: off-white tinted by the skin's light, never brighter than the brightest skin.
@@ -331,32 +331,25 @@ def _draw_interior(
     order_up, order_low = np.argsort(up_uv[:, 0]), np.argsort(low_uv[:, 0])
     v_up = np.interp(u, up_uv[order_up, 0], up_uv[order_up, 1]).astype(np.float32)
     v_low = np.interp(u, low_uv[order_low, 0], low_uv[order_low, 1]).astype(np.float32)
-    gap = np.maximum(v_low - v_up, 1e-4)
-    depth = np.clip((v - v_up) / gap, 0.0, 1.0)  # 0 at the upper lip, 1 at the lower lip
+    below_lip = v - v_up
+    depth = np.clip(below_lip / np.maximum(v_low - v_up, 1e-4), 0.0, 1.0)  # 0 at the upper lip, 1 at the lower
+    au = np.abs(u)
 
-    # Cavity: darker in the middle and the back, a little light near the lips.
-    shade = 0.75 + 0.5 * np.abs(depth - 0.45) + 0.6 * np.clip(np.abs(u) - 0.25, 0.0, 0.3)
-    col = cavity[None, None, :] * shade[..., None]
-
-    # Upper teeth: a band under the upper lip, narrower than the mouth, shaded towards the corners.
+    # Per-pixel weights of three colours, then one blend. Cavity: darker in the middle and the
+    # back. Upper teeth: a band under the upper lip, narrower than the mouth, shaded towards the
+    # corners. Tongue: a soft hump on the lower lip when the mouth is well open. A soft shadow
+    # under the upper lip keeps its edge from looking cut out.
     open_w = opening_px / fw
     teeth_h = min(0.085, 0.55 * open_w + 0.02 * shape.tuck)
-    in_teeth = _smoothstep(-0.012, 0.0, -(v - v_up - teeth_h)) * (1.0 - _smoothstep(0.26, 0.36, np.abs(u)))
-    teeth_shade = (0.78 + 0.22 * np.cos(np.clip(u / 0.36, -1, 1) * math.pi / 2)) * (0.8 + 0.2 * _smoothstep(0.0, 0.02, v - v_up))
-    t_alpha = (in_teeth * np.clip(open_w / 0.03, 0.0, 1.0)).astype(np.float32)[..., None]
-    col = col * (1 - t_alpha) + (teeth[None, None, :] * teeth_shade[..., None].astype(np.float32)) * t_alpha
+    shade = 0.75 + 0.5 * np.abs(depth - 0.45) + 0.6 * np.clip(au - 0.25, 0.0, 0.3)
+    t_a = _smoothstep(-0.012, 0.0, teeth_h - below_lip) * (1.0 - _smoothstep(0.26, 0.36, au)) * min(1.0, open_w / 0.03)
+    t_shade = (0.78 + 0.22 * np.cos(np.minimum(au / 0.36, 1.0) * (math.pi / 2))) * (0.8 + 0.2 * _smoothstep(0.0, 0.02, below_lip))
+    g_a = 0.8 * _smoothstep(0.55, 0.85, depth) * (1.0 - _smoothstep(0.18, 0.32, au)) * float(_smoothstep(0.12, 0.3, open_w))
+    lit = (1.0 - 0.35 * (1.0 - _smoothstep(0.0, 0.03, below_lip))) * alpha
+    weights = np.stack([shade * (1.0 - t_a) * (1.0 - g_a) * lit, t_shade * t_a * (1.0 - g_a) * lit, g_a * lit], axis=-1).astype(np.float32)
+    colours = np.stack([cavity, teeth, tongue]).astype(np.float32)  # (3 colours, 3 channels)
 
-    # Tongue: a soft rounded hump resting on the lower lip when the mouth is well open.
-    tongue_a = _smoothstep(0.55, 0.85, depth) * (1.0 - _smoothstep(0.18, 0.32, np.abs(u))) * _smoothstep(0.12, 0.3, open_w)
-    tongue_a = (0.8 * tongue_a).astype(np.float32)[..., None]
-    col = col * (1 - tongue_a) + tongue[None, None, :] * tongue_a
-
-    # A soft shadow under the upper lip keeps the lip edge from looking cut out.
-    lip_shadow = 1.0 - 0.35 * (1.0 - _smoothstep(0.0, 0.03, v - v_up))
-    col = col * lip_shadow[..., None].astype(np.float32)
-
-    a = alpha[..., None]
     box = warped[by0:by1, bx0:bx1]
-    blended = box.astype(np.float32) * (1.0 - a) + col.astype(np.float32) * a
+    blended = box.astype(np.float32) * (1.0 - alpha)[..., None] + weights @ colours
     np.clip(blended + 0.5, 0, 255, out=blended)
     box[...] = blended.astype(np.uint8)
