@@ -1,8 +1,9 @@
-"""Speech features on 10 ms hops of a 16 kHz stream: level, voicing, band energies, formants.
+"""Speech features on 10 ms hops of a 16 kHz stream: level, voicing, band energies, and where
+the LPC envelope puts its mass (first and second formant regions, nasal murmur).
 
-Everything is computed for a batch of hop centres at once with numpy (framing, FFT, LPC by a
-vectorized Levinson-Durbin recursion), so that an engine can afford to look at every hop in its
-lookahead window on every video frame, keeping no state between frames.
+Features are computed for a batch of hop centres at once with numpy (framing, FFT, LPC), and
+:class:`HopCache` keeps each hop's features by its position in the stream, so consecutive video
+frames, whose windows overlap, compute every hop once.
 """
 
 from __future__ import annotations
@@ -34,15 +35,11 @@ BANDS = {
 }
 # Bands are runs of FFT bins: slices are cheaper than boolean masks.
 _BAND_SLICES = {name: slice(int(np.searchsorted(_FREQS, lo)), int(np.searchsorted(_FREQS, hi))) for name, (lo, hi) in BANDS.items()}
-_FORMANT_RANGE = (_FREQS >= 180) & (_FREQS <= 3500)
 _F1_BAND = (_FREQS >= 200) & (_FREQS <= 1100)
 _F2_BAND = (_FREQS >= 900) & (_FREQS <= 3000)
-_LOW_ENV_BAND = (_FREQS >= 150) & (_FREQS < 900)
-_FRONT_LO = (_FREQS >= 200) & (_FREQS < 1600)
 _MURMUR_BASE = (_FREQS >= 60) & (_FREQS < 600)
 _MURMUR_MID = (_FREQS >= 600) & (_FREQS < 1500)
 _MURMUR_UPPER = (_FREQS >= 1500) & (_FREQS < 3500)
-_FRONT_HI = (_FREQS >= 1600) & (_FREQS < 3500)
 
 
 @dataclass(frozen=True)
@@ -52,13 +49,9 @@ class Features:
     level_db: np.ndarray  # RMS level in dBFS
     voicing: np.ndarray  # 0..1, normalized autocorrelation peak in the pitch range
     bands_db: dict[str, np.ndarray]  # energy per band, dB
-    f1: np.ndarray  # Hz, from the LPC envelope
-    f2: np.ndarray  # Hz
     centroid: np.ndarray  # Hz, spectral centroid
     f1_centroid: np.ndarray  # Hz, centre of the LPC envelope's mass in 200-1100 Hz: rises as the jaw opens
-    front_db: np.ndarray  # dB of 1.6-3.5 kHz over 0.2-1.6 kHz: high for spread front vowels, low for rounded
     f2_centroid: np.ndarray  # Hz, centre of the envelope's mass in 0.9-3 kHz: follows F2 (low when rounded)
-    upper_db: np.ndarray  # dB of the envelope in 0.9-3 kHz over 150-900 Hz
     murmur_db: dict[str, np.ndarray]  # dB of 0.6-1.5 kHz ("mid") and 1.5-3.5 kHz ("upper") over 60-600 Hz
 
     def __len__(self) -> int:
@@ -66,7 +59,7 @@ class Features:
 
     def matrix(self) -> np.ndarray:
         """(hops, fields) float64: every feature of every hop, one row per hop."""
-        cols = [self.level_db, self.voicing, *(self.bands_db[b] for b in BANDS), self.f1, self.f2, self.centroid, self.f1_centroid, self.front_db, self.f2_centroid, self.upper_db, self.murmur_db["mid"], self.murmur_db["upper"]]
+        cols = [self.level_db, self.voicing, *(self.bands_db[b] for b in BANDS), self.centroid, self.f1_centroid, self.f2_centroid, self.murmur_db["mid"], self.murmur_db["upper"]]
         return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
 
     @classmethod
@@ -74,7 +67,7 @@ class Features:
         nb = len(BANDS)
         bands = {name: m[:, 2 + i] for i, name in enumerate(BANDS)}
         c = m[:, 2 + nb :]
-        return cls(m[:, 0], m[:, 1], bands, c[:, 0], c[:, 1], c[:, 2], c[:, 3], c[:, 4], c[:, 5], c[:, 6], {"mid": c[:, 7], "upper": c[:, 8]})
+        return cls(m[:, 0], m[:, 1], bands, c[:, 0], c[:, 1], c[:, 2], {"mid": c[:, 3], "upper": c[:, 4]})
 
 
 class HopCache:
@@ -162,30 +155,13 @@ def analyse(signal: np.ndarray, centres: np.ndarray) -> Features:
     r[:, 0] *= 1.0001  # a little white noise keeps the recursion stable on silence
     a = levinson(r, LPC_ORDER)
     envelope = 1.0 / (np.abs(np.fft.rfft(a, NFFT)) ** 2 + 1e-12)
-    f1, f2 = _formants(np.log(envelope))
     low_env = envelope[:, _F1_BAND]
     f1c = (low_env * _FREQS[_F1_BAND]).sum(axis=1) / (low_env.sum(axis=1) + 1e-12)
     hi_env = envelope[:, _F2_BAND]
     f2c = (hi_env * _FREQS[_F2_BAND]).sum(axis=1) / (hi_env.sum(axis=1) + 1e-12)
-    upper = 10.0 * np.log10((hi_env.sum(axis=1) + 1e-12) / (envelope[:, _LOW_ENV_BAND].sum(axis=1) + 1e-12))
-    front = 10.0 * np.log10((power[:, _FRONT_HI].sum(axis=1) + 1e-10) / (power[:, _FRONT_LO].sum(axis=1) + 1e-10))
     base = power[:, _MURMUR_BASE].sum(axis=1) + 1e-10
     murmur = {
         "mid": 10.0 * np.log10((power[:, _MURMUR_MID].sum(axis=1) + 1e-10) / base),
         "upper": 10.0 * np.log10((power[:, _MURMUR_UPPER].sum(axis=1) + 1e-10) / base),
     }
-    return Features(level, voicing, bands, f1, f2, centroid, f1c, front, f2c, upper, murmur)
-
-
-def _formants(envelope: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """F1 and F2: the first two local maxima of each LPC envelope between 180 and 3500 Hz."""
-    peak = np.zeros(envelope.shape, dtype=bool)
-    peak[:, 1:-1] = (envelope[:, 1:-1] > envelope[:, :-2]) & (envelope[:, 1:-1] >= envelope[:, 2:])
-    peak &= _FORMANT_RANGE[None, :]
-    count = np.cumsum(peak, axis=1)
-    first = np.argmax(peak & (count == 1), axis=1)
-    second = np.argmax(peak & (count == 2), axis=1)
-    has1, has2 = count[:, -1] >= 1, count[:, -1] >= 2
-    f1 = np.where(has1, _FREQS[first], 500.0)
-    f2 = np.where(has2, _FREQS[second], 1500.0)
-    return f1, f2
+    return Features(level, voicing, bands, centroid, f1c, f2c, murmur)
