@@ -43,14 +43,6 @@ class StageTimes:
     def total(self) -> float:
         return self.mouth + self.compose + self.encode
 
-    def add(self, other: "StageTimes") -> None:
-        self.frames += other.frames
-        self.features += other.features
-        self.mouth += other.mouth
-        self.compose += other.compose
-        self.encode += other.encode
-        self.send += other.send
-
 
 class FrameRenderer:
     def __init__(self, engine: Engine, character: Character, params: SessionParams, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> None:

@@ -31,7 +31,7 @@ from .character import CharacterError, CharacterStore
 from .engines import DEFAULT_ENGINE, get_engine
 from .fetch import FetchConfig, Fetcher
 from .metrics import Metrics
-from .pipeline import DEFAULT_JPEG_QUALITY, FrameRenderer, StageTimes
+from .pipeline import DEFAULT_JPEG_QUALITY, FrameRenderer
 from .protocol import ErrorKind, ProtocolError, error_message, parse_first_message
 from .session import Fail, Finish, Limits, Render, Session, State, Wait
 
@@ -82,9 +82,7 @@ class LipsyncServer:
         self.executor = ThreadPoolExecutor(self.config.render_threads, thread_name_prefix="render")
         self._ids = itertools.count(1)
         self.active_sessions = 0
-        self.sessions_total = 0
         self.metrics = Metrics()
-        self.stage_times = StageTimes()  # summed over finished sessions
         self._static_cache: dict[str, bytes] = {}
 
     # --- HTTP side -------------------------------------------------------------------------------
@@ -129,7 +127,6 @@ class LipsyncServer:
     async def handler(self, ws: ServerConnection) -> None:
         sid = f"s{next(self._ids)}"
         self.active_sessions += 1
-        self.sessions_total += 1
         self.metrics.sessions.inc()
         self.metrics.sessions_active.inc()
         started = time.monotonic()
@@ -233,7 +230,6 @@ class LipsyncServer:
                     return
         finally:
             t = renderer.times
-            self.stage_times.add(t)
             for stage, seconds in (("features", t.features), ("engine", t.mouth - t.features), ("compose", t.compose), ("encode", t.encode), ("send", t.send)):
                 self.metrics.stage_seconds.labels(stage).inc(max(0.0, seconds))
             reader.cancel()
