@@ -23,7 +23,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serverproc import ServerProcess  # noqa: E402
+from serverproc import ServerProcess, process_tree  # noqa: E402
 
 
 def proc_kib(pid: int, field: str, file: str = "status") -> int:
@@ -31,13 +31,6 @@ def proc_kib(pid: int, field: str, file: str = "status") -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     return 0
-
-
-def tree(pid: int) -> list[int]:
-    out = [pid]
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        out += tree(int(child))
-    return out
 
 
 def start(workers: int, cache: Path) -> tuple[ServerProcess, str]:
@@ -62,7 +55,7 @@ async def hold(url: str, n: int, seconds: float) -> None:
 async def measure_during(url: str, n: int, pid: int) -> float:
     task = asyncio.create_task(hold(url, n, 4.0))
     await asyncio.sleep(3.0)
-    rss = sum(proc_kib(p, "VmRSS") for p in tree(pid)) / 1024
+    rss = sum(proc_kib(p, "VmRSS") for p in process_tree(pid)) / 1024
     await task
     return rss
 
@@ -80,7 +73,7 @@ def main() -> None:
             print("|---:|---:|---:|")
             base = None
             for n in args.sessions:
-                rss = asyncio.run(measure_during(url, n, proc.pid)) if n else sum(proc_kib(p, "VmRSS") for p in tree(proc.pid)) / 1024
+                rss = asyncio.run(measure_during(url, n, proc.pid)) if n else sum(proc_kib(p, "VmRSS") for p in process_tree(proc.pid)) / 1024
                 base = rss if base is None else base
                 per = f"{(rss - base) / n:.1f}" if n and base is not None and n != args.sessions[0] else ""
                 print(f"| {n} | {rss:.0f} | {per} |")
@@ -93,7 +86,7 @@ def main() -> None:
             proc, url = start(w, Path(tmp) / "cache")
             try:
                 asyncio.run(hold(url, 4 * w, 2.0))  # connections spread over the workers
-                pss = sum(proc_kib(p, "Pss", "smaps_rollup") for p in tree(proc.pid)) / 1024
+                pss = sum(proc_kib(p, "Pss", "smaps_rollup") for p in process_tree(proc.pid)) / 1024
                 print(f"| {w} | {pss:.0f} |")
             finally:
                 proc.close()

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -39,3 +40,11 @@ class ServerProcess:
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+
+
+def process_tree(pid: int) -> list[int]:
+    """*pid* and all its descendants (the workers of ``--workers``)."""
+    out = [pid]
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        out += process_tree(int(child))
+    return out

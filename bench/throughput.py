@@ -26,7 +26,7 @@ import httpx
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serverproc import ServerProcess  # noqa: E402
+from serverproc import ServerProcess, process_tree  # noqa: E402
 
 from lipsync_stream.audio import load_audio  # noqa: E402
 from lipsync_stream.character import load_default_character  # noqa: E402
@@ -73,13 +73,6 @@ def cpu_seconds(pids: list[int]) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / os.sysconf("SC_CLK_TCK")
-
-
-def process_tree(pid: int) -> list[int]:
-    out = [pid]
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        out += process_tree(int(child))
-    return out
 
 
 def stage_seconds(base_url: str) -> dict[str, float]:

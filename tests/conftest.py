@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -33,3 +34,12 @@ async def server(asset_root: Path, tmp_path: Path) -> AsyncIterator[tuple[Lipsyn
     config.fetch = FetchConfig(asset_roots=[asset_root], cache_dir=tmp_path / "cache")
     async with running_server(config) as pair:
         yield pair
+
+
+async def wait_until_idle(app: LipsyncServer, seconds: float) -> None:
+    """Wait (up to *seconds*) until the server has no session open; asserts it got there."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while app.active_sessions and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    assert app.active_sessions == 0

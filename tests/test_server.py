@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import wait_until_idle
 from websockets.asyncio.client import connect
 
 from lipsync_stream.character import default_character_files, load_default_character
@@ -140,11 +141,7 @@ async def test_vanishing_client_does_not_hurt_others(server: Server, speech: np.
     ws.transport.abort()  # gone without a close frame
     frames = await collect(url, speech[:8000], SessionParams(realtime=False))
     assert len(frames) == frames_for_samples(8000)
-    for _ in range(50):
-        if app.active_sessions == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert app.active_sessions == 0
+    await wait_until_idle(app, 2.5)
 
 
 async def test_realtime_pacing_on_the_wire(server: Server, speech: np.ndarray) -> None:

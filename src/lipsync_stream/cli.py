@@ -10,12 +10,16 @@ import sys
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .audio import AudioError, load_audio
 from .engines import DEFAULT_ENGINE, ENGINES
 from .fetch import FetchConfig, default_cache_dir
 from .protocol import DEFAULT_CHARACTER, SAMPLE_RATE, SessionParams
 from .session import DEFAULT_LEAD, DEFAULT_MAX_MESSAGE_BYTES, Limits
+
+if TYPE_CHECKING:
+    from .server import ServerConfig
 
 log = logging.getLogger("lipsync_stream")
 
@@ -92,12 +96,18 @@ async def _server_url(args: argparse.Namespace, asset_roots: list[Path]) -> Asyn
     if args.server:
         yield args.server
         return
-    from .server import ServerConfig, running_server
+    from .server import running_server
 
-    config = ServerConfig(port=0, engine=args.engine, jpeg_quality=args.jpeg_quality, asset_roots=asset_roots)
-    config.fetch = FetchConfig(asset_roots=asset_roots, cache_dir=args.cache_dir or default_cache_dir())
-    async with running_server(config) as (_app, url):
+    async with running_server(_in_process_config(args, asset_roots)) as (_app, url):
         yield url
+
+
+def _in_process_config(args: argparse.Namespace, asset_roots: list[Path]) -> "ServerConfig":
+    """The server that `render`, `demo` and `play` start when no --server is given."""
+    from .server import ServerConfig
+
+    fetch = FetchConfig(asset_roots=asset_roots, cache_dir=args.cache_dir or default_cache_dir())
+    return ServerConfig(port=0, engine=args.engine, jpeg_quality=args.jpeg_quality, asset_roots=asset_roots, fetch=fetch)
 
 
 def _local_reference(ref: str | None, roots: list[Path], remote: bool) -> str | None:
@@ -138,7 +148,7 @@ async def _render(args: argparse.Namespace, audio_path: Path) -> int:
 
 def _play(args: argparse.Namespace) -> int:
     from .client.player import Microphone, NullAudioOut, Player, PyAudioOut, write_stats
-    from .server import ServerConfig, ServerThread
+    from .server import ServerThread
 
     pcm = None
     if not args.mic:
@@ -158,9 +168,7 @@ def _play(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         url = args.server
         if not url:
-            config = ServerConfig(port=0, engine=args.engine, jpeg_quality=args.jpeg_quality, asset_roots=roots)
-            config.fetch = FetchConfig(asset_roots=roots, cache_dir=args.cache_dir or default_cache_dir())
-            url = stack.enter_context(ServerThread(config)).url
+            url = stack.enter_context(ServerThread(_in_process_config(args, roots))).url
         player = Player(url, params, out, args.buffer)
         player.start_network(pcm)
         if args.mic:

@@ -69,11 +69,24 @@ class _Ring:
             return len(self._buf) // 2
 
 
-class NullAudioOut:
-    """No sound device: a clock that consumes samples in real time (tests, ``--no-sound``)."""
+class _RingOut:
+    """What every output shares: audio waits in a ring until the device takes it."""
 
     def __init__(self) -> None:
         self._ring = _Ring()
+
+    def write(self, pcm: bytes) -> None:
+        self._ring.write(pcm)
+
+    def pending(self) -> int:
+        return self._ring.pending()
+
+
+class NullAudioOut(_RingOut):
+    """No sound device: a clock that consumes samples in real time (tests, ``--no-sound``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="null-audio", daemon=True)
 
@@ -84,14 +97,8 @@ class NullAudioOut:
             self._ring.take(int(SAMPLE_RATE * period))
             time.sleep(max(0.0, due - time.monotonic()))
 
-    def write(self, pcm: bytes) -> None:
-        self._ring.write(pcm)
-
     def played(self) -> float:
         return float(self._ring.consumed)
-
-    def pending(self) -> int:
-        return self._ring.pending()
 
     def start(self) -> None:
         self._thread.start()
@@ -100,7 +107,7 @@ class NullAudioOut:
         self._stop.set()
 
 
-class PyAudioOut:
+class PyAudioOut(_RingOut):
     """The default sound device through PyAudio (callback mode, 16 kHz mono int16)."""
 
     def __init__(self) -> None:
@@ -108,22 +115,16 @@ class PyAudioOut:
             import pyaudio
         except ImportError:
             raise RuntimeError(INSTALL_HINT) from None
+        super().__init__()
         self._pa = pyaudio.PyAudio()
-        self._ring = _Ring()
         self._stream = self._pa.open(
             format=pyaudio.paInt16, channels=1, rate=SAMPLE_RATE, output=True, frames_per_buffer=320,
             stream_callback=lambda _in, n, _t, _s: (self._ring.take(n), pyaudio.paContinue), start=False,
         )
 
-    def write(self, pcm: bytes) -> None:
-        self._ring.write(pcm)
-
     def played(self) -> float:
         # What left the ring is still in the device's buffer for the output latency.
         return self._ring.consumed - self._stream.get_output_latency() * SAMPLE_RATE
-
-    def pending(self) -> int:
-        return self._ring.pending()
 
     def start(self) -> None:
         self._stream.start_stream()

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..landmarks import CHIN, JAW, LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER, MOUTH_CORNERS
 from .base import MouthShape, ReferenceFrame
-from .mouthwarp import compose_mouth
+from .mouthwarp import compose_mouth, smoothstep
 
 # Displacements at full strength, in mouth widths.
 LOWER_LIP_DROP = 0.40  # inner lower lip at open = 1
@@ -40,12 +40,6 @@ _LIP_IDS = sorted(set(LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + L
 UPPER_SKIN = [164, 165, 391, 92, 322]  # between the nose and the upper lip
 LOWER_SKIN = [18, 83, 313, 182, 406, 43, 273, 106, 335]  # just under the lower lip
 CHIN_SKIN = [200, 199, 175]  # down the chin
-
-
-def _smoothstep(e0: float, e1: float, x: np.ndarray | float) -> np.ndarray:
-    """0 below e0, 1 above e1, smooth between; keeps float32 arrays float32."""
-    t = np.clip((np.asarray(x) - e0) * (1.0 / (e1 - e0)), 0.0, 1.0)
-    return t * t * (3.0 - 2.0 * t)
 
 
 def _tps_kernel(r2: np.ndarray) -> np.ndarray:
@@ -181,7 +175,7 @@ def _feather(h: int, w: int) -> np.ndarray:
     yy = np.arange(h, dtype=np.float32)[:, None]
     xx = np.arange(w, dtype=np.float32)[None, :]
     edge = np.minimum(np.minimum(yy, (h - 1) - yy), np.minimum(xx, (w - 1) - xx))
-    out = _smoothstep(0.0, FEATHER_PX, edge).astype(np.float32)
+    out = smoothstep(0.0, FEATHER_PX, edge).astype(np.float32)
     out.flags.writeable = False
     return out
 
@@ -342,10 +336,10 @@ def _draw_interior(
     open_w = opening_px / fw
     teeth_h = min(0.085, 0.55 * open_w + 0.02 * shape.tuck)
     shade = 0.75 + 0.5 * np.abs(depth - 0.45) + 0.6 * np.clip(au - 0.25, 0.0, 0.3)
-    t_a = _smoothstep(-0.012, 0.0, teeth_h - below_lip) * (1.0 - _smoothstep(0.26, 0.36, au)) * min(1.0, open_w / 0.03)
-    t_shade = (0.78 + 0.22 * np.cos(np.minimum(au / 0.36, 1.0) * (math.pi / 2))) * (0.8 + 0.2 * _smoothstep(0.0, 0.02, below_lip))
-    g_a = 0.8 * _smoothstep(0.55, 0.85, depth) * (1.0 - _smoothstep(0.18, 0.32, au)) * float(_smoothstep(0.12, 0.3, open_w))
-    lit = (1.0 - 0.35 * (1.0 - _smoothstep(0.0, 0.03, below_lip))) * alpha
+    t_a = smoothstep(-0.012, 0.0, teeth_h - below_lip) * (1.0 - smoothstep(0.26, 0.36, au)) * min(1.0, open_w / 0.03)
+    t_shade = (0.78 + 0.22 * np.cos(np.minimum(au / 0.36, 1.0) * (math.pi / 2))) * (0.8 + 0.2 * smoothstep(0.0, 0.02, below_lip))
+    g_a = 0.8 * smoothstep(0.55, 0.85, depth) * (1.0 - smoothstep(0.18, 0.32, au)) * float(smoothstep(0.12, 0.3, open_w))
+    lit = (1.0 - 0.35 * (1.0 - smoothstep(0.0, 0.03, below_lip))) * alpha
     weights = np.stack([shade * (1.0 - t_a) * (1.0 - g_a) * lit, t_shade * t_a * (1.0 - g_a) * lit, g_a * lit], axis=-1).astype(np.float32)
     colours = np.stack([cavity, teeth, tongue]).astype(np.float32)  # (3 colours, 3 channels)
 

@@ -33,8 +33,9 @@ TEETH = np.array([190.0, 205.0, 218.0], dtype=np.float32)
 TONGUE = np.array([85.0, 90.0, 175.0], dtype=np.float32)
 
 
-def _smoothstep(e0: float, e1: float, x: np.ndarray) -> np.ndarray:
-    t = np.clip((x - e0) / (e1 - e0), 0.0, 1.0)
+def smoothstep(e0: float, e1: float, x: np.ndarray | float) -> np.ndarray:
+    """0 below e0, 1 above e1, smooth between; keeps float32 arrays float32."""
+    t = np.clip((np.asarray(x) - e0) * (1.0 / (e1 - e0)), 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
 
 
@@ -50,14 +51,14 @@ def _jaw(u: np.ndarray) -> np.ndarray:
 
 def _lower_travel(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Downward travel (per unit of drop) of a source point at or below the lip line."""
-    m = _smoothstep(0.15, 0.8, v)
+    m = smoothstep(0.15, 0.8, v)
     profile = _lens(u) * (1.0 - m) + _jaw(u) * m
-    return profile * (1.0 - _smoothstep(1.0, ROI_BOTTOM - 0.15, v))
+    return profile * (1.0 - smoothstep(1.0, ROI_BOTTOM - 0.15, v))
 
 
 def _upper_travel(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Upward travel (per unit of lift) of a source point above the lip line."""
-    return _lens(u) * (1.0 - _smoothstep(0.0, ROI_TOP - 0.15, -v))
+    return _lens(u) * (1.0 - smoothstep(0.0, ROI_TOP - 0.15, -v))
 
 
 def roi_bounds(ref: ReferenceFrame) -> tuple[int, int, int, int]:
@@ -92,7 +93,7 @@ def compose_mouth(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
 
     # Corners spread (width > 0) or round (width < 0): horizontal scaling near the lips.
     spread = MAX_SPREAD * float(np.clip(shape.width, -1.0, 1.0))
-    bell = (1.0 - _smoothstep(1.15, ROI_HALF_WIDTH - 0.1, np.abs(u))) * (1.0 - _smoothstep(0.35, 1.2, np.abs(v)))
+    bell = (1.0 - smoothstep(1.15, ROI_HALF_WIDTH - 0.1, np.abs(u))) * (1.0 - smoothstep(0.35, 1.2, np.abs(v)))
     u_src = u / (1.0 + spread * bell)
 
     opening = float(np.clip(shape.open, 0.0, 1.0))
@@ -124,8 +125,8 @@ def compose_mouth(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
         alpha = alpha[..., None]
         warped = warped * (1.0 - alpha) + interior * alpha
 
-    feather = (1.0 - _smoothstep(ROI_HALF_WIDTH - 0.3, ROI_HALF_WIDTH, np.abs(u)))
-    feather *= (1.0 - _smoothstep(ROI_BOTTOM - 0.3, ROI_BOTTOM, v)) * (1.0 - _smoothstep(ROI_TOP - 0.2, ROI_TOP, -v))
+    feather = (1.0 - smoothstep(ROI_HALF_WIDTH - 0.3, ROI_HALF_WIDTH, np.abs(u)))
+    feather *= (1.0 - smoothstep(ROI_BOTTOM - 0.3, ROI_BOTTOM, v)) * (1.0 - smoothstep(ROI_TOP - 0.2, ROI_TOP, -v))
     feather = feather[..., None]
     blended = original * (1.0 - feather) + warped * feather
     out[y0:y1, x0:x1] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
@@ -144,12 +145,12 @@ def _interior(original: np.ndarray, u: np.ndarray, v: np.ndarray, v_up: np.ndarr
     colour = CAVITY * light * depth[..., None]
 
     teeth_h = np.minimum(0.16, 0.45 * gap)
-    teeth = (1.0 - _smoothstep(0.45, 0.7, au)) * (1.0 - _smoothstep(0.75, 1.0, (v - v_up) / np.maximum(teeth_h, 1e-4)))
+    teeth = (1.0 - smoothstep(0.45, 0.7, au)) * (1.0 - smoothstep(0.75, 1.0, (v - v_up) / np.maximum(teeth_h, 1e-4)))
     teeth *= np.clip((gap - 0.04) / 0.08, 0.0, 1.0)  # no teeth in a sliver of a gap
     teeth_colour = TEETH * light * (1.0 - 0.25 * au)[..., None]
     colour = colour * (1.0 - teeth[..., None]) + teeth_colour * teeth[..., None]
 
     if opening > 0.3:
-        tongue = (1.0 - _smoothstep(0.35, 0.6, au)) * _smoothstep(0.6, 0.85, t) * min(1.0, (opening - 0.3) / 0.3)
+        tongue = (1.0 - smoothstep(0.35, 0.6, au)) * smoothstep(0.6, 0.85, t) * min(1.0, (opening - 0.3) / 0.3)
         colour = colour * (1.0 - 0.6 * tongue[..., None]) + TONGUE * light * 0.7 * (0.6 * tongue[..., None])
     return colour
