@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -34,6 +36,19 @@ async def server(asset_root: Path, tmp_path: Path) -> AsyncIterator[tuple[Lipsyn
     config.fetch = FetchConfig(asset_roots=[asset_root], cache_dir=tmp_path / "cache")
     async with running_server(config) as pair:
         yield pair
+
+
+def run_measured(code: str, timeout: float = 300.0) -> tuple[float, str]:
+    """Run Python *code* in a fresh interpreter: (its peak RSS in MB, what it printed).
+
+    Memory figures come from a process of their own, so nothing the test run did before counts
+    (VmHWM, the peak of this process image: getrusage's ru_maxrss would carry over the parent's).
+    """
+    epilogue = "\nimport re\nprint('PEAK_KB', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+    done = subprocess.run([sys.executable, "-c", code + epilogue], capture_output=True, text=True, timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    peak_kb = int(done.stdout.rsplit("PEAK_KB", 1)[1].split()[0])
+    return peak_kb / 1024, done.stdout
 
 
 async def wait_until_idle(app: LipsyncServer, seconds: float) -> None:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from lipsync_stream import character as character_module
 from lipsync_stream.character import Character, CharacterError, CharacterStore, decode_video, decode_video_timed, face_crop, load_default_character, square_frames
 from lipsync_stream.faces import face_det_results
 from lipsync_stream.fetch import FetchConfig, Fetcher
@@ -90,25 +91,36 @@ def _face_video(store: CharacterStore, name: str = "face.mp4", n: int = 6) -> tu
     return path, frames
 
 
-def test_store_detects_faces_once_and_shares_the_character(store: CharacterStore) -> None:
+def _no_face_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("faces were detected or tracked again")
+
+    monkeypatch.setattr(character_module, "detect_faces_streaming", refuse)
+    monkeypatch.setattr(character_module, "LandmarkTracker", refuse)
+    monkeypatch.setattr(character_module, "track_landmarks", refuse)
+
+
+def test_store_detects_faces_once_and_shares_the_character(store: CharacterStore, monkeypatch: pytest.MonkeyPatch) -> None:
     _face_video(store)
     a = store.load("face.mp4")
     assert a.frames.shape == (6, 512, 512, 3)
     assert store.load("face.mp4") is a
-    cache = list((store.fetcher.config.cache_dir / "faces").glob("*.npy"))
-    assert len(cache) == 1
-    # a new process (a new store) reuses the cached detection
+    # a new process (a new store) takes frames, boxes and landmarks from the disk cache
+    _no_face_work(monkeypatch)
     fresh = CharacterStore(store.fetcher)
-    assert np.array_equal(fresh.load("face.mp4").boxes, a.boxes)
+    again = fresh.load("face.mp4")
+    assert np.array_equal(again.boxes, a.boxes) and np.array_equal(again.frames, a.frames) and np.allclose(again.landmarks, a.landmarks)
 
 
-def test_store_uses_a_wav2lip_pickle(store: CharacterStore) -> None:
+def test_store_uses_a_wav2lip_pickle(store: CharacterStore, monkeypatch: pytest.MonkeyPatch) -> None:
     path, frames = _face_video(store)
     boxes = np.array([[60, 420, 150, 530]] * len(frames))
     (path.parent / "face.pkl").write_bytes(pickle.dumps(face_det_results(frames, boxes)))
+    monkeypatch.setattr(character_module, "detect_faces_streaming", lambda *_a: pytest.fail("detection ran"))
     c = store.load("face.mp4", "face.pkl")
     assert c.frames.shape[0] == len(frames)
-    assert not list((store.fetcher.config.cache_dir / "faces").glob("*.npy"))  # no detection ran
+    # the crop follows the pickle: its box (120x150 px wide... 360x380 px) is centred in the square
+    assert c.boxes[0, 1] - c.boxes[0, 0] == pytest.approx(360 * 512 / 480, abs=2)
 
 
 def test_store_reports_bad_references(store: CharacterStore) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lipsync_stream.character import load_default_character
-from lipsync_stream.faces import FaceError, boxes_from_face_det_results, detect_face, detect_faces, face_det_results, safe_unpickle
+from lipsync_stream.faces import FaceError, boxes_from_face_det_results, detect_face, detect_faces, face_det_results, load_face_det_results, safe_unpickle
 
 
 class RunsCode:
@@ -55,7 +55,10 @@ def test_broken_pickles_give_a_clear_error(data: bytes) -> None:
         ([[None, (0, 10, 0, 10)]], "2 frames"),
         ([[None, (0, 10, 0, 10)], [None, (0, 10)]], "four numbers"),
         ([[None, (0, 10, 0, 10)], [None, (0, 999, 0, 10)]], "not inside"),
-        ([[None, (0, 10, 0, 10)], [None, ("a", 1, 2, 3)]], "not a number"),
+        ([[None, (0, 10, 0, 10)], [None, ("a", 1, 2, 3)]], "not a finite number"),
+        ([[None, (0, 10, 0, 10)], [None, (float("inf"), 1, 2, 3)]], "not a finite number"),
+        ([[None, (0, 10, 0, 10)], [None, (10**400, 1, 2, 3)]], "not a finite number"),
+        ([[None, (0, 10, 0, 10)], [None, (float("nan"), 1, 2, 3)]], "not a finite number"),
         ([[None, (0, 10, 0, 10)], "frame"], "face_crop"),
     ],
 )
@@ -77,3 +80,22 @@ def test_video_without_a_face_is_an_error() -> None:
     frames = [np.full((200, 200, 3), v, np.uint8) for v in range(0, 60, 10)]
     with pytest.raises(FaceError, match="no face"):
         detect_faces(frames)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_loading_boxes_drops_the_face_crops_but_keeps_the_boxes(tmp_path: Path, protocol: int) -> None:
+    frames = [np.full((200, 200, 3), i, np.uint8) for i in range(4)]
+    boxes = np.array([[10, 150, 20, 160]] * 4)
+    entries = face_det_results(frames, boxes)
+    entries[2][1] = np.array([10, 150, 20, 160])  # a box given as an array is a box too
+    path = tmp_path / "faces.pkl"
+    path.write_bytes(pickle.dumps(entries, protocol=protocol))
+    assert np.array_equal(load_face_det_results(path, 200, 200), boxes)
+
+
+def test_pickle_of_many_small_objects_is_refused_before_it_is_built(tmp_path: Path) -> None:
+    # 1.1 million tiny entries: 13 MB as a pickle, several hundred MB as Python objects
+    path = tmp_path / "bomb.pkl"
+    path.write_bytes(pickle.dumps([[None, (0, 1, 0, 1)]] * 1_100_000))
+    with pytest.raises(FaceError, match="more than 1000000 items"):
+        load_face_det_results(path, 10, 10)

@@ -53,7 +53,7 @@ def test_prepare_writes_a_complete_character(clip: Path, tmp_path: Path) -> None
     frames = decode_video(out.video)
     assert len(frames) == 60 and frames[0].shape == (512, 512, 3)
     boxes = boxes_from_face_det_results(safe_unpickle(out.faces.read_bytes()), 60, 512, 512)
-    lm = Landmarks.load(out.landmarks)
+    lm = Landmarks.load(out.landmarks, 900)
     assert len(lm) == 60
     mouths = lm.mouths()
     assert (boxes[:, 0] < mouths[:, 1]).all() and (mouths[:, 1] < boxes[:, 1]).all()

@@ -11,32 +11,44 @@ Output frame *k* uses reference frame ``ref_index(k)``: the video plays forwards
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import io
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import Executor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import BinaryIO, Self
 
 import av
 import cv2
 import numpy as np
 
 from .engines.base import MouthGeometry, ReferenceFrame
-from .faces import FaceError, detect_faces, load_face_det_results
+from .faces import (
+    DETECT_MAX_SIDE,
+    FaceDetector,
+    FaceError,
+    boxes_from_detections,
+    load_face_det_results,
+)
 from .fetch import Fetcher, FetchError
 from .jpeg import ReferenceJpegs
-from .landmarks import N_POINTS, Landmarks, track_landmarks
+from .landmarks import N_POINTS, Landmarks, LandmarkTracker, track_landmarks
+from .logsafe import shown
 from .protocol import DEFAULT_CHARACTER, FRAME_HEIGHT, FRAME_WIDTH
 
 log = logging.getLogger(__name__)
 
 MAX_FRAMES = 900  # 30 s at 30 fps; longer videos are cut (memory: 0.75 MiB a frame)
-MAX_DECODE_SIDE = 1280  # larger videos are scaled down while decoding (at most 2.6 MiB a frame)
+MAX_DECODE_SIDE = 1280  # larger videos are scaled down while decoding (at most 4.7 MiB a frame)
+MAX_SOURCE_PIXELS = 4096 * 4096  # larger frames are refused before decoding (FFmpeg alone: 25 MB each)
+LOAD_NICE = 10  # character loads run at this nice value, below the render threads
 FACE_SCALE = 3.0  # the crop is this many face sizes wide, when the video allows
 FACE_CENTRE_HEIGHT = 0.45  # where the face centre sits in the crop, from the top
 LANDMARKS_SUFFIX = ".landmarks.npz"
@@ -44,6 +56,10 @@ LANDMARKS_SUFFIX = ".landmarks.npz"
 
 class CharacterError(Exception):
     """The character cannot be used; the message says why."""
+
+
+class CharacterBusy(CharacterError):
+    """Too many characters are loading at once; the client may try again later."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,8 @@ class Character:
 
     @property
     def nbytes(self) -> int:
-        return int(self.frames.nbytes + self.landmarks.nbytes)
+        """Memory it holds: frames (mapped), landmarks, and the reference JPEGs encoded so far."""
+        return int(self.frames.nbytes + self.landmarks.nbytes + self.jpegs.nbytes)
 
     def ref_index(self, k: int) -> int:
         """Reference frame for output frame *k*: 0, 1, ..., N-1, N-2, ..., 1, 0, 1, ..."""
@@ -82,7 +99,76 @@ class Character:
         return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle), self.landmarks[i])
 
 
-# --- building a character from a video ----------------------------------------------------------
+# --- decoding with bounded memory ---------------------------------------------------------------
+
+
+class VideoReader:
+    """A video decoded one frame at a time: never more than a frame or two in memory.
+
+    Opening checks the stream before anything is decoded: it must be a video, and its frames at
+    most MAX_SOURCE_PIXELS. Frames come scaled down to MAX_DECODE_SIDE (uniformly), at most
+    *max_frames* of them; a frame whose size differs from the first is an error; a damaged tail
+    ends the video with a warning. Use as a context manager.
+    """
+
+    def __init__(self, path: Path, max_frames: int = MAX_FRAMES) -> None:
+        self.path = path
+        self.max_frames = max_frames
+        self.count = 0  # frames yielded so far
+        try:
+            self._container = av.open(str(path))
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            raise CharacterError(f"cannot decode video {path.name}: {exc}") from None
+        try:
+            if not self._container.streams.video:
+                raise CharacterError(f"{path.name} has no video stream")
+            self._stream = self._container.streams.video[0]
+            w, h = int(self._stream.codec_context.width or 0), int(self._stream.codec_context.height or 0)
+            if w <= 0 or h <= 0:
+                raise CharacterError(f"video {path.name} does not declare its frame size")
+            if w * h > MAX_SOURCE_PIXELS:
+                raise CharacterError(f"video {path.name} is {w}x{h}: more than the {MAX_SOURCE_PIXELS // 10**6} megapixels a character video may have; scale it down")
+        except BaseException:
+            self._container.close()
+            raise
+        self.source_width, self.source_height = w, h
+        self.scale = min(1.0, MAX_DECODE_SIDE / max(w, h))
+        self.width, self.height = (w, h) if self.scale == 1.0 else (2 * round(w * self.scale / 2), 2 * round(h * self.scale / 2))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._container.close()
+
+    @property
+    def cut(self) -> bool:
+        """The video was (or may have been) longer than *max_frames*."""
+        return self.count >= self.max_frames
+
+    def frames(self) -> Iterator[av.VideoFrame]:
+        """The frames, at (width, height), in order. Raises CharacterError when there are none."""
+        self._stream.thread_type = "AUTO"
+        name = self.path.name
+        try:
+            for frame in self._container.decode(self._stream):
+                if (frame.width, frame.height) != (self.source_width, self.source_height):
+                    raise CharacterError(
+                        f"video {name} changes frame size at frame {self.count} ({self.source_width}x{self.source_height} to {frame.width}x{frame.height}); a character video keeps one size"
+                    )
+                if self.scale < 1.0:  # huge videos: they are cropped to a face anyway
+                    frame = frame.reformat(width=self.width, height=self.height)
+                self.count += 1
+                yield frame
+                if self.count >= self.max_frames:
+                    log.info("%s: using the first %d frames", name, self.max_frames)
+                    break
+        except (av.FFmpegError, OSError, ValueError) as exc:
+            if not self.count:
+                raise CharacterError(f"cannot decode video {name}: {exc}") from None
+            log.warning("%s is damaged after frame %d (%s); using the frames before it", name, self.count, exc)
+        if not self.count:
+            raise CharacterError(f"video {name} has no frames")
 
 
 def decode_video(path: Path, max_frames: int = MAX_FRAMES) -> list[np.ndarray]:
@@ -93,40 +179,19 @@ def decode_video(path: Path, max_frames: int = MAX_FRAMES) -> list[np.ndarray]:
 def decode_video_timed(path: Path, max_frames: int = MAX_FRAMES, progress: Callable[[int], None] | None = None) -> tuple[list[np.ndarray], list[float], float]:
     """Frames (BGR), their timestamps in seconds, and the scale they were decoded at.
 
-    Videos larger than MAX_DECODE_SIDE are scaled down (uniformly) while decoding; coordinates
-    given for the original video must be multiplied by the returned scale. A damaged tail is cut
-    off with a warning.
+    For tools on the user's own files (``prepare``): all frames are held in memory. Videos larger
+    than MAX_DECODE_SIDE are scaled down; coordinates given for the original video must be
+    multiplied by the returned scale.
     """
     frames: list[np.ndarray] = []
     times: list[float] = []
-    scale = 1.0
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise CharacterError(f"{path.name} has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            scale = min(1.0, MAX_DECODE_SIDE / max(stream.codec_context.width or 1, stream.codec_context.height or 1))
-            for frame in container.decode(stream):
-                if scale < 1.0:  # bounded memory for huge videos: they are cropped to a face anyway
-                    frame = frame.reformat(width=2 * round(frame.width * scale / 2), height=2 * round(frame.height * scale / 2))
-                frames.append(frame.to_ndarray(format="bgr24"))
-                known = frame.pts is not None and stream.time_base is not None
-                times.append(float(frame.pts * stream.time_base) if known else len(times) / 30.0)  # type: ignore[operator]
-                if progress:
-                    progress(1)
-                if len(frames) >= max_frames:
-                    log.warning("%s is longer than %d frames; using the first %d", path.name, max_frames, max_frames)
-                    break
-    except CharacterError:
-        raise
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        if not frames:
-            raise CharacterError(f"cannot decode video {path.name}: {exc}") from None
-        log.warning("%s is damaged after frame %d (%s); using the frames before it", path.name, len(frames), exc)
-    if not frames:
-        raise CharacterError(f"video {path.name} has no frames")
-    return frames, times, scale
+    with VideoReader(path, max_frames) as reader:
+        for frame in reader.frames():
+            frames.append(frame.to_ndarray(format="bgr24"))
+            times.append(float(frame.time) if frame.time is not None else len(times) / 30.0)
+            if progress:
+                progress(1)
+        return frames, times, reader.scale
 
 
 def face_crop(boxes: np.ndarray, width: int, height: int) -> tuple[int, int, int]:
@@ -141,6 +206,24 @@ def face_crop(boxes: np.ndarray, width: int, height: int) -> tuple[int, int, int
     return x0, y0, side
 
 
+def crop_square(frame: np.ndarray, crop: tuple[int, int, int]) -> np.ndarray:
+    """The (x0, y0, side) square of *frame*, scaled to 512x512."""
+    x0, y0, side = crop
+    square = frame[y0 : y0 + side, x0 : x0 + side]
+    if side == FRAME_WIDTH:
+        return square
+    return cv2.resize(square, (FRAME_WIDTH, FRAME_HEIGHT), interpolation=cv2.INTER_AREA if side > FRAME_WIDTH else cv2.INTER_CUBIC)
+
+
+def square_boxes(boxes: np.ndarray, crop: tuple[int, int, int]) -> np.ndarray:
+    """Face boxes (y1, y2, x1, x2) of the source frame in the 512x512 crop."""
+    x0, y0, side = crop
+    scale = FRAME_WIDTH / side
+    b = boxes.astype(np.float64)
+    new = np.stack([(b[:, 0] - y0) * scale, (b[:, 1] - y0) * scale, (b[:, 2] - x0) * scale, (b[:, 3] - x0) * scale], axis=1)
+    return np.clip(np.round(new), 0, FRAME_WIDTH).astype(np.int32)
+
+
 def square_frames(frames: list[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Crop and scale *frames* to 512x512 around the faces in *boxes* (source coordinates).
 
@@ -151,17 +234,89 @@ def square_frames(frames: list[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarr
         raise CharacterError("video frames change size mid-stream")
     if (h, w) == (FRAME_HEIGHT, FRAME_WIDTH):
         return np.stack(frames), boxes.astype(np.int32)
-    x0, y0, side = face_crop(boxes, w, h)
-    scale = FRAME_WIDTH / side
-    interp = cv2.INTER_AREA if side > FRAME_WIDTH else cv2.INTER_CUBIC
+    crop = face_crop(boxes, w, h)
     out = np.empty((len(frames), FRAME_HEIGHT, FRAME_WIDTH, 3), dtype=np.uint8)
     for i, f in enumerate(frames):
-        crop = f[y0 : y0 + side, x0 : x0 + side]
-        out[i] = crop if side == FRAME_WIDTH else cv2.resize(crop, (FRAME_WIDTH, FRAME_HEIGHT), interpolation=interp)
-    b = boxes.astype(np.float64)
-    new_boxes = np.stack([(b[:, 0] - y0) * scale, (b[:, 1] - y0) * scale, (b[:, 2] - x0) * scale, (b[:, 3] - x0) * scale], axis=1)
-    log.info("cropped %dx%d video to a %d px square at (%d, %d)", w, h, side, x0, y0)
-    return out, np.clip(np.round(new_boxes), 0, FRAME_WIDTH).astype(np.int32)
+        out[i] = crop_square(f, crop)
+    log.info("cropped %dx%d video to a %d px square at (%d, %d)", w, h, crop[2], crop[0], crop[1])
+    return out, square_boxes(boxes, crop)
+
+
+def detect_faces_streaming(video: Path, stride: int = 3) -> np.ndarray:
+    """Face boxes for every frame of *video* (decoded coordinates), holding no frames.
+
+    Detection runs on every *stride*-th frame and the last one, each decoded straight to the
+    detector's size; the rest is interpolated (:func:`boxes_from_detections`).
+    """
+    found: dict[int, tuple[int, int, int, int]] = {}
+    searched = 0
+    with VideoReader(video) as reader, FaceDetector() as detector:
+        s = min(1.0, DETECT_MAX_SIDE / max(reader.width, reader.height))
+        small_w, small_h = max(2, round(reader.width * s)), max(2, round(reader.height * s))
+
+        def detect(i: int, frame: av.VideoFrame) -> None:
+            nonlocal searched
+            searched += 1
+            box = detector.detect(frame.to_ndarray(width=small_w, height=small_h, format="bgr24"))
+            if box is not None:
+                found[i] = (round(box[0] / s), round(box[1] / s), round(box[2] / s), round(box[3] / s))
+
+        last: tuple[int, av.VideoFrame] | None = None
+        for i, frame in enumerate(reader.frames()):
+            if i % stride:
+                last = (i, frame)
+            else:
+                last = None
+                detect(i, frame)
+        if last is not None:
+            detect(*last)
+        return boxes_from_detections(found, reader.count, reader.width, reader.height, searched)
+
+
+class FrameFile:
+    """512x512 frames appended one at a time to a ``.npy`` file, never all in memory.
+
+    The header is written for *max_frames* first and rewritten with the real count at the end
+    (headers are padded to 64 bytes, so both have the same length). Until :meth:`finish`, the
+    file has a temporary name carrying the process and thread, and :meth:`abort` removes it.
+    """
+
+    def __init__(self, path: Path, max_frames: int = MAX_FRAMES) -> None:
+        self.path = path
+        self.tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+        self.count = 0
+        self._header_len = len(self._header(max_frames))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO | None = open(self.tmp, "wb")  # noqa: SIM115 - closed by finish() or abort()
+        self._file.write(bytes(self._header_len))
+
+    @staticmethod
+    def _header(n: int) -> bytes:
+        buf = io.BytesIO()
+        np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (n, FRAME_HEIGHT, FRAME_WIDTH, 3)})
+        return buf.getvalue()
+
+    def append(self, frame: np.ndarray) -> None:
+        assert self._file is not None and frame.shape == (FRAME_HEIGHT, FRAME_WIDTH, 3) and frame.dtype == np.uint8
+        self._file.write(np.ascontiguousarray(frame).data)
+        self.count += 1
+
+    def finish(self) -> None:
+        assert self._file is not None
+        header = self._header(self.count)
+        if len(header) != self._header_len:
+            raise CharacterError(f"internal: .npy header length changed ({len(header)} != {self._header_len})")
+        self._file.seek(0)
+        self._file.write(header)
+        self._file.close()
+        self._file = None
+        self.tmp.replace(self.path)
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.tmp.unlink(missing_ok=True)
 
 
 def make_character(key: str, frames: np.ndarray, landmarks: np.ndarray, boxes: np.ndarray | None = None) -> Character:
@@ -193,7 +348,7 @@ def landmarks_path_for(video: Path) -> Path:
 
 def load_default_character() -> Character:
     video, landmarks = default_character_files()
-    return make_character(DEFAULT_CHARACTER, np.stack(decode_video(video)), Landmarks.load(landmarks).points)
+    return make_character(DEFAULT_CHARACTER, np.stack(decode_video(video)), Landmarks.load(landmarks, MAX_FRAMES).points)
 
 
 def _file_digest(path: Path) -> str:
@@ -207,15 +362,37 @@ def _file_digest(path: Path) -> str:
 # --- the shared store ---------------------------------------------------------------------------
 
 
-class CharacterStore:
-    """Loads characters on demand and keeps the most recently used ones in memory."""
+def _background_priority() -> None:
+    """Run this thread (and the decoder threads it starts) at a lower CPU priority.
 
-    def __init__(self, fetcher: Fetcher, max_bytes: int = 2 * 1024**3) -> None:
+    Character loads are long and render threads short: under load, frames go first. On Linux
+    the nice value is per thread and inherited by the threads a thread creates.
+    """
+    with contextlib.suppress(AttributeError, OSError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOAD_NICE)
+
+
+class CharacterStore:
+    """Loads characters on demand and keeps the most recently used ones in memory.
+
+    Loads run in a pool of their own (*max_loads* at once, at a lower CPU priority), never on
+    the threads that render frames; a load that cannot start within *queue_timeout* seconds is
+    refused with :class:`CharacterBusy`.
+    """
+
+    def __init__(self, fetcher: Fetcher, max_bytes: int = 2 * 1024**3, max_loads: int = 2, queue_timeout: float = 30.0) -> None:
         self.fetcher = fetcher
         self.max_bytes = max_bytes
+        self.max_loads = max_loads
+        self.queue_timeout = queue_timeout
         self._cache: OrderedDict[tuple[str, str | None], Character] = OrderedDict()
         self._lock = threading.Lock()
         self._inflight: dict[tuple[str, str | None], asyncio.Future[Character]] = {}
+        self._executor = ThreadPoolExecutor(max_loads, thread_name_prefix="load", initializer=_background_priority)
+        self._slots: asyncio.Semaphore | None = None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def cached(self, video_ref: str, faces_ref: str | None = None) -> Character | None:
         with self._lock:
@@ -224,7 +401,7 @@ class CharacterStore:
                 self._cache.move_to_end((video_ref, faces_ref))
             return character
 
-    async def get(self, video_ref: str, faces_ref: str | None = None, executor: Executor | None = None) -> Character:
+    async def get(self, video_ref: str, faces_ref: str | None = None) -> Character:
         """The character for these references; concurrent callers share one load."""
         key = (video_ref, faces_ref)
         character = self.cached(*key)
@@ -232,11 +409,24 @@ class CharacterStore:
             return character
         pending = self._inflight.get(key)
         if pending is None:
-            loop = asyncio.get_running_loop()
-            pending = asyncio.ensure_future(loop.run_in_executor(executor, self.load, video_ref, faces_ref))
+            pending = asyncio.ensure_future(self._load_in_pool(video_ref, faces_ref))
             self._inflight[key] = pending
             pending.add_done_callback(lambda _f: self._inflight.pop(key, None))
         return await asyncio.shield(pending)
+
+    async def _load_in_pool(self, video_ref: str, faces_ref: str | None) -> Character:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_loads)
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self.queue_timeout)
+        except TimeoutError:
+            raise CharacterBusy(
+                f"the server is busy loading other characters ({self.max_loads} at a time) and this one waited {self.queue_timeout:g} s; try again later"
+            ) from None
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self.load, video_ref, faces_ref)
+        finally:
+            self._slots.release()
 
     def load(self, video_ref: str, faces_ref: str | None = None) -> Character:
         """Load synchronously (in a worker thread) and remember the result."""
@@ -244,77 +434,132 @@ class CharacterStore:
         character = self.cached(*key)
         if character is not None:
             return character
+        error: CharacterError | None = None
         try:
             character = self._build(video_ref, faces_ref)
         except (FetchError, FaceError) as exc:
-            raise CharacterError(str(exc)) from None
+            error = CharacterError(str(exc))
+        if error is not None:
+            # Raised outside the except block and dropped from this frame: no chain or cycle
+            # keeps the failed load's frames (and what they hold) alive after the answer.
+            try:
+                raise error
+            finally:
+                error = None
+        assert character is not None
         with self._lock:
             self._cache[key] = character
             self._cache.move_to_end(key)
-            while len(self._cache) > 1 and sum(c.nbytes for c in self._cache.values()) > self.max_bytes:
-                old_key, _ = self._cache.popitem(last=False)
-                log.info("dropped character %s from memory", old_key[0])
+            self._trim()
         return character
+
+    def _trim(self) -> None:
+        """Drop least recently used characters past max_bytes (their reference JPEGs count too)."""
+        while len(self._cache) > 1 and sum(c.nbytes for c in self._cache.values()) > self.max_bytes:
+            old_key, _ = self._cache.popitem(last=False)
+            log.info("dropped character %s from memory", shown(old_key[0]))
 
     def _build(self, video_ref: str, faces_ref: str | None) -> Character:
         if video_ref == DEFAULT_CHARACTER and faces_ref is None:
             video, landmarks_file = default_character_files()
-            square, _ = self._square_frames(video_ref, video, None)
-            return make_character(DEFAULT_CHARACTER, square, Landmarks.load(landmarks_file).points)
+            frames, _ = self._square_frames(video_ref, video, None, None)
+            return make_character(DEFAULT_CHARACTER, frames, Landmarks.load(landmarks_file, MAX_FRAMES).points)
         video = self.fetcher.resolve(video_ref)
         faces = self.fetcher.resolve(faces_ref) if faces_ref is not None else None
-        square, square_boxes = self._square_frames(video_ref, video, faces)
-        n = len(square)
-        landmarks = self._prepared_landmarks(video_ref, n) if square_boxes is None else None
-        if landmarks is None:
-            key = f"{_file_digest(video)}-{n}-" + hashlib.sha256(b"" if square_boxes is None else square_boxes.tobytes()).hexdigest()[:12]
-            landmarks = self._cached(f"landmarks/{key}.npy", (n, N_POINTS, 2), lambda: track_landmarks(square), f"landmarks for {video_ref}")
-        return make_character(video_ref, square, landmarks, square_boxes)
+        prepared = self._prepared_landmarks(video_ref) if faces is None else None
+        key = self._content_key(video, faces)
+        landmarks_file = self.fetcher.config.cache_dir / "landmarks" / f"{key}.npy"
+        # Landmarks are tracked while the frames are decoded, unless they are at hand already.
+        tracker = LandmarkTracker() if prepared is None and not landmarks_file.is_file() else None
+        try:
+            frames, boxes = self._square_frames(video_ref, video, faces, tracker)
+            n = len(frames)
+            if prepared is not None and len(prepared) != n:
+                log.warning("ignoring the prepared landmarks of %s: %d frames of landmarks for %d video frames", shown(video_ref), len(prepared), n)
+                prepared = None
+            if prepared is not None:
+                log.info("using prepared landmarks for %s", shown(video_ref))
+                landmarks = prepared
+            else:
+                fresh = tracker if tracker is not None and len(tracker) == n else None
+                landmarks = self._cached(landmarks_file, (n, N_POINTS, 2), fresh.result if fresh else lambda: track_landmarks(frames), f"landmarks for {shown(video_ref)}")
+        finally:
+            if tracker is not None:
+                tracker.close()
+        return make_character(video_ref, frames, landmarks, boxes)
 
-    def _square_frames(self, video_ref: str, video: Path, faces: Path | None) -> tuple[np.ndarray, np.ndarray | None]:
+    @staticmethod
+    def _content_key(video: Path, faces: Path | None) -> str:
+        return _file_digest(video) + (f"-{_file_digest(faces)}" if faces is not None else "")
+
+    def _square_frames(self, video_ref: str, video: Path, faces: Path | None, tracker: LandmarkTracker | None) -> tuple[np.ndarray, np.ndarray | None]:
         """The 512x512 frames, decoded once into the cache directory and memory-mapped from there.
 
         Every worker process maps the same file, so the operating system keeps one copy of a
         character in memory however many processes serve it.
         """
-        key = _file_digest(video) + (f"-{_file_digest(faces)}" if faces is not None else "")
-        base = self.fetcher.config.cache_dir / "characters" / key
-        frames_path, boxes_path = base.with_name(key + ".frames.npy"), base.with_name(key + ".boxes.npy")
+        key = self._content_key(video, faces)
+        base = self.fetcher.config.cache_dir / "characters"
+        frames_path, boxes_path = base / f"{key}.frames.npy", base / f"{key}.boxes.npy"
         if not (frames_path.is_file() and boxes_path.is_file()):
-            frames, _, scale = decode_video_timed(video)
-            n, (h, w) = len(frames), frames[0].shape[:2]
-            if faces is not None:
-                # The pickle speaks of the original video; frames may have been scaled down.
-                orig_w, orig_h = round(w / scale), round(h / scale)
-                given = load_face_det_results(faces, n, orig_w, orig_h)
-                boxes: np.ndarray | None = np.clip(np.round(given * scale), 0, [h, h, w, w]).astype(np.int32) if scale < 1.0 else given
-            elif (h, w) != (FRAME_HEIGHT, FRAME_WIDTH):
-                boxes = self._cached(f"faces/{key}-{n}.npy", (n, 4), lambda: detect_faces(frames), f"face detection for {video_ref}")
-            else:
-                boxes = None  # already 512x512: the landmarks give the boxes
-            square, square_boxes = square_frames(frames, boxes) if boxes is not None else (np.stack(frames), None)
-            frames.clear()
-            frames_path.parent.mkdir(parents=True, exist_ok=True)
-            tag = f"{os.getpid()}.{threading.get_ident()}"
-            tmp_frames, tmp_boxes = frames_path.with_name(f"{key}.{tag}.tmp.npy"), boxes_path.with_name(f"{key}.{tag}.boxes.tmp.npy")
-            np.save(tmp_frames, square)
-            np.save(tmp_boxes, np.zeros((0, 4), np.int32) if square_boxes is None else square_boxes)
-            tmp_boxes.replace(boxes_path)
-            tmp_frames.replace(frames_path)
-            del square
+            self._decode(video_ref, video, faces, frames_path, boxes_path, tracker)
         try:
             mapped = np.load(frames_path, mmap_mode="r", allow_pickle=False)
             boxes_arr = np.load(boxes_path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             frames_path.unlink(missing_ok=True)
             raise CharacterError(f"decoded-character cache {frames_path.name} is unreadable ({exc}); try again") from None
-        if mapped.ndim != 4 or mapped.shape[1:] != (FRAME_HEIGHT, FRAME_WIDTH, 3) or mapped.dtype != np.uint8:
+        if mapped.ndim != 4 or mapped.shape[1:] != (FRAME_HEIGHT, FRAME_WIDTH, 3) or mapped.dtype != np.uint8 or not len(mapped):
             frames_path.unlink(missing_ok=True)
             raise CharacterError(f"decoded-character cache {frames_path.name} has the wrong shape; removed, try again")
-        log.info("character %s: %d frames mapped from %s", video_ref, len(mapped), frames_path)
+        log.info("character %s: %d frames mapped from %s", shown(video_ref), len(mapped), frames_path)
         return mapped, (None if len(boxes_arr) == 0 else boxes_arr.astype(np.int32))
 
-    def _prepared_landmarks(self, video_ref: str, n: int) -> np.ndarray | None:
+    def _decode(self, video_ref: str, video: Path, faces: Path | None, frames_path: Path, boxes_path: Path, tracker: LandmarkTracker | None) -> None:
+        """Decode *video* to 512x512 frames straight into *frames_path*, one frame at a time.
+
+        The face boxes that fix the crop come first: from the pickle (checked before decoding),
+        or from a detection pass over small frames. The second pass crops each frame as it is
+        decoded. Nothing of the size of the video is ever in memory.
+        """
+        with VideoReader(video) as probe:
+            w, h, scale = probe.width, probe.height, probe.scale
+            source_w, source_h = probe.source_width, probe.source_height
+        boxes: np.ndarray | None = None
+        if faces is not None:
+            boxes = load_face_det_results(faces, source_w, source_h)
+            if scale < 1.0:  # the pickle speaks of the original video
+                boxes = np.clip(np.round(boxes * scale), 0, [h, h, w, w]).astype(np.int32)
+        elif (w, h) != (FRAME_WIDTH, FRAME_HEIGHT):
+            log.info("finding the face in %s", shown(video_ref))
+            boxes = detect_faces_streaming(video)
+        crop = face_crop(boxes[:MAX_FRAMES], w, h) if boxes is not None and (w, h) != (FRAME_WIDTH, FRAME_HEIGHT) else None
+        out = FrameFile(frames_path)
+        try:
+            with VideoReader(video) as reader:
+                for frame in reader.frames():
+                    image = frame.to_ndarray(format="bgr24")
+                    square = image if crop is None else crop_square(image, crop)
+                    out.append(square)
+                    if tracker is not None:
+                        tracker.add(square)
+                n, cut = reader.count, reader.cut
+            if boxes is not None:
+                if len(boxes) != n and not (cut and len(boxes) > n):
+                    what = "face_det_results has" if faces is not None else "face detection found"
+                    raise CharacterError(f"{what} {len(boxes)} entries but the video has {n} frames")
+                boxes = boxes[:n]
+                if crop is not None:
+                    boxes = square_boxes(boxes, crop)
+                    log.info("cropped %dx%d video to a %d px square at (%d, %d)", w, h, crop[2], crop[0], crop[1])
+            tmp_boxes = boxes_path.with_name(f"{boxes_path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
+            np.save(tmp_boxes, np.zeros((0, 4), np.int32) if boxes is None else boxes.astype(np.int32))
+            tmp_boxes.replace(boxes_path)
+            out.finish()
+        finally:
+            out.abort()
+
+    def _prepared_landmarks(self, video_ref: str) -> np.ndarray | None:
         """Landmarks that ``prepare`` wrote beside the video, when there are any."""
         base, dot, suffix = video_ref.rpartition(".")
         if not dot or "/" in suffix:
@@ -323,16 +568,10 @@ class CharacterStore:
             path = self.fetcher.resolve(base + LANDMARKS_SUFFIX)
         except FetchError:
             return None
-        points = Landmarks.load(path).points
-        if len(points) != n:
-            log.warning("ignoring %s: %d frames of landmarks for %d video frames", path.name, len(points), n)
-            return None
-        log.info("using prepared landmarks for %s", video_ref)
-        return points
+        return Landmarks.load(path, MAX_FRAMES).points
 
-    def _cached(self, name: str, shape: tuple[int, ...], compute: Callable[[], np.ndarray], what: str) -> np.ndarray:
+    def _cached(self, path: Path, shape: tuple[int, ...], compute: Callable[[], np.ndarray], what: str) -> np.ndarray:
         """*compute*'s result, kept on disk under the cache directory by content key."""
-        path = self.fetcher.config.cache_dir / name
         try:
             value = np.load(path, allow_pickle=False)
             if value.shape == shape:
@@ -345,7 +584,7 @@ class CharacterStore:
         log.info("computing %s (%d frames)", what, shape[0])
         value = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{threading.get_ident()}.tmp.npy")
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
         np.save(tmp, value)
         tmp.replace(path)
         return value

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT) and the character cache (default: %(default)s)")
     s.add_argument("--allow-private-urls", action="store_true", help="let clients name http(s) URLs on loopback, link-local and private addresses (off: SSRF guard)")
     s.add_argument("--lead", type=float, default=DEFAULT_LEAD, metavar="SECONDS", help="how far frames may run ahead of real time (default: %(default)s)")
+    s.add_argument("--max-sessions", type=int, default=None, metavar="N", help="sessions at once, all workers together; more are refused with 'capacity' (default: CPU cores x the engine's sessions per core: 8 for viseme, 12 for energy)")
+    s.add_argument("--max-loads", type=int, default=2, metavar="N", help="characters decoded at once per worker, on threads of their own; more wait (default: %(default)s)")
 
     pl = sub.add_parser("play", help="play a session live: OpenCV window and sound, in sync")
     src = pl.add_mutually_exclusive_group(required=True)
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         from .server import ServerConfig, serve_forever
 
         limits = Limits(args.max_message_bytes, args.max_session_length, args.max_idle_time, args.lead)
-        config = ServerConfig(args.host, args.port, list(args.asset_root), args.engine, args.jpeg_quality, limits)
+        config = ServerConfig(args.host, args.port, list(args.asset_root), args.engine, args.jpeg_quality, limits, max_sessions=args.max_sessions, max_loads=max(1, args.max_loads))
         config.fetch = FetchConfig(asset_roots=list(args.asset_root), cache_dir=args.cache_dir or default_cache_dir(), allow_private_urls=args.allow_private_urls)
         if args.workers > 1:
             from .server import serve_workers

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import pickle
+import pickletools
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
 import numpy as np
@@ -21,6 +23,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAX_PICKLE_BYTES = 1 << 30
+#: with only boxes wanted, array payloads larger than this are not kept (the face crops)
+KEEP_ARRAY_BYTES = 4096
+#: opcodes a pickle may hold (a real one has a few dozen per frame; at most 900 frames)
+MAX_PICKLE_OPS = 1_000_000
 
 
 class FaceError(Exception):
@@ -41,28 +47,32 @@ class _NdarrayToken:
     """Stands for ``numpy.ndarray`` in a pickle: an argument to ``_reconstruct``, never callable."""
 
 
-def _safe_reconstruct(cls: Any, shape: Any = (0,), dtype: Any = b"b") -> np.ndarray:
-    # numpy pickles an array as _reconstruct(ndarray, (0,), b'b') followed by __setstate__ with the
-    # real shape and the raw bytes, so the data can never be larger than the pickle itself.
-    if cls is not _NdarrayToken or tuple(shape) != (0,):
-        raise FaceError("pickle builds an array in a way numpy never pickles one")
-    return np.ndarray.__new__(np.ndarray, (0,), dtype)
+class _BoundedArray(np.ndarray):
+    """An array unpickled for a pickle's boxes only: large payloads (face crops) are not kept.
+
+    numpy pickles an array as ``_reconstruct(ndarray, (0,), b'b')`` followed by ``__setstate__``
+    with the shape and the raw bytes. Dropping big payloads here bounds a load's memory by the
+    largest single array instead of the whole pickle.
+    """
+
+    def __setstate__(self, state: Any) -> None:
+        try:
+            version, shape, dtype, _fortran, data = state
+            expected = math.prod(int(d) for d in shape) * np.dtype(dtype).itemsize
+        except (TypeError, ValueError, OverflowError):
+            raise FaceError("pickle holds a malformed array") from None
+        if isinstance(data, (bytes, bytearray)) and len(data) == expected > KEEP_ARRAY_BYTES:
+            state = (version, (0,), dtype, False, b"")  # the pixels of a face crop: never read
+        try:
+            super().__setstate__(state)
+        except (TypeError, ValueError) as exc:
+            raise FaceError(f"pickle holds a malformed array: {exc}") from None
 
 
 def _safe_scalar(dtype: np.dtype, data: bytes = b"") -> Any:
     if not isinstance(dtype, np.dtype) or dtype.hasobject:
         raise FaceError("pickle holds an object scalar; only numbers are allowed")
     return np.frombuffer(data, dtype=dtype, count=1)[0]
-
-
-def _safe_frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
-    # Protocol 5 pickles arrays as _frombuffer(bytes, dtype, shape, order): the data is in the pickle.
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or order not in ("C", "F"):
-        raise FaceError("pickle holds an array that is not plain numeric data")
-    try:
-        return np.frombuffer(bytes(buffer), dtype=dtype).reshape(tuple(shape), order=order)
-    except (TypeError, ValueError) as exc:
-        raise FaceError(f"pickle holds a malformed array: {exc}") from None
 
 
 def _safe_codecs_encode(text: Any, encoding: Any = "latin1") -> bytes:
@@ -72,20 +82,48 @@ def _safe_codecs_encode(text: Any, encoding: Any = "latin1") -> bytes:
     return text.encode("latin1")
 
 
-_ALLOWED: dict[tuple[str, str], Any] = {("_codecs", "encode"): _safe_codecs_encode}
-for _mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
-    _ALLOWED[(_mod, "_reconstruct")] = _safe_reconstruct
-    _ALLOWED[(_mod, "scalar")] = _safe_scalar
-for _mod in ("numpy.core.numeric", "numpy._core.numeric"):
-    _ALLOWED[(_mod, "_frombuffer")] = _safe_frombuffer
-_ALLOWED[("numpy", "ndarray")] = _NdarrayToken
-_ALLOWED[("numpy", "dtype")] = _safe_dtype
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
+    """Builds only lists, tuples, numbers, strings and plain numeric arrays.
+
+    With *keep_arrays* false, array payloads over KEEP_ARRAY_BYTES are dropped (see
+    :class:`_BoundedArray`): for reading the boxes of a pickle that also carries face crops.
+    """
+
+    def __init__(self, file: IO[bytes], keep_arrays: bool = True) -> None:
+        super().__init__(file)
+        array_type = np.ndarray if keep_arrays else _BoundedArray
+
+        def reconstruct(cls: Any, shape: Any = (0,), dtype: Any = b"b") -> np.ndarray:
+            # The data comes afterwards through __setstate__, so it is never larger than the pickle.
+            if cls is not _NdarrayToken or tuple(shape) != (0,):
+                raise FaceError("pickle builds an array in a way numpy never pickles one")
+            return np.ndarray.__new__(array_type, (0,), dtype)
+
+        def frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarray:
+            # Protocol 5 pickles arrays as _frombuffer(bytes, dtype, shape, order).
+            if not isinstance(dtype, np.dtype) or dtype.hasobject or order not in ("C", "F"):
+                raise FaceError("pickle holds an array that is not plain numeric data")
+            try:
+                if not keep_arrays and len(buffer) > KEEP_ARRAY_BYTES:
+                    return np.empty(0, dtype)
+                return np.frombuffer(bytes(buffer), dtype=dtype).reshape(tuple(shape), order=order)
+            except (TypeError, ValueError) as exc:
+                raise FaceError(f"pickle holds a malformed array: {exc}") from None
+
+        self._allowed: dict[tuple[str, str], Any] = {
+            ("_codecs", "encode"): _safe_codecs_encode,
+            ("numpy", "ndarray"): _NdarrayToken,
+            ("numpy", "dtype"): _safe_dtype,
+        }
+        for mod in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            self._allowed[(mod, "_reconstruct")] = reconstruct
+            self._allowed[(mod, "scalar")] = _safe_scalar
+        for mod in ("numpy.core.numeric", "numpy._core.numeric"):
+            self._allowed[(mod, "_frombuffer")] = frombuffer
+
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED[(module, name)]
+            return self._allowed[(module, name)]
         except KeyError:
             raise FaceError(f"pickle refers to {module}.{name}; only lists, tuples, numbers and numpy arrays are allowed") from None
 
@@ -93,25 +131,44 @@ class _RestrictedUnpickler(pickle.Unpickler):
         raise FaceError("pickle uses persistent ids, which are not allowed")
 
 
-def safe_unpickle(data: bytes) -> Any:
-    """Unpickle *data* admitting only plain data; anything else raises :class:`FaceError`."""
-    if len(data) > MAX_PICKLE_BYTES:
-        raise FaceError(f"pickle is {len(data)} bytes, more than the {MAX_PICKLE_BYTES} allowed")
+def _unpickle(file: IO[bytes], keep_arrays: bool) -> Any:
+    """Unpickle a seekable file, refusing pickles of more than MAX_PICKLE_OPS opcodes first.
+
+    Small objects cost far more memory than their bytes in a pickle (a tiny tuple: a dozen bytes
+    there, ~80 in memory), so the size cap alone does not bound memory; the opcode count does. A
+    real Wav2Lip pickle has a few dozen opcodes per frame, its bulk being a few large crops.
+    """
     try:
-        return _RestrictedUnpickler(io.BytesIO(data)).load()
+        for count, _op in enumerate(pickletools.genops(file)):
+            if count >= MAX_PICKLE_OPS:
+                raise FaceError(f"pickle holds more than {MAX_PICKLE_OPS} items; face_det_results for a character needs far fewer")
+        file.seek(0)
+        return _RestrictedUnpickler(file, keep_arrays).load()
     except FaceError:
         raise
+    except RecursionError:
+        raise FaceError("cannot read the pickle: it is nested too deeply") from None
     except Exception as exc:  # truncated or garbled data raises many kinds of errors
         raise FaceError(f"cannot read the pickle: {type(exc).__name__}: {exc}") from None
 
 
-def boxes_from_face_det_results(obj: Any, n_frames: int, width: int, height: int) -> np.ndarray:
-    """Validate a Wav2Lip list ``[[face_crop, (y1, y2, x1, x2)], ...]``; returns int32 (N, 4) boxes."""
+def safe_unpickle(data: bytes) -> Any:
+    """Unpickle *data* admitting only plain data; anything else raises :class:`FaceError`."""
+    if len(data) > MAX_PICKLE_BYTES:
+        raise FaceError(f"pickle is {len(data)} bytes, more than the {MAX_PICKLE_BYTES} allowed")
+    return _unpickle(io.BytesIO(data), keep_arrays=True)
+
+
+def boxes_from_face_det_results(obj: Any, n_frames: int | None, width: int, height: int) -> np.ndarray:
+    """Validate a Wav2Lip list ``[[face_crop, (y1, y2, x1, x2)], ...]``; returns int32 (N, 4) boxes.
+
+    *n_frames* None accepts any non-empty count (the caller checks it against the video later).
+    """
     if not isinstance(obj, (list, tuple)):
         raise FaceError(f"face_det_results must be a list with one entry per frame, got {type(obj).__name__}")
-    if len(obj) != n_frames:
-        raise FaceError(f"face_det_results has {len(obj)} entries but the video has {n_frames} frames")
-    boxes = np.empty((n_frames, 4), dtype=np.int32)
+    if (n_frames is not None and len(obj) != n_frames) or not obj:
+        raise FaceError(f"face_det_results has {len(obj)} entries but the video has {n_frames or 'some'} frames")
+    boxes = np.empty((len(obj), 4), dtype=np.int32)
     for i, entry in enumerate(obj):
         if not isinstance(entry, (list, tuple)) or len(entry) != 2:
             raise FaceError(f"face_det_results[{i}] must be [face_crop, (y1, y2, x1, x2)]")
@@ -120,16 +177,28 @@ def boxes_from_face_det_results(obj: Any, n_frames: int, width: int, height: int
             raise FaceError(f"face_det_results[{i}][1] must be four numbers (y1, y2, x1, x2)")
         try:
             y1, y2, x1, x2 = (int(round(float(c))) for c in coords)
-        except (TypeError, ValueError):
-            raise FaceError(f"face_det_results[{i}][1] holds something that is not a number") from None
+        except (TypeError, ValueError, OverflowError):  # OverflowError: inf, or 10**400
+            raise FaceError(f"face_det_results[{i}][1] holds something that is not a finite number") from None
         if not (0 <= y1 < y2 <= height and 0 <= x1 < x2 <= width):
             raise FaceError(f"face_det_results[{i}] box (y1={y1}, y2={y2}, x1={x1}, x2={x2}) is not inside the {width}x{height} frame")
         boxes[i] = (y1, y2, x1, x2)
     return boxes
 
 
-def load_face_det_results(path: Path, n_frames: int, width: int, height: int) -> np.ndarray:
-    return boxes_from_face_det_results(safe_unpickle(path.read_bytes()), n_frames, width, height)
+def load_face_det_results(path: Path, width: int, height: int) -> np.ndarray:
+    """The boxes of a Wav2Lip pickle for a *width* x *height* video, read with bounded memory.
+
+    Its face crops are dropped while reading. The caller checks the count against the video.
+    """
+    try:
+        size = path.stat().st_size
+        if size > MAX_PICKLE_BYTES:
+            raise FaceError(f"{path.name} is {size} bytes, more than the {MAX_PICKLE_BYTES} allowed for a pickle")
+        with open(path, "rb") as f:
+            obj = _unpickle(f, keep_arrays=False)
+    except OSError as exc:
+        raise FaceError(f"cannot read {path.name}: {exc.strerror or exc}") from None
+    return boxes_from_face_det_results(obj, None, width, height)
 
 
 def face_det_results(frames: Sequence[np.ndarray], boxes: np.ndarray) -> list[list[Any]]:
@@ -185,31 +254,39 @@ def detect_face(image: np.ndarray) -> tuple[int, int, int, int] | None:
         return detector.detect(image)
 
 
+def sample_indices(n: int, stride: int) -> list[int]:
+    """The frames detection runs on: every *stride*-th, and the last."""
+    return sorted(set(range(0, n, max(1, stride))) | {n - 1})
+
+
 def detect_faces(frames: Sequence[np.ndarray], stride: int = 3, progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Face boxes for every frame: detect every *stride* frames, fill gaps, smooth over time."""
-    n = len(frames)
-    sample_idx = sorted(set(range(0, n, max(1, stride))) | {n - 1})
-    found_idx, found = [], []
+    picks = sample_indices(len(frames), stride)
+    found: dict[int, tuple[int, int, int, int]] = {}
     with FaceDetector() as detector:
-        for i in sample_idx:
+        for i in picks:
             box = detector.detect(frames[i])
             if box is not None:
-                found_idx.append(i)
-                found.append(box)
+                found[i] = box
             if progress:
                 progress(1)
+    h, w = frames[0].shape[:2]
+    return boxes_from_detections(found, len(frames), w, h, len(picks))
+
+
+def boxes_from_detections(found: dict[int, tuple[int, int, int, int]], n: int, width: int, height: int, searched: int) -> np.ndarray:
+    """Boxes (y1, y2, x1, x2) for all *n* frames from those found on some: interpolated, smoothed."""
     if not found:
-        raise FaceError(f"no face found in the video ({len(sample_idx)} frames searched)")
-    if len(found) < 0.3 * len(sample_idx):
-        log.warning("a face was found in only %d of %d searched frames; the rest are interpolated", len(found), len(sample_idx))
-    found_arr = np.asarray(found, dtype=np.float64)
+        raise FaceError(f"no face found in the video ({searched} frames searched)")
+    if len(found) < 0.3 * searched:
+        log.warning("a face was found in only %d of %d searched frames; the rest are interpolated", len(found), searched)
+    found_idx = sorted(found)
+    found_arr = np.asarray([found[i] for i in found_idx], dtype=np.float64)
     all_idx = np.arange(n)
     boxes = np.stack([np.interp(all_idx, found_idx, found_arr[:, j]) for j in range(4)], axis=1)
-    boxes = smooth_boxes(boxes)
-    h, w = frames[0].shape[:2]
-    boxes = np.round(boxes).astype(np.int32)
-    boxes[:, 0:2] = np.clip(boxes[:, 0:2], 0, h)
-    boxes[:, 2:4] = np.clip(boxes[:, 2:4], 0, w)
+    boxes = np.round(smooth_boxes(boxes)).astype(np.int32)
+    boxes[:, 0:2] = np.clip(boxes[:, 0:2], 0, height)
+    boxes[:, 2:4] = np.clip(boxes[:, 2:4], 0, width)
     return boxes
 
 

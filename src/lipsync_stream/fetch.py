@@ -8,6 +8,7 @@ refused with a :class:`FetchError` that says why.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import ipaddress
 import logging
@@ -15,16 +16,77 @@ import os
 import socket
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from .logsafe import shown
 
 log = logging.getLogger(__name__)
 
 
 class FetchError(Exception):
     """A reference that cannot be turned into a usable local file."""
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], list[str]]
+
+# IPv6 ranges that carry an IPv4 address: such an address is judged by the one it carries.
+_V4_IN_LOW_32 = [
+    ipaddress.IPv6Network("::ffff:0:0/96"),  # IPv4-mapped
+    ipaddress.IPv6Network("::/96"),  # IPv4-compatible (deprecated, still routed by some stacks)
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),  # IPv4-translated (SIIT)
+    ipaddress.IPv6Network("64:ff9b::/96"),  # NAT64, well-known prefix
+]
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # NAT64, local-use prefix (RFC 8215)
+
+
+def _bits(n: int, first: int, last: int) -> int:
+    """Bits *first*..*last* (inclusive, 0 = most significant) of a 128-bit number."""
+    return (n >> (127 - last)) & ((1 << (last - first + 1)) - 1)
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """Every IPv4 address *ip* carries by a standard embedding (none for a plain IPv6 address).
+
+    IPv4-mapped, -compatible and -translated, NAT64 (RFC 6052: for the local-use prefix, every
+    position its prefix lengths allow), 6to4 and Teredo (server and client).
+    """
+    n = int(ip)
+    found: list[int] = []
+    if any(ip in net for net in _V4_IN_LOW_32):
+        found.append(_bits(n, 96, 127))
+    if ip in _NAT64_LOCAL:
+        found += [
+            _bits(n, 48, 63) << 16 | _bits(n, 72, 87),  # /48
+            _bits(n, 56, 63) << 24 | _bits(n, 72, 95),  # /56
+            _bits(n, 72, 103),  # /64
+            _bits(n, 96, 127),  # /96
+        ]
+    out = [ipaddress.IPv4Address(v) for v in found]
+    if ip.sixtofour is not None:
+        out.append(ip.sixtofour)
+    if ip.teredo is not None:
+        out += list(ip.teredo)
+    return out
+
+
+def address_allowed(ip: Address) -> bool:
+    """Whether a download may connect to *ip*: a global unicast address, whatever its spelling."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        carried = embedded_ipv4(ip)
+        if carried:
+            return all(address_allowed(v4) for v4 in carried)
+    return ip.is_global and not ip.is_multicast
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses *host* resolves to (for TCP), scope ids dropped."""
+    infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+    return [str(info[4][0]).split("%", 1)[0] for info in infos]
 
 
 def default_cache_dir() -> Path:
@@ -48,10 +110,14 @@ class FetchConfig:
 
 
 class Fetcher:
-    """Resolves references to local paths; safe to call from several threads."""
+    """Resolves references to local paths; safe to call from several threads.
 
-    def __init__(self, config: FetchConfig | None = None) -> None:
+    *resolver* turns a host name into addresses (tests give one that never asks DNS).
+    """
+
+    def __init__(self, config: FetchConfig | None = None, resolver: Resolver = system_resolver) -> None:
         self.config = config or FetchConfig()
+        self.resolver = resolver
         self.roots = [Path(r).resolve() for r in self.config.asset_roots]
         self.downloads = self.config.cache_dir / "downloads"
 
@@ -63,17 +129,29 @@ class Fetcher:
             return self._download(ref)
         if scheme == "file":
             if parsed.netloc not in ("", "localhost"):
-                raise FetchError(f"file URL {ref!r} names a remote host; only local files are served")
+                raise FetchError(f"file URL '{shown(ref)}' names a remote host; only local files are served")
             return self._local(urllib.parse.unquote(parsed.path))
         if scheme and len(scheme) > 1:  # one letter would be a Windows drive
-            raise FetchError(f"unsupported URL scheme {scheme!r} in {ref!r}; use http(s)://, file:// or a path under an asset root")
+            raise FetchError(f"unsupported URL scheme '{shown(scheme)}' in '{shown(ref)}'; use http(s)://, file:// or a path under an asset root")
         return self._local(ref)
 
     # -- local paths ------------------------------------------------------------------------------
 
     def _local(self, raw: str) -> Path:
+        try:
+            return self._local_path(raw)
+        except RuntimeError:  # Python 3.11's Path.resolve: "Symlink loop from ..."
+            raise FetchError(f"path '{shown(raw)}' leads into a loop of symbolic links") from None
+        except ValueError as exc:  # an embedded NUL, say
+            raise FetchError(f"path '{shown(raw)}' cannot be a file name: {exc}") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise FetchError(f"path '{shown(raw)}' leads into a loop of symbolic links") from None
+            raise FetchError(f"path '{shown(raw)}' cannot be used: {exc.strerror or exc}") from None
+
+    def _local_path(self, raw: str) -> Path:
         if not self.roots:
-            raise FetchError(f"local path {raw!r} refused: the server has no asset root (start it with --asset-root DIR)")
+            raise FetchError(f"local path '{shown(raw)}' refused: the server has no asset root (start it with --asset-root DIR)")
         candidate = Path(raw).expanduser()
         tries = [candidate] if candidate.is_absolute() else [root / candidate for root in self.roots]
         for path in tries:
@@ -83,10 +161,10 @@ class Fetcher:
             if resolved.is_file():
                 return resolved
         if candidate.is_absolute() and not any(candidate.resolve().is_relative_to(r) for r in self.roots):
-            raise FetchError(f"path {raw!r} is outside the server's asset roots")
+            raise FetchError(f"path '{shown(raw)}' is outside the server's asset roots")
         if any(part == ".." for part in candidate.parts):
-            raise FetchError(f"path {raw!r} escapes the server's asset roots")
-        raise FetchError(f"no file {raw!r} under the asset roots")
+            raise FetchError(f"path '{shown(raw)}' escapes the server's asset roots")
+        raise FetchError(f"no file '{shown(raw)}' under the asset roots")
 
     # -- downloads --------------------------------------------------------------------------------
 
@@ -104,40 +182,41 @@ class Fetcher:
         the checked address, which the request then connects to (so a second DNS answer cannot
         point elsewhere), or None when private addresses are allowed.
         """
-        parts = urllib.parse.urlsplit(url)
+        try:
+            parts = urllib.parse.urlsplit(url)
+            port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        except ValueError as exc:
+            raise FetchError(f"URL '{shown(url)}' is not valid: {exc}") from None
         if parts.scheme.lower() not in ("http", "https"):
-            raise FetchError(f"redirect to unsupported URL {url!r}")
+            raise FetchError(f"redirect to unsupported URL '{shown(url)}'")
         host = parts.hostname
         if not host:
-            raise FetchError(f"URL {url!r} has no host")
+            raise FetchError(f"URL '{shown(url)}' has no host")
         if self.config.allow_private_urls:
             return None
         try:
-            infos = socket.getaddrinfo(host, parts.port or (443 if parts.scheme == "https" else 80), proto=socket.IPPROTO_TCP)
-        except (socket.gaierror, UnicodeError) as exc:
-            raise FetchError(f"cannot resolve host {host!r}: {exc}") from None
-        addresses = [ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos]
+            addresses = [ipaddress.ip_address(a) for a in self.resolver(host, port)]
+        except (OSError, UnicodeError, ValueError) as exc:
+            raise FetchError(f"cannot resolve host '{shown(host)}': {exc}") from None
         for ip in addresses:
             if not self.address_allowed(ip):
-                raise FetchError(f"URL {url!r} points at {ip}, a loopback, private or reserved address; refused (see --allow-private-urls)")
+                raise FetchError(f"URL '{shown(url)}' points at {ip}, a loopback, private or reserved address; refused (the server's operator can allow such addresses)")
         return str(addresses[0]) if addresses else None
 
     @staticmethod
-    def address_allowed(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return ip.is_global and not ip.is_multicast
+    def address_allowed(ip: Address) -> bool:
+        return address_allowed(ip)
 
     def _download(self, url: str) -> Path:
         target = self.cache_path(url)
         if target.is_file() and time.time() - target.stat().st_mtime < self.config.cache_ttl:
             os.utime(target, (time.time(), target.stat().st_mtime))  # access time drives eviction
-            log.info("cache hit for %s", url)
+            log.info("cache hit for %s", shown(url))
             return target
         self.downloads.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.{time.monotonic_ns()}.part")
         cap, deadline = self.config.max_download_bytes, time.monotonic() + self.config.download_timeout
-        log.info("downloading %s", url)
+        log.info("downloading %s", shown(url))
         size = 0
         try:
             timeout = httpx.Timeout(min(30.0, self.config.download_timeout))
@@ -159,27 +238,27 @@ class Fetcher:
                             current = urllib.parse.urljoin(current, location)
                             continue
                         if response.status_code != 200:
-                            raise FetchError(f"GET {current} answered HTTP {response.status_code}")
+                            raise FetchError(f"GET {shown(current)} answered HTTP {response.status_code}")
                         declared = response.headers.get("content-length")
                         if declared and declared.isdigit() and int(declared) > cap:
-                            raise FetchError(f"{url} is {int(declared)} bytes, more than the {cap} allowed")
+                            raise FetchError(f"{shown(url)} is {int(declared)} bytes, more than the {cap} allowed")
                         with open(tmp, "wb") as out:
                             for chunk in response.iter_bytes(1 << 16):
                                 size += len(chunk)
                                 if size > cap:
-                                    raise FetchError(f"{url} is larger than the {cap} bytes allowed")
+                                    raise FetchError(f"{shown(url)} is larger than the {cap} bytes allowed")
                                 if time.monotonic() > deadline:
-                                    raise FetchError(f"downloading {url} took longer than {self.config.download_timeout:.0f} s")
+                                    raise FetchError(f"downloading {shown(url)} took longer than {self.config.download_timeout:.0f} s")
                                 out.write(chunk)
                         break
                 else:
-                    raise FetchError(f"{url} redirected more than {self.config.max_redirects} times")
+                    raise FetchError(f"{shown(url)} redirected more than {self.config.max_redirects} times")
             tmp.replace(target)
         except httpx.HTTPError as exc:
-            raise FetchError(f"cannot fetch {url}: {type(exc).__name__}: {exc}") from None
+            raise FetchError(f"cannot fetch {shown(url)}: {type(exc).__name__}: {exc}") from None
         finally:
             tmp.unlink(missing_ok=True)
-        log.info("downloaded %s (%d bytes)", url, size)
+        log.info("downloaded %s (%d bytes)", shown(url), size)
         self._evict()
         return target
 

@@ -90,6 +90,11 @@ class ReferenceJpegs:
     def __init__(self) -> None:
         self._cache: dict[tuple[int, int], RowJpeg] = {}
         self._lock = threading.Lock()
+        self.nbytes = 0  # encoded bytes held (counted in the character cache's memory limit)
+
+    def has(self, index: int, quality: int) -> bool:
+        with self._lock:
+            return (index, quality) in self._cache
 
     def get(self, index: int, image: np.ndarray, quality: int) -> RowJpeg:
         key = (index, quality)
@@ -98,5 +103,7 @@ class ReferenceJpegs:
         if found is None:
             found = RowJpeg.encode(np.ascontiguousarray(image), quality)
             with self._lock:
-                self._cache.setdefault(key, found)
+                if key not in self._cache:
+                    self._cache[key] = found
+                    self.nbytes += len(found.data) + sum(len(row) for row in found.rows)
         return found

@@ -9,6 +9,8 @@ detector jitter without the lag a causal filter would add.
 from __future__ import annotations
 
 import logging
+import math
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,9 @@ class FaceMesher:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
         self._mesh.close()
 
     def landmarks(self, image: np.ndarray) -> np.ndarray | None:
@@ -118,21 +123,83 @@ def fill_gaps(points: np.ndarray, found: np.ndarray, fps: float = 30.0, max_gap:
     return out
 
 
+class LandmarkTracker:
+    """Face-mesh points for frames that arrive one at a time (while a video is being decoded).
+
+    Only the points are kept, never the frames; :meth:`result` fills gaps and smooths.
+    """
+
+    def __init__(self, fps: float = 30.0) -> None:
+        self.fps = fps
+        self._mesher: FaceMesher | None = None
+        self._points: list[np.ndarray | None] = []
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def add(self, frame: np.ndarray) -> None:
+        if self._mesher is None:
+            self._mesher = FaceMesher()
+        self._points.append(self._mesher.landmarks(frame))
+
+    def close(self) -> None:
+        if self._mesher is not None:
+            self._mesher.close()
+            self._mesher = None
+
+    def result(self) -> np.ndarray:
+        """(N, 478, 2) landmarks, gaps filled and smoothed over time; closes the mesher."""
+        self.close()
+        n = len(self._points)
+        points = np.zeros((n, N_POINTS, 2), dtype=np.float32)
+        found = np.array([p is not None for p in self._points], dtype=bool)
+        for i, p in enumerate(self._points):
+            if p is not None:
+                points[i] = p
+        return smooth_track(fill_gaps(points, found, self.fps))
+
+
 def track_landmarks(frames: Sequence[np.ndarray] | np.ndarray, progress: Callable[[int], None] | None = None, fps: float = 30.0) -> np.ndarray:
     """(N, 478, 2) landmarks for *frames*, gaps filled and smoothed over time."""
-    n = len(frames)
-    points = np.zeros((n, N_POINTS, 2), dtype=np.float32)
-    found = np.zeros(n, dtype=bool)
-    with FaceMesher() as mesher:
-        for i, frame in enumerate(frames):
-            lm = mesher.landmarks(frame)
-            if lm is not None:
-                points[i] = lm
-                found[i] = True
+    tracker = LandmarkTracker(fps)
+    try:
+        for frame in frames:
+            tracker.add(frame)
             if progress:
                 progress(1)
-    points = fill_gaps(points, found, fps)
-    return smooth_track(points)
+        return tracker.result()
+    finally:
+        tracker.close()
+
+
+def _read_npz_array(archive: zipfile.ZipFile, name: str, max_bytes: int, check: Callable[[tuple[int, ...], np.dtype], str | None]) -> np.ndarray:
+    """One array of an .npz, its declared sizes checked before anything is inflated.
+
+    The zip entry's uncompressed size must be at most *max_bytes*, and *check* sees the array's
+    shape and dtype from its header (returns what is wrong, or None) before its data is read.
+    """
+    try:
+        info = archive.getinfo(name + ".npy")
+    except KeyError:
+        raise FaceError(f"has no '{name}' array") from None
+    if info.file_size > max_bytes:
+        raise FaceError(f"its '{name}' array would inflate to {info.file_size} bytes; a character of at most the allowed length needs {max_bytes}")
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise FaceError(f"its '{name}' array has an unknown .npy version {version}")
+        problem = check(shape, dtype) if not dtype.hasobject else "holds objects"
+        if problem:
+            raise FaceError(f"its '{name}' array {problem}")
+        count = math.prod(shape)
+        data = f.read(count * dtype.itemsize)
+    if len(data) != count * dtype.itemsize:
+        raise FaceError(f"its '{name}' array is truncated")
+    return np.frombuffer(data, dtype=dtype).reshape(shape, order="F" if fortran else "C")
 
 
 @dataclass(frozen=True)
@@ -151,17 +218,36 @@ class Landmarks:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> "Landmarks":
+    def load(cls, path: Path, max_frames: int) -> "Landmarks":
+        """Read a ``.landmarks.npz`` with bounded memory: at most *max_frames* frames.
+
+        The file may come from a client's URL: its declared sizes are checked against what a
+        character of *max_frames* can need before anything is inflated.
+        """
+
+        def points_shape(shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+            if len(shape) != 3 or shape[1:] != (N_POINTS, 2) or dtype.kind not in "iu":
+                return f"must hold integer (frames, {N_POINTS}, 2) points, got {dtype} {shape}"
+            if not 0 < shape[0] <= max_frames:
+                return f"holds {shape[0]} frames; a character has 1 to {max_frames}"
+            return None
+
+        def scalar(shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+            return None if shape == () and dtype.kind in "iuf" else f"must be one number, got {dtype} {shape}"
+
         try:
-            with np.load(path, allow_pickle=False) as data:
-                q, scale = data["points"], float(data["scale"])
-        except (OSError, ValueError, KeyError) as exc:
+            with zipfile.ZipFile(path) as archive:
+                q = _read_npz_array(archive, "points", max_frames * N_POINTS * 2 * 8 + 4096, points_shape)
+                scale = float(_read_npz_array(archive, "scale", 4096, scalar))
+        except FaceError as exc:
+            raise FaceError(f"landmarks {path.name}: {exc}") from None
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
             raise FaceError(f"cannot read landmarks {path.name}: {exc}") from None
-        if q.ndim != 3 or q.shape[1:] != (N_POINTS, 2) or q.dtype.kind not in "iu" or not np.isfinite(scale) or scale <= 0:
-            raise FaceError(f"landmarks {path.name} must hold integer (frames, {N_POINTS}, 2) points, got {q.dtype} {q.shape}")
+        if not np.isfinite(scale) or scale <= 0:
+            raise FaceError(f"landmarks {path.name} have a scale of {scale}; it must be a positive number")
         points = q.astype(np.float32) / scale
-        if len(points) == 0 or points.min() < -512 or points.max() > 1024:
-            raise FaceError(f"landmarks {path.name} are empty or lie far outside the 512x512 frame")
+        if points.min() < -512 or points.max() > 1024:
+            raise FaceError(f"landmarks {path.name} lie far outside the 512x512 frame")
         return cls(points)
 
     def mouths(self) -> np.ndarray:

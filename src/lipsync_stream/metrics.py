@@ -17,8 +17,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.sessions_active = Gauge("lipsync_sessions_active", "Sessions open now", registry=r)
+        self.sessions_capacity = Gauge("lipsync_sessions_capacity", "Sessions this process accepts at once (--max-sessions)", registry=r)
         self.sessions = Counter("lipsync_sessions", "Sessions started", registry=r)
         self.frames = Counter("lipsync_frames", "Frame messages sent", registry=r)
+        self.silent_frames = Counter("lipsync_silent_frames", "Frames sent as the reference picture without rendering (silence, mouth at rest)", registry=r)
         self.audio_seconds = Counter("lipsync_audio_in_seconds", "Seconds of audio received", registry=r)
         self.errors = Counter("lipsync_errors", "Sessions ended by an error, by kind", ["kind"], registry=r)
         self.frame_latency = Histogram(

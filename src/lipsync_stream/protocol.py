@@ -12,6 +12,7 @@ import enum
 import json
 import math
 import struct
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,7 @@ class ErrorKind(str, enum.Enum):
     MESSAGE_TOO_BIG = "message_too_big"
     CHARACTER = "character_error"
     LIMIT = "limit_exceeded"
+    CAPACITY = "capacity"
     INTERNAL = "internal_error"
 
     @property
@@ -77,6 +79,7 @@ _CLOSE_CODES = {
     ErrorKind.MESSAGE_TOO_BIG: 1009,
     ErrorKind.CHARACTER: 1011,
     ErrorKind.LIMIT: 1008,
+    ErrorKind.CAPACITY: 1013,  # try again later
     ErrorKind.INTERNAL: 1011,
 }
 
@@ -126,6 +129,58 @@ def _bad(detail: str) -> ProtocolError:
     return ProtocolError(ErrorKind.BAD_REQUEST, detail)
 
 
+MAX_REFERENCE_CHARS = 4096
+MAX_NAME_BYTES = 255  # the longest file name a file system takes (NAME_MAX)
+MAX_INT_DIGITS = 40  # longer integers in the first message are refused by name, never converted
+
+
+class _LongInt(str):
+    """An integer literal too long to be a sensible value (kept as text, never converted)."""
+
+
+def _parse_int(text: str) -> int | _LongInt:
+    return _LongInt(text) if len(text.lstrip("-")) > MAX_INT_DIGITS else int(text)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, _LongInt):
+        return f"a {len(value.lstrip('-'))}-digit integer"
+    try:
+        return json.dumps(value)[:80]
+    except ValueError:
+        return repr(value)[:80]
+
+
+def validate_reference(wire: str, value: str) -> str:
+    """A character reference (URL or path) that can be looked up, or a bad_request naming *wire*.
+
+    Whether it exists or may be used is the character store's question; this checks only that it
+    is text a URL or a file name can be: no control characters, valid Unicode, sane lengths, and
+    for http(s) a host and a port in range.
+    """
+    if len(value) > MAX_REFERENCE_CHARS:
+        raise _bad(f"field '{wire}' is {len(value)} characters long; at most {MAX_REFERENCE_CHARS}")
+    for i, ch in enumerate(value):
+        if ord(ch) < 32 or ord(ch) == 127:
+            raise _bad(f"field '{wire}' contains a control character ({ch!r} at position {i})")
+        if 0xD800 <= ord(ch) <= 0xDFFF:
+            raise _bad(f"field '{wire}' is not valid Unicode (a lone surrogate at position {i})")
+    try:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme.lower() in ("http", "https"):
+            if not parts.hostname:
+                raise _bad(f"field '{wire}' is a URL without a host")
+            parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+            return value
+    except ValueError as exc:
+        raise _bad(f"field '{wire}' is not a valid URL: {exc}") from None
+    path = urllib.parse.unquote(parts.path) if parts.scheme.lower() == "file" else value
+    for name in path.split("/"):
+        if len(name.encode()) > MAX_NAME_BYTES:
+            raise _bad(f"field '{wire}' has a path component of {len(name.encode())} bytes; file names have at most {MAX_NAME_BYTES}")
+    return value
+
+
 def parse_first_message(data: str | bytes) -> SessionParams:
     """Validate the first message; an error names the field that is wrong."""
     if isinstance(data, bytes):
@@ -134,29 +189,28 @@ def parse_first_message(data: str | bytes) -> SessionParams:
         except UnicodeDecodeError:
             raise _bad("first message must be a UTF-8 JSON object, got undecodable bytes") from None
     try:
-        obj: Any = json.loads(data)
+        obj: Any = json.loads(data, parse_int=_parse_int)
     except json.JSONDecodeError as exc:
         raise _bad(f"first message is not valid JSON: {exc.msg} at position {exc.pos}") from None
+    except RecursionError:
+        raise _bad("first message is not a flat JSON object: it is nested too deeply") from None
     if not isinstance(obj, dict):
         raise _bad(f"first message must be a JSON object, got {type(obj).__name__}")
 
     fields: dict[str, Any] = {}
-    url = obj.get("video_reference_url")
-    if url is not None and not isinstance(url, str):
-        raise _bad("field 'video_reference_url' must be a string or null")
-    fields["video_reference_url"] = url.strip() if url and url.strip() else DEFAULT_CHARACTER
-
-    faces = obj.get("face_det_results")
-    if faces is not None and not isinstance(faces, str):
-        raise _bad("field 'face_det_results' must be a string or null")
-    fields["face_det_results"] = faces.strip() if faces and faces.strip() else None
+    for wire in ("video_reference_url", "face_det_results"):
+        value = obj.get(wire)
+        if value is not None and (not isinstance(value, str) or isinstance(value, _LongInt)):
+            raise _bad(f"field '{wire}' must be a string or null, got {_shown(value)}")
+        fields[wire] = validate_reference(wire, value.strip()) if value and value.strip() else None
+    fields["video_reference_url"] = fields["video_reference_url"] or DEFAULT_CHARACTER
 
     for wire, attr in _BOOL_FIELDS.items():
         value = obj.get(wire)
         if value is None:
             continue
         if not isinstance(value, bool):
-            raise _bad(f"field '{wire}' must be true or false, got {json.dumps(value)}")
+            raise _bad(f"field '{wire}' must be true or false, got {_shown(value)}")
         fields[attr] = value
 
     for wire, attr in _SECONDS_FIELDS.items():
@@ -164,7 +218,7 @@ def parse_first_message(data: str | bytes) -> SessionParams:
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise _bad(f"field '{wire}' must be a positive number of seconds, got {json.dumps(value)}")
+            raise _bad(f"field '{wire}' must be a positive number of seconds, got {_shown(value)}")
         fields[attr] = float(value)
 
     return SessionParams(**fields)

@@ -21,15 +21,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import cv2
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
+from websockets.protocol import State as ProtocolState
 
-from .character import CharacterError, CharacterStore
-from .engines import DEFAULT_ENGINE, get_engine
+from .character import CharacterBusy, CharacterError, CharacterStore
+from .engines import DEFAULT_ENGINE, ENGINES, get_engine
 from .fetch import FetchConfig, Fetcher
+from .logsafe import shown
 from .metrics import Metrics
 from .pipeline import DEFAULT_JPEG_QUALITY, FrameRenderer
 from .protocol import ErrorKind, ProtocolError, error_message, parse_first_message
@@ -62,9 +66,43 @@ class ServerConfig:
     fetch: FetchConfig | None = None
     render_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
     reuse_port: bool = False  # several worker processes listen on one port (SO_REUSEPORT)
+    #: sessions open at once; more are refused with `capacity` (1013). None: cores x the engine's
+    #: sessions_per_core
+    max_sessions: int | None = None
+    max_loads: int = 2  # characters loading at once (their own threads, never the render threads)
+    load_queue_timeout: float = 30.0  # a load that cannot start within this is refused with `capacity`
 
     def fetch_config(self) -> FetchConfig:
         return self.fetch if self.fetch is not None else FetchConfig(asset_roots=[Path(p) for p in self.asset_roots])
+
+    def session_limit(self) -> int:
+        if self.max_sessions is not None:
+            return self.max_sessions
+        return (os.cpu_count() or 2) * ENGINES[self.engine].sessions_per_core
+
+
+class LimitedConnection(ServerConnection):
+    """A connection that answers a message over the size limit with the JSON error first.
+
+    websockets refuses such a message from its frame header, before reading the payload (bounded
+    memory), and closes with 1009; the protocol asks for ``{"error": "message_too_big", ...}``
+    before that close, so it is sent just ahead of it. ``too_big`` then holds the detail.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.too_big: str | None = None
+        protocol = self.protocol
+        fail = protocol.fail
+
+        def fail_with_json(code: int, reason: str = "") -> None:
+            if code == CloseCode.MESSAGE_TOO_BIG and protocol.state is ProtocolState.OPEN and self.too_big is None:
+                limit = protocol.max_message_size
+                self.too_big = f"{reason}: messages are limited to {limit} bytes; send audio in smaller chunks"
+                protocol.send_text(error_message(ErrorKind.MESSAGE_TOO_BIG, self.too_big).encode())
+            fail(code, reason)
+
+        protocol.fail = fail_with_json  # type: ignore[method-assign]
 
 
 def _path_of(request: Request) -> str:
@@ -78,11 +116,14 @@ class LipsyncServer:
         self.config = config or ServerConfig()
         cv2.setNumThreads(1)  # parallel across sessions, not inside one small image
         self.engine = get_engine(self.config.engine)
-        self.store = CharacterStore(Fetcher(self.config.fetch_config()), self.config.character_memory_bytes)
-        self.executor = ThreadPoolExecutor(self.config.render_threads, thread_name_prefix="render")
+        c = self.config
+        self.store = CharacterStore(Fetcher(c.fetch_config()), c.character_memory_bytes, c.max_loads, c.load_queue_timeout)
+        self.executor = ThreadPoolExecutor(c.render_threads, thread_name_prefix="render")
         self._ids = itertools.count(1)
         self.active_sessions = 0
+        self.max_sessions = c.session_limit()
         self.metrics = Metrics()
+        self.metrics.sessions_capacity.set(self.max_sessions)
         self._static_cache: dict[str, bytes] = {}
 
     # --- HTTP side -------------------------------------------------------------------------------
@@ -126,6 +167,10 @@ class LipsyncServer:
 
     async def handler(self, ws: ServerConnection) -> None:
         sid = f"s{next(self._ids)}"
+        if self.active_sessions >= self.max_sessions:
+            log.info("[%s] connected from %s", sid, ws.remote_address)
+            await self._fail(ws, sid, ErrorKind.CAPACITY, f"the server is at capacity ({self.max_sessions} sessions); try again later")
+            return
         self.active_sessions += 1
         self.metrics.sessions.inc()
         self.metrics.sessions_active.inc()
@@ -134,7 +179,12 @@ class LipsyncServer:
         try:
             await self._serve_session(ws, sid)
         except ConnectionClosed as exc:
-            log.info("[%s] client went away (%s)", sid, exc)
+            too_big = getattr(ws, "too_big", None)
+            if too_big is not None:
+                log.warning("[%s] %s: %s", sid, ErrorKind.MESSAGE_TOO_BIG.value, shown(too_big))
+                self.metrics.errors.labels(ErrorKind.MESSAGE_TOO_BIG.value).inc()
+            else:
+                log.info("[%s] client went away (%s)", sid, exc)
         except Exception:
             log.exception("[%s] internal error", sid)
             await self._fail(ws, sid, ErrorKind.INTERNAL, "the server failed while serving this session; see its log")
@@ -144,7 +194,7 @@ class LipsyncServer:
             log.info("[%s] ended after %.1f s", sid, time.monotonic() - started)
 
     async def _fail(self, ws: ServerConnection, sid: str, kind: ErrorKind, detail: str) -> None:
-        log.warning("[%s] %s: %s", sid, kind.value, detail)
+        log.warning("[%s] %s: %s", sid, kind.value, shown(detail, 1000))
         self.metrics.errors.labels(kind.value).inc()
         reason = detail.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore")
         try:
@@ -166,9 +216,12 @@ class LipsyncServer:
         except ProtocolError as exc:
             await self._fail(ws, sid, exc.kind, exc.detail)
             return
-        log.info("[%s] character %s, isJPG=%s syncAudio=%s realtime=%s", sid, params.video_reference_url, params.is_jpg, params.sync_audio, params.realtime)
+        log.info("[%s] character %s, isJPG=%s syncAudio=%s realtime=%s", sid, shown(params.video_reference_url), params.is_jpg, params.sync_audio, params.realtime)
         try:
-            character = await self.store.get(params.video_reference_url, params.face_det_results, self.executor)
+            character = await self.store.get(params.video_reference_url, params.face_det_results)
+        except CharacterBusy as exc:
+            await self._fail(ws, sid, ErrorKind.CAPACITY, str(exc))
+            return
         except CharacterError as exc:
             await self._fail(ws, sid, ErrorKind.CHARACTER, str(exc))
             return
@@ -201,7 +254,12 @@ class LipsyncServer:
                 if isinstance(step, Render):
                     started = time.perf_counter()
                     try:
-                        message = await loop.run_in_executor(self.executor, renderer.render, step.frame)
+                        # Silence on a mouth at rest is the reference frame: no thread needed.
+                        message = renderer.render_cheap(step.frame)
+                        if message is None:
+                            message = await loop.run_in_executor(self.executor, renderer.render, step.frame)
+                        else:
+                            self.metrics.silent_frames.inc()
                     except Exception as exc:
                         log.exception("[%s] rendering frame %d failed", sid, step.frame.index)
                         session.fail(ErrorKind.INTERNAL, f"rendering frame {step.frame.index} failed: {type(exc).__name__}")
@@ -249,20 +307,21 @@ class LipsyncServer:
 
     def serve(self, host: str | None = None, port: int | None = None) -> contextlib.AbstractAsyncContextManager[Server]:
         """The websockets server (use with ``async with``)."""
-        limit = self.config.limits.max_message_bytes
         return serve(  # type: ignore[return-value]
             self.handler,
             self.config.host if host is None else host,
             self.config.port if port is None else port,
             process_request=self.process_request,
             compression=None,  # frames are JPEG: deflate would cost CPU for nothing
-            # Messages a little over the limit still arrive, so the client hears why it is refused.
-            max_size=4 * limit,
+            # Every message, the first one too; a larger one is refused from its header.
+            max_size=self.config.limits.max_message_bytes,
+            create_connection=LimitedConnection,
             reuse_port=self.config.reuse_port or None,
         )
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
 
 
 @contextlib.asynccontextmanager
@@ -292,7 +351,7 @@ async def serve_forever(config: ServerConfig) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        log.info("serving LipsyncStream on ws://%s:%d/LipsyncStream (engine %s)", config.host, bound_port(ws_server), app.engine.name)
+        log.info("serving LipsyncStream on ws://%s:%d/LipsyncStream (engine %s, at most %d sessions)", config.host, bound_port(ws_server), app.engine.name, app.max_sessions)
         await stop.wait()
         log.info("shutting down")
     app.close()
@@ -352,6 +411,7 @@ def serve_workers(config: ServerConfig, workers: int) -> int:
 
     config.reuse_port = True
     config.render_threads = max(1, (os.cpu_count() or 2) // workers)
+    config.max_sessions = max(1, config.session_limit() // workers)  # the machine's limit, shared
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker_main, args=(config, i), name=f"worker-{i}") for i in range(workers)]
     for proc in procs:

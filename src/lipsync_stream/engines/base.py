@@ -73,6 +73,15 @@ class EngineStream(ABC):
     def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
         """Draw *shape* on the reference frame; returns a new (512, 512, 3) uint8 BGR image."""
 
+    def silent(self, ref: ReferenceFrame) -> bool:
+        """Step over a frame whose whole audio window is digital silence, if its picture is sure
+        to be the reference frame *ref* itself (mouth at rest); then it needs no rendering.
+
+        Returns False, changing nothing, when the frame must be rendered (the mouth is still
+        closing, say). Engines that cannot tell keep this default.
+        """
+        return False
+
     def compose_rows(self, ref: ReferenceFrame, shape: MouthShape) -> tuple[int, np.ndarray] | None:
         """Only the rows that change: (first row, full-width band whose top and height are
         multiples of 16), or None when the frame is the reference itself. Lets the JPEG encoder
@@ -88,6 +97,8 @@ class Engine(ABC):
     lookahead_samples: int = 0
     #: samples before the frame's start that the engine looks at (silence at the stream's start)
     context_samples: int = 0
+    #: real-time sessions one CPU core can serve with headroom (the default session limit)
+    sessions_per_core: int = 8
 
     @abstractmethod
     def stream(self) -> EngineStream:

@@ -77,6 +77,14 @@ class EnergyStream(EngineStream):
             self._width = 0.0
         return MouthShape(open=self._open, width=self._width)
 
+    def silent(self, ref: ReferenceFrame) -> bool:
+        # Silence keeps a closed mouth closed (below the gate, both targets are 0), and the rest
+        # shape is the reference picture.
+        if self._open or self._width:
+            return False
+        self._peak_db = max(self._peak_db - PEAK_DECAY_DB_PER_FRAME, -30.0)
+        return True
+
     def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
         return compose_mouth(ref, shape)
 
@@ -85,6 +93,7 @@ class EnergyEngine(Engine):
     name = "energy"
     lookahead_samples = 534  # one frame: the analysis window reaches half a window past the frame
     context_samples = 0
+    sessions_per_core = 12
 
     def stream(self) -> EnergyStream:
         return EnergyStream(self)
