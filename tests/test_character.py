@@ -11,9 +11,19 @@ import av
 import cv2
 import numpy as np
 import pytest
+from conftest import run_measured
 
 from lipsync_stream import character as character_module
-from lipsync_stream.character import Character, CharacterError, CharacterStore, decode_video, decode_video_timed, face_crop, load_default_character, square_frames
+from lipsync_stream.character import (
+    Character,
+    CharacterError,
+    CharacterStore,
+    decode_video,
+    decode_video_timed,
+    face_crop,
+    load_default_character,
+    square_frames,
+)
 from lipsync_stream.faces import face_det_results
 from lipsync_stream.fetch import FetchConfig, Fetcher
 
@@ -173,3 +183,110 @@ def test_huge_videos_are_scaled_down_while_decoding_and_pickles_follow(store: Ch
     assert c.frames.shape == (3, 512, 512, 3)
     # the 192 px mouth of the original, halved by decoding, then 720 px cropped to 512: about 68 px
     assert 55 < 2 * float(c.mouths[0, 2]) < 80
+
+
+def _canvas_video(path: Path, side: int, n: int) -> None:
+    """The default character at the centre of a side x side canvas, n frames (encoded fast)."""
+    src = load_default_character().frames
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30, options={"crf": "28", "preset": "ultrafast"})
+        s.width = s.height = side
+        s.pix_fmt = "yuv420p"
+        canvas = np.full((side, side, 3), 70, np.uint8)
+        o = (side - 512) // 2
+        for i in range(n):
+            canvas[o : o + 512, o : o + 512] = src[i % len(src)]
+            vf = av.VideoFrame.from_ndarray(canvas, format="bgr24")
+            vf.pts, vf.time_base = i, Fraction(1, 30)
+            c.mux(s.encode(vf))
+        c.mux(s.encode(None))
+
+
+STORE_CODE = """
+from pathlib import Path
+from lipsync_stream.character import CharacterError, CharacterStore
+from lipsync_stream.fetch import FetchConfig, Fetcher
+store = CharacterStore(Fetcher(FetchConfig(asset_roots=[Path({root!r})], cache_dir=Path({cache!r}))))
+def rss_mb():
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024
+"""
+
+
+def test_a_large_video_loads_within_bounded_memory(tmp_path: Path) -> None:
+    # 200 frames of 1280x1280 are 940 MB decoded at full size: the load must never hold them.
+    root = tmp_path / "assets"
+    root.mkdir()
+    _canvas_video(root / "big.mp4", 1280, 200)
+    code = STORE_CODE.format(root=str(root), cache=str(tmp_path / "cache")) + """
+c = store.load("big.mp4")
+print("LOADED", c.frames.shape, 2 * float(c.mouths[:, 2].mean()))
+"""
+    peak_mb, out = run_measured(code)
+    assert "LOADED (200, 512, 512, 3)" in out, out
+    assert peak_mb < 500, f"peak RSS {peak_mb:.0f} MB while loading"
+
+
+def test_failed_loads_give_their_memory_back(tmp_path: Path) -> None:
+    # A pickle with one entry too many fails only once the whole video is decoded ("late").
+    root = tmp_path / "assets"
+    root.mkdir()
+    _canvas_video(root / "face.mp4", 720, 30)
+    boxes = np.array([[200, 520, 200, 520]] * 31)
+    frames = [np.zeros((720, 720, 3), np.uint8)] * 31
+    (root / "face.pkl").write_bytes(pickle.dumps(face_det_results(frames, boxes)))
+    code = STORE_CODE.format(root=str(root), cache=str(tmp_path / "cache")) + """
+def fail_once():
+    try:
+        store.load("face.mp4", "face.pkl")
+    except CharacterError as exc:
+        assert "31 entries but the video has 30 frames" in str(exc), exc
+    else:
+        raise AssertionError("loaded")
+fail_once()
+start = rss_mb()
+for _ in range(50):
+    fail_once()
+print("GROWTH_MB", rss_mb() - start)
+"""
+    _, out = run_measured(code)
+    growth = float(out.split("GROWTH_MB")[1].split()[0])
+    assert growth < 200, f"RSS grew by {growth:.0f} MB over 50 failed loads"
+    assert not list((tmp_path / "cache").rglob("*.tmp*"))  # nothing half-written is left
+
+
+def test_a_video_that_changes_size_mid_stream_is_named(store: CharacterStore) -> None:
+    sizes = [(320, 240)] * 3 + [(640, 480)] * 3
+    jpegs = [cv2.imencode(".jpg", np.full((h, w, 3), 90, np.uint8))[1].tobytes() for w, h in sizes]
+    (store.fetcher.roots[0] / "grows.mjpeg").write_bytes(b"".join(jpegs))
+    with pytest.raises(CharacterError, match=r"grows.mjpeg changes frame size at frame 3 \(320x240 to 640x480\)"):
+        store.load("grows.mjpeg")
+
+
+@pytest.mark.parametrize("box", [(float("inf"), 400, 100, 500), (10**400, 400, 100, 500), (float("nan"), 1, 2, 3)])
+def test_face_boxes_that_are_not_finite_numbers_are_named(store: CharacterStore, box: tuple) -> None:
+    path, frames = _face_video(store)
+    entries = face_det_results(frames, np.array([[60, 420, 150, 530]] * len(frames)))
+    entries[3][1] = box
+    (path.parent / "face.pkl").write_bytes(pickle.dumps(entries))
+    with pytest.raises(CharacterError, match=r"face_det_results\[3\]\[1\] holds something that is not a finite number"):
+        store.load("face.mp4", "face.pkl")
+
+
+def test_videos_too_large_to_decode_are_refused_before_decoding(store: CharacterStore) -> None:
+    path = store.fetcher.roots[0] / "giant.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=30, options={"preset": "ultrafast"})
+        s.width, s.height, s.pix_fmt = 8192, 4096, "yuv420p"
+        vf = av.VideoFrame(8192, 4096, "yuv420p")
+        vf.pts, vf.time_base = 0, Fraction(1, 30)
+        c.mux(s.encode(vf))
+        c.mux(s.encode(None))
+    with pytest.raises(CharacterError, match="8192x4096: more than the 16 megapixels"):
+        store.load("giant.mp4")
+
+
+def test_reference_jpegs_count_in_the_character_memory() -> None:
+    c = load_default_character()
+    before = c.nbytes
+    c.jpegs.get(0, c.frames[0], 85)
+    assert c.nbytes > before + 10_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,3 +143,64 @@ def test_redirects_are_checked_again(web: tuple[str, Path], tmp_path: Path, monk
         f.resolve(f"{base}/redirect?to=http://[::1]:{port}/c.mp4")
     with pytest.raises(FetchError, match="redirected more than"):
         Fetcher(FetchConfig(cache_dir=tmp_path / "c2", max_redirects=2)).resolve(f"{base}/redirect?to=/redirect?to=/redirect?to=/c.mp4")
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+        "::127.0.0.1",
+        "::ffff:7f00:1",  # IPv4-mapped, every spelling
+        "::ffff:127.0.0.1",
+        "0:0:0:0:0:ffff:7f00:1",
+        "::ffff:0:7f00:1",  # IPv4-translated
+        "2002:7f00:1::1",  # 6to4 of 127.0.0.1
+        "2002:a9fe:a9fe::1",  # 6to4 of the cloud metadata address
+        "64:ff9b::7f00:1",  # NAT64 well-known prefix
+        "64:ff9b::a00:1",  # ... of 10.0.0.1
+        "64:ff9b:1:7f00:0:1::",  # NAT64 local-use prefix, /48 layout
+        "64:ff9b:1::7f00:1",  # ... /96 layout
+        "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo, client 127.0.0.1
+        "2001:0:a00:1:8000:63bf:f7f7:f7f7",  # Teredo, server 10.0.0.1
+        "::1",
+        "fe80::1",
+        "fc00::1",
+        "ff02::1",
+        "100.64.0.1",
+        "169.254.169.254",
+        "0.0.0.0",
+    ],
+)
+def test_every_spelling_of_a_private_address_is_refused(address: str) -> None:
+    assert not Fetcher.address_allowed(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", ["93.184.216.34", "2606:4700:4700::1111", "2002:5db8:d822::1", "64:ff9b::5db8:d822", "::ffff:93.184.216.34"])
+def test_public_addresses_are_allowed_in_any_spelling(address: str) -> None:
+    assert Fetcher.address_allowed(ipaddress.ip_address(address))
+
+
+def test_urls_are_judged_by_what_their_host_resolves_to(tmp_path: Path) -> None:
+    # The resolver stands in for DNS: nothing leaves this machine.
+    f = Fetcher(FetchConfig(cache_dir=tmp_path), resolver=lambda host, port: ["2002:7f00:1::1"])
+    with pytest.raises(FetchError, match="private or reserved"):
+        f.resolve("http://innocent.example/a.mp4")
+    with pytest.raises(FetchError, match="not valid.*out of range"):
+        f.resolve("http://innocent.example:99999/a.mp4")
+
+
+def test_odd_paths_are_fetch_errors_that_name_the_path(root: Path, tmp_path: Path) -> None:
+    (root / "loop.mp4").symlink_to(root / "loop.mp4")
+    (root / "a.mp4").symlink_to(root / "b.mp4")
+    (root / "b.mp4").symlink_to(root / "a.mp4")
+    f = Fetcher(FetchConfig(asset_roots=[root], cache_dir=tmp_path / "c"))
+    for bad, message in [
+        ("loop.mp4", "loop of symbolic links"),
+        ("a.mp4", "loop of symbolic links"),
+        ("x\0y.mp4", "cannot be a file name"),
+        ("x" * 256 + ".mp4", "cannot be used: File name too long|no file"),
+        ("chars/a.mp4/x", "no file"),
+    ]:
+        with pytest.raises(FetchError, match=message) as info:
+            f.resolve(bad)
+        assert "\0" not in str(info.value) and len(str(info.value)) < 400

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import pickle
+import tempfile
+from pathlib import Path
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lipsync_stream import protocol as p
+from lipsync_stream.character import CharacterError, CharacterStore
 from lipsync_stream.faces import FaceError, boxes_from_face_det_results, safe_unpickle
+from lipsync_stream.fetch import FetchConfig, Fetcher
 from lipsync_stream.protocol import AudioFramer, ErrorKind, ProtocolError
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    st.none() | st.booleans() | st.integers() | st.integers(-(10**80), 10**80) | st.floats(allow_nan=True) | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
     max_leaves=12,
 )
@@ -110,3 +114,31 @@ def test_array_claiming_more_data_than_it_has_is_refused() -> None:
         pass
     else:
         raise AssertionError("array larger than its data accepted")
+
+
+_ROOT = Path(tempfile.mkdtemp(prefix="lipsync-fuzz-"))
+(_ROOT / "assets" / "dir.mp4").mkdir(parents=True)
+(_ROOT / "assets" / "junk.mp4").write_bytes(b"not a video" * 10)
+(_ROOT / "assets" / "loop.mp4").symlink_to(_ROOT / "assets" / "loop.mp4")
+(_ROOT / "assets" / "junk.pkl").write_bytes(b"\x80\x04K\x01.")
+# http(s) hosts "resolve" to loopback, which the SSRF guard refuses: nothing leaves the machine.
+_STORE = CharacterStore(Fetcher(FetchConfig(asset_roots=[_ROOT / "assets"], cache_dir=_ROOT / "cache"), resolver=lambda host, port: ["127.0.0.1"]))
+
+_piece = st.text(st.characters(blacklist_categories=()), max_size=30) | st.sampled_from(
+    ["..", "/", "%00", "%2e%2e/", "x" * 256, "dir.mp4", "junk.mp4", "loop.mp4", "junk.pkl", ":99999", ":-1", ":8o", "@", "[::1]", "[", "\n", "\0", "~", "default", "a" * 5000]
+)
+references = st.builds(lambda scheme, parts: scheme + "".join(parts), st.sampled_from(["", "http://", "https://", "HTTP://", "file://", "file:///", "ftp://", "/", "//"]), st.lists(_piece, max_size=5))
+
+
+@settings(max_examples=300, deadline=None)
+@given(references, st.one_of(st.none(), references))
+def test_any_reference_is_a_named_client_error_never_an_internal_one(video: str, faces: str | None) -> None:
+    try:
+        params = p.parse_first_message(json.dumps({"video_reference_url": video, "face_det_results": faces}))
+    except ProtocolError as exc:
+        assert exc.kind is ErrorKind.BAD_REQUEST and ("video_reference_url" in exc.detail or "face_det_results" in exc.detail)
+        return
+    try:
+        _STORE.load(params.video_reference_url, params.face_det_results)
+    except CharacterError as exc:  # the server answers this as character_error, naming the reference
+        assert str(exc) and "\n" not in str(exc)

@@ -91,6 +91,18 @@ def test_first_message_defaults_and_round_trip() -> None:
         ('{"maxSessionLength": -1}', "maxSessionLength"),
         ('{"maxIdleTime": "10"}', "maxIdleTime"),
         ('{"realtime": null, "handleSilence": 0}', "handleSilence"),
+        # hostile values: each a bad_request that names its field, never an internal error
+        ('{"maxSessionLength": ' + "9" * 5000 + "}", "maxSessionLength"),
+        ('{"isJPG": -' + "1" * 5000 + "}", "isJPG"),
+        ('{"video_reference_url": "http://example.com/\\ud800.mp4"}', "video_reference_url"),
+        ('{"video_reference_url": "chars/a\\u0000b.mp4"}', "video_reference_url"),
+        ('{"video_reference_url": "chars/a\\nforged log line.mp4"}', "video_reference_url"),
+        ('{"face_det_results": "' + "x" * 256 + '.pkl"}', "face_det_results"),
+        ('{"video_reference_url": "file:///assets/' + "%78" * 256 + '.mp4"}', "video_reference_url"),
+        ('{"video_reference_url": "http://example.com:99999/a.mp4"}', "video_reference_url"),
+        ('{"video_reference_url": "https://:443/a.mp4"}', "video_reference_url"),
+        ('{"video_reference_url": "' + "a/" * 3000 + '"}', "video_reference_url"),
+        ('{"video_reference_url": 1e400}', "video_reference_url"),
     ],
 )
 def test_bad_first_message_names_the_field(text: str, field: str) -> None:
@@ -100,10 +112,18 @@ def test_bad_first_message_names_the_field(text: str, field: str) -> None:
     assert field in info.value.detail
 
 
-@pytest.mark.parametrize("text", ["", "not json", "[1, 2]", b"\xff\xfe"])
+@pytest.mark.parametrize("text", ["", "not json", "[1, 2]", b"\xff\xfe", "[" * 100_000, '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"])
 def test_first_message_must_be_a_json_object(text: str | bytes) -> None:
     with pytest.raises(ProtocolError, match="bad_request"):
         p.parse_first_message(text)
+
+
+def test_huge_integers_in_unknown_fields_are_ignored_not_converted() -> None:
+    assert p.parse_first_message('{"future_field": ' + "7" * 100_000 + "}") == SessionParams()
+
+
+def test_capacity_closes_with_try_again_later() -> None:
+    assert ErrorKind.CAPACITY.value == "capacity" and ErrorKind.CAPACITY.close_code == 1013
 
 
 def test_error_message_and_close_codes() -> None:

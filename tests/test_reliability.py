@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import re
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,11 +16,13 @@ import numpy as np
 import pytest
 from conftest import wait_until_idle
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
-from lipsync_stream.character import default_character_files
-from lipsync_stream.client import ServerError, stream_audio
-from lipsync_stream.fetch import FetchConfig
-from lipsync_stream.protocol import SessionParams, frames_for_samples
+from lipsync_stream.character import Character, default_character_files, load_default_character
+from lipsync_stream.client import ServerError, decode_image, stream_audio
+from lipsync_stream.engines import CLOSED
+from lipsync_stream.fetch import FetchConfig, FetchError
+from lipsync_stream.protocol import FrameMessage, SessionParams, decode_frame, frame_length, frames_for_samples
 from lipsync_stream.server import LipsyncServer, ServerConfig, running_server
 from lipsync_stream.session import Limits
 
@@ -29,6 +34,10 @@ async def strict(asset_root: Path, tmp_path: Path) -> AsyncIterator[tuple[Lipsyn
     config.fetch = FetchConfig(asset_roots=[asset_root], cache_dir=tmp_path / "cache")
     async with running_server(config) as pair:
         yield pair
+
+
+async def collect(url: str, pcm: np.ndarray, params: SessionParams) -> list:
+    return [f async for f in stream_audio(url, pcm, params)]
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
@@ -138,3 +147,135 @@ async def test_soak_sessions_in_turn_and_at_once(server: tuple[LipsyncServer, st
     assert app.active_sessions == 0
     grown = rss_bytes() - base
     assert grown < 60 * 1024 * 1024, f"RSS grew by {grown / 2**20:.0f} MB"
+
+
+async def test_loads_run_beside_rendering_and_queue_with_a_deadline(asset_root: Path, tmp_path: Path, speech: np.ndarray) -> None:
+    config = ServerConfig(port=0, asset_roots=[asset_root], render_threads=2, max_loads=2, load_queue_timeout=0.5)
+    config.fetch = FetchConfig(asset_roots=[asset_root], cache_dir=tmp_path / "cache")
+    async with running_server(config) as (app, url):
+        release = threading.Event()
+        original = app.store._build
+
+        def slow(video_ref: str, faces_ref: str | None) -> Character:
+            if video_ref.startswith("slow"):  # a character that takes as long as the test wants
+                release.wait(30)
+                raise FetchError(f"{video_ref} never arrived")
+            return original(video_ref, faces_ref)
+
+        app.store._build = slow  # type: ignore[method-assign]
+        params = SessionParams(realtime=False)
+        await collect(url, speech[:1600], params)  # the default character in memory, as on a running server
+        loads = [asyncio.create_task(collect(url, speech[:1600], SessionParams(video_reference_url=f"slow{i}.mp4"))) for i in range(2)]
+        while len(app.store._inflight) < 2:
+            await asyncio.sleep(0.01)
+        # Both loads hold their threads; every render thread is free for the sessions of loaded characters.
+        frames = await collect(url, speech[:16000], params)
+        assert len(frames) == frames_for_samples(16000)
+        assert not any(task.done() for task in loads)
+        # No load slot comes free in time for a third character: it is told to come back later.
+        with pytest.raises(ServerError) as info:
+            await collect(url, speech[:1600], SessionParams(video_reference_url="slow3.mp4"))
+        assert info.value.kind == "capacity" and info.value.code == 1013 and "loading other characters" in info.value.detail
+        release.set()
+        for task in loads:
+            with pytest.raises(ServerError, match="never arrived"):
+                await task
+
+
+async def test_sessions_beyond_the_limit_are_told_to_come_back(tmp_path: Path, speech: np.ndarray) -> None:
+    config = ServerConfig(port=0, max_sessions=3)
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    async with running_server(config) as (app, url):
+        held = [await connect(url) for _ in range(3)]
+        for ws in held:
+            await ws.send(json.dumps({}))  # a first message, then nothing: the session waits
+        async with connect(url) as refused:
+            error = json.loads(await asyncio.wait_for(refused.recv(), 5))
+            assert error["error"] == "capacity" and "3 sessions" in error["detail"]
+            await refused.wait_closed()
+        assert refused.close_code == 1013
+        text = await metrics_text(url)
+        assert metric(text, "lipsync_sessions_capacity") == 3 and metric(text, "lipsync_sessions_active") == 3
+        assert metric(text, "lipsync_errors_total", '{kind="capacity"}') == 1
+        await held[0].close()
+        while app.active_sessions > 2:
+            await asyncio.sleep(0.01)
+        frames = [f async for f in stream_audio(url, speech[:4000], SessionParams(realtime=False))]  # a place is free again
+        assert len(frames) == frames_for_samples(4000)
+        for ws in held[1:]:
+            await ws.close()
+
+
+async def send_and_read(url: str, messages: list[str | bytes]) -> tuple[list[str | bytes], int | None]:
+    """Send *messages* (ignoring a connection the server already closed) and read until the close."""
+    ws = await connect(url, max_size=None)
+    received: list[str | bytes] = []
+    try:
+        with contextlib.suppress(ConnectionClosed):
+            for m in messages:
+                await ws.send(m)
+        with contextlib.suppress(ConnectionClosed):
+            async for m in ws:
+                received.append(m)
+    finally:
+        if not ws.transport.is_closing():  # closed by the server with megabytes still unsent
+            await ws.close()
+    return received, ws.close_code
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        ['{"padding": "' + "x" * 200_000 + '"}'],  # a first message over the limit
+        ["{" + " " * (10 * 1024 * 1024) + "}"],  # far over it: refused from the frame header
+        ['{"realtime": false}', bytes(300_000)],  # audio over the limit
+    ],
+    ids=["first-200KB", "first-10MB", "audio-300KB"],
+)
+async def test_messages_over_the_limit_get_the_json_error_then_1009(tmp_path: Path, messages: list[str | bytes]) -> None:
+    config = ServerConfig(port=0, limits=Limits(max_message_bytes=64 * 1024))
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    async with running_server(config) as (app, url):
+        received, code = await send_and_read(url, messages)
+        assert code == 1009
+        errors = [json.loads(m) for m in received if isinstance(m, str)]
+        assert errors and errors[-1]["error"] == "message_too_big" and "65536" in errors[-1]["detail"]
+        await wait_until_idle(app, 5.0)
+        assert metric(await metrics_text(url), "lipsync_errors_total", '{kind="message_too_big"}') == 1
+
+
+async def test_client_strings_are_logged_escaped(server: tuple[LipsyncServer, str], caplog: pytest.LogCaptureFixture) -> None:
+    _, url = server
+    forged = "x.mp4\u2028 INFO lipsync_stream.server: [s9] everything is fine\u001b[2J"
+    with caplog.at_level(logging.INFO), pytest.raises(ServerError) as info:
+        [f async for f in stream_audio(url, np.zeros(100, np.int16), SessionParams(video_reference_url=forged.replace("\u001b", "")))]
+    assert info.value.kind == "character_error"
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "\\u2028" in logged and "\u2028" not in logged
+
+
+async def test_idle_sessions_send_the_rest_picture_without_rendering(tmp_path: Path) -> None:
+    config = ServerConfig(port=0, max_sessions=40)
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    async with running_server(config) as (app, url):
+
+        async def idle() -> list[FrameMessage]:
+            async with connect(url, max_size=None, compression=None) as ws:
+                await ws.send(json.dumps({"handleSilence": True}))
+                return [decode_frame(await asyncio.wait_for(ws.recv(), 20)) for _ in range(20)]
+
+        first = await idle()  # draws each reference frame's rest picture once
+        sessions = await asyncio.gather(*(idle() for _ in range(40)))
+        await wait_until_idle(app, 10.0)
+        for frames in sessions:
+            assert [f.index for f in frames] == list(range(20))
+            assert [f.image for f in frames] == [f.image for f in first]
+            assert all(f.audio == bytes(2 * frame_length(f.index)) for f in frames)
+        # each is the engine's rest picture of its reference frame
+        character = load_default_character()
+        for f in first[::7]:
+            rest = app.engine.stream().compose(character.reference(f.index), CLOSED).astype(int)
+            assert np.abs(decode_image(f).astype(int) - rest).mean() < 2.0
+        text = await metrics_text(url)
+        total, silent = metric(text, "lipsync_frames_total"), metric(text, "lipsync_silent_frames_total")
+        assert total == 820 and silent >= 800  # after the first session, no frame went to a render thread

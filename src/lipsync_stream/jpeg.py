@@ -85,16 +85,29 @@ class RowJpeg:
 
 
 class ReferenceJpegs:
-    """Reference frames encoded once, shared by every session of a character."""
+    """Reference frames encoded once, shared by every session of a character.
+
+    Also each reference frame's picture with the mouth at rest, per engine: what a frame of
+    silence shows (an idle frame), so that it costs no rendering after its first time.
+    """
 
     def __init__(self) -> None:
         self._cache: dict[tuple[int, int], RowJpeg] = {}
+        self._rest: dict[tuple[str, int, int], bytes] = {}
         self._lock = threading.Lock()
         self.nbytes = 0  # encoded bytes held (counted in the character cache's memory limit)
 
-    def has(self, index: int, quality: int) -> bool:
+    def rest(self, engine: str, index: int, quality: int) -> bytes | None:
+        """The rest picture of reference frame *index* drawn by *engine*, if it was kept."""
         with self._lock:
-            return (index, quality) in self._cache
+            return self._rest.get((engine, index, quality))
+
+    def keep_rest(self, engine: str, index: int, quality: int, data: bytes) -> None:
+        with self._lock:
+            if (engine, index, quality) not in self._rest:
+                self._rest[(engine, index, quality)] = data
+                reference = self._cache.get((index, quality))
+                self.nbytes += 0 if reference is not None and reference.data is data else len(data)
 
     def get(self, index: int, image: np.ndarray, quality: int) -> RowJpeg:
         key = (index, quality)

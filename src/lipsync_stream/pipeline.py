@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from .character import Character
-from .engines.base import CLOSED, Engine, MouthShape, ReferenceFrame
+from .engines.base import CLOSED, Engine, MouthShape
 from .jpeg import MCU
 from .protocol import AudioFrame, SessionParams, encode_frame
 
@@ -57,39 +57,46 @@ class FrameRenderer:
 
     def render(self, frame: AudioFrame) -> bytes:
         """The complete binary message for *frame* (in a worker thread)."""
-        ref = self.character.reference(frame.index)
-        return self._render(frame, ref, not frame.window.any() and self.stream.silent(ref))
+        return self._render(frame, not frame.window.any() and self.stream.silent())
 
     def render_cheap(self, frame: AudioFrame) -> bytes | None:
         """The message for *frame* if it costs next to nothing, else None (then :meth:`render`).
 
-        A frame of digital silence with the mouth at rest is the reference frame itself; once that
-        frame's JPEG is encoded (shared by the character's sessions), its message is only bytes
-        put together, cheap enough for the event loop: idle sessions cost almost nothing.
+        A frame of digital silence with the mouth at rest shows its reference frame's rest
+        picture; once that is encoded (kept with the character, shared by its sessions), the
+        message is only bytes put together, cheap enough for the event loop: idle sessions
+        cost almost nothing.
         """
-        if frame.window.any():
+        if not self.params.is_jpg or frame.window.any():
             return None
-        ref = self.character.reference(frame.index)
-        if self.params.is_jpg and not self.character.jpegs.has(ref.index, self.jpeg_quality):
-            return None
-        if not self.stream.silent(ref):
+        data = self.character.jpegs.rest(self.engine.name, self.character.ref_index(frame.index), self.jpeg_quality)
+        if data is None or not self.stream.silent():
             return None
         self.silent_frames += 1
-        return self._render(frame, ref, True)
+        self.last_shape = CLOSED
+        self.times.frames += 1
+        return encode_frame(frame.index, data, frame.pcm if self.params.sync_audio else None)
 
-    def _render(self, frame: AudioFrame, ref: ReferenceFrame, silent: bool) -> bytes:
+    def _render(self, frame: AudioFrame, silent: bool) -> bytes:
         t0 = time.perf_counter()
         shape = CLOSED if silent else self.stream.mouth(frame)
         t1 = time.perf_counter()
-        if self.params.is_jpg:
+        ref = self.character.reference(frame.index)
+        kept = self.character.jpegs.rest(self.engine.name, ref.index, self.jpeg_quality) if silent and self.params.is_jpg else None
+        if kept is not None:  # another session drew it meanwhile
+            t2 = time.perf_counter()
+            data = kept
+        elif self.params.is_jpg:
             # Only the rows the mouth changes are composed and encoded; the rest of the JPEG is
             # the reference frame's, encoded once for every session of this character.
-            region = None if silent else self.stream.compose_rows(ref, shape)
+            region = self.stream.compose_rows(ref, shape)
             t2 = time.perf_counter()
             reference = self.character.jpegs.get(ref.index, ref.image, self.jpeg_quality)
             data = reference.data if region is None else reference.splice(region[0] // MCU, region[1], self.jpeg_quality)
+            if silent:
+                self.character.jpegs.keep_rest(self.engine.name, ref.index, self.jpeg_quality, data)
         else:
-            image = ref.image if silent else self.stream.compose(ref, shape)
+            image = self.stream.compose(ref, shape)
             t2 = time.perf_counter()
             data = np.ascontiguousarray(image).tobytes()
         message = encode_frame(frame.index, data, frame.pcm if self.params.sync_audio else None)

@@ -73,12 +73,11 @@ class EngineStream(ABC):
     def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
         """Draw *shape* on the reference frame; returns a new (512, 512, 3) uint8 BGR image."""
 
-    def silent(self, ref: ReferenceFrame) -> bool:
-        """Step over a frame whose whole audio window is digital silence, if its picture is sure
-        to be the reference frame *ref* itself (mouth at rest); then it needs no rendering.
-
-        Returns False, changing nothing, when the frame must be rendered (the mouth is still
-        closing, say). Engines that cannot tell keep this default.
+    def silent(self) -> bool:
+        """Step over a frame whose whole audio window is digital silence, if its mouth is sure to
+        be the rest shape; its picture is then the same for every such frame of a reference frame
+        (and can be cached). Returns False, changing nothing, when the frame must be analysed
+        (the mouth is still closing, say). Engines that cannot tell keep this default.
         """
         return False
 

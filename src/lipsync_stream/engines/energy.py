@@ -77,9 +77,8 @@ class EnergyStream(EngineStream):
             self._width = 0.0
         return MouthShape(open=self._open, width=self._width)
 
-    def silent(self, ref: ReferenceFrame) -> bool:
-        # Silence keeps a closed mouth closed (below the gate, both targets are 0), and the rest
-        # shape is the reference picture.
+    def silent(self) -> bool:
+        # Silence keeps a closed mouth closed (below the gate, both targets are 0).
         if self._open or self._width:
             return False
         self._peak_db = max(self._peak_db - PEAK_DECAY_DB_PER_FRAME, -30.0)

@@ -199,14 +199,6 @@ def compose_landmarks(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
     return out
 
 
-def lips_closed(lm: np.ndarray) -> bool:
-    """Whether a reference frame's lips are closed; then the rest shape leaves it untouched
-    (an open reference mouth is closed by the rest shape, which changes the frame)."""
-    frame0 = MouthFrame(lm)
-    gap = float(frame0.to_uv(lm[14].astype(np.float64))[1] - frame0.to_uv(lm[13].astype(np.float64))[1])
-    return gap < 0.03
-
-
 def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> tuple[int, np.ndarray] | None:
     """The rows of the frame that *shape* changes, as (first row, band of full-width rows).
 
@@ -215,8 +207,10 @@ def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> t
     lm = ref.landmarks
     assert lm is not None
     image = ref.image
-    if shape.is_rest and lips_closed(lm):
-        return None  # silence leaves the frame untouched
+    frame0 = MouthFrame(lm)
+    gap0 = float(frame0.to_uv(lm[14].astype(np.float64))[1] - frame0.to_uv(lm[13].astype(np.float64))[1])
+    if shape.is_rest and gap0 < 0.03:
+        return None  # lips already closed: silence leaves the frame untouched
 
     targets, frame = target_landmarks(lm, shape)
     h, w = image.shape[:2]

@@ -25,7 +25,7 @@ import numpy as np
 from ..protocol import FPS, SAMPLE_RATE, AudioFrame
 from .base import Engine, EngineStream, MouthShape, ReferenceFrame
 from .features import HOP, Features, HopCache
-from .meshwarp import compose_landmarks, compose_region, lips_closed
+from .meshwarp import compose_landmarks, compose_region
 
 VISEMES = ("sil", "closed", "a", "e", "i", "o", "fv", "rest")
 
@@ -110,7 +110,6 @@ class VisemeStream(EngineStream):
         self.peak_db = -20.0
         self.last: FrameAnalysis | None = None
         self._hops = HopCache()
-        self._lips_closed: dict[int, bool] = {}  # by reference frame index (one character a stream)
 
     def analyse(self, frame: AudioFrame) -> FrameAnalysis:
         window = frame.window
@@ -152,17 +151,9 @@ class VisemeStream(EngineStream):
     def mouth(self, frame: AudioFrame) -> MouthShape:
         return self.analyse(frame).shape
 
-    def silent(self, ref: ReferenceFrame) -> bool:
+    def silent(self) -> bool:
         # An all-zero window is silence in every hop: the rules give the rest shape, whatever came
-        # before (no smoothing state); only the loudness peak decays, as analyse() would do. The
-        # rest shape is the reference picture when the reference's lips are closed.
-        if ref.landmarks is None:
-            return False
-        closed = self._lips_closed.get(ref.index)
-        if closed is None:
-            closed = self._lips_closed[ref.index] = lips_closed(ref.landmarks)
-        if not closed:
-            return False
+        # before (no smoothing state); only the loudness peak decays, as analyse() would do.
         self.peak_db = max(self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
         self.last = FrameAnalysis(MouthShape(), "sil", 0.0)
         return True
