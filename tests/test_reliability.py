@@ -18,11 +18,21 @@ from conftest import wait_until_idle
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from lipsync_stream.character import Character, default_character_files, load_default_character
+from lipsync_stream.character import (
+    Character,
+    default_character_files,
+    load_default_character,
+)
 from lipsync_stream.client import ServerError, decode_image, stream_audio
 from lipsync_stream.engines import CLOSED
 from lipsync_stream.fetch import FetchConfig, FetchError
-from lipsync_stream.protocol import FrameMessage, SessionParams, decode_frame, frame_length, frames_for_samples
+from lipsync_stream.protocol import (
+    FrameMessage,
+    SessionParams,
+    decode_frame,
+    frame_length,
+    frames_for_samples,
+)
 from lipsync_stream.server import LipsyncServer, ServerConfig, running_server
 from lipsync_stream.session import Limits
 

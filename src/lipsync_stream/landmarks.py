@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -213,7 +214,7 @@ class Landmarks:
 
     def save(self, path: Path) -> None:
         q = np.round(self.points * QUANT).clip(-32768, 32767).astype(np.int16)
-        tmp = path.with_name(path.name + ".tmp.npz")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp.npz")
         np.savez_compressed(tmp, points=q, scale=np.float32(QUANT))
         tmp.replace(path)
 
