@@ -290,3 +290,15 @@ def test_reference_jpegs_count_in_the_character_memory() -> None:
     before = c.nbytes
     c.jpegs.get(0, c.frames[0], 85)
     assert c.nbytes > before + 10_000
+
+
+def test_decoded_characters_on_disk_are_kept_under_a_cap(store: CharacterStore) -> None:
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        _face_video(store, name, n=3 + "abc".index(name[0]))  # three different videos
+    store.disk_max_bytes = 9 * 512 * 512 * 3 + 1024  # b and c (4 + 5 frames), not a as well
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        store.load(name)
+    decoded = sorted((store.fetcher.config.cache_dir / "characters").glob("*.frames.npy"))
+    assert len(decoded) == 2 and len(list(decoded[0].parent.glob("*.boxes.npy"))) == 2
+    # the evicted one is decoded again when asked for, from a fresh store
+    assert CharacterStore(store.fetcher).load("a.mp4").frames.shape == (3, 512, 512, 3)

@@ -37,7 +37,7 @@ from .faces import (
     boxes_from_detections,
     load_face_det_results,
 )
-from .fetch import Fetcher, FetchError
+from .fetch import Fetcher, FetchError, evict_least_recently_used
 from .jpeg import ReferenceJpegs
 from .landmarks import N_POINTS, Landmarks, LandmarkTracker, track_landmarks
 from .logsafe import shown
@@ -380,9 +380,10 @@ class CharacterStore:
     refused with :class:`CharacterBusy`.
     """
 
-    def __init__(self, fetcher: Fetcher, max_bytes: int = 2 * 1024**3, max_loads: int = 2, queue_timeout: float = 30.0) -> None:
+    def __init__(self, fetcher: Fetcher, max_bytes: int = 2 * 1024**3, max_loads: int = 2, queue_timeout: float = 30.0, disk_max_bytes: int = 8 * 1024**3) -> None:
         self.fetcher = fetcher
         self.max_bytes = max_bytes
+        self.disk_max_bytes = disk_max_bytes  # decoded characters on disk; least recently used go
         self.max_loads = max_loads
         self.queue_timeout = queue_timeout
         self._cache: OrderedDict[tuple[str, str | None], Character] = OrderedDict()
@@ -501,8 +502,12 @@ class CharacterStore:
         key = self._content_key(video, faces)
         base = self.fetcher.config.cache_dir / "characters"
         frames_path, boxes_path = base / f"{key}.frames.npy", base / f"{key}.boxes.npy"
-        if not (frames_path.is_file() and boxes_path.is_file()):
+        if frames_path.is_file() and boxes_path.is_file():
+            with contextlib.suppress(OSError):
+                os.utime(frames_path)  # used now: the last to be evicted
+        else:
             self._decode(video_ref, video, faces, frames_path, boxes_path, tracker)
+            evict_least_recently_used(base, "*.frames.npy", self.disk_max_bytes, "decoded-character cache", (".boxes.npy",))
         try:
             mapped = np.load(frames_path, mmap_mode="r", allow_pickle=False)
             boxes_arr = np.load(boxes_path, allow_pickle=False)

@@ -264,14 +264,28 @@ class Fetcher:
 
     def _evict(self) -> None:
         """Keep the download cache under its size cap, least recently used first."""
-        try:
-            files = [(p.stat().st_atime, p.stat().st_size, p) for p in self.downloads.iterdir() if p.is_file() and not p.name.endswith(".part")]
-        except FileNotFoundError:
-            return
-        total = sum(size for _, size, _ in files)
-        for _, size, path in sorted(files):
-            if total <= self.config.cache_max_bytes:
-                break
-            path.unlink(missing_ok=True)
-            total -= size
-            log.info("evicted %s from the download cache", path.name)
+        evict_least_recently_used(self.downloads, "*", self.config.cache_max_bytes, "download cache")
+
+
+def evict_least_recently_used(directory: Path, pattern: str, max_bytes: int, what: str, companions: tuple[str, ...] = ()) -> None:
+    """Delete the least recently used files matching *pattern* in *directory* past *max_bytes*.
+
+    Use is the access time (callers touch a file when they use it). Temporary files (``*.part``,
+    ``*.tmp*``) are left to their writers. A file's *companions* (suffixes replacing the
+    pattern's suffix) go with it. A file that a process has mapped stays readable to it after
+    deletion, so eviction never breaks a session.
+    """
+    try:
+        files = [(p.stat().st_atime, p.stat().st_size, p) for p in directory.glob(pattern) if p.is_file() and not p.name.endswith(".part") and ".tmp" not in p.name]
+    except FileNotFoundError:
+        return
+    total = sum(size for _, size, _ in files)
+    suffix = pattern.lstrip("*")
+    for _, size, path in sorted(files):
+        if total <= max_bytes:
+            break
+        path.unlink(missing_ok=True)
+        for other in companions:
+            path.with_name(path.name.removesuffix(suffix) + other).unlink(missing_ok=True)
+        total -= size
+        log.info("evicted %s from the %s", path.name, what)
