@@ -69,3 +69,21 @@ def test_serve_help_lists_the_options() -> None:
     assert "serve" in text and "render" in text
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--port", "x"])
+
+
+def test_render_of_a_file_longer_than_the_old_120_s_limit(tmp_path: Path, speech: np.ndarray) -> None:
+    pcm = np.zeros(125 * 16000, np.int16)  # speech every 30 s, silence between
+    for start in range(0, len(pcm) - len(speech), 30 * 16000):
+        pcm[start : start + len(speech)] = speech
+    save_wav(tmp_path / "long.wav", pcm)
+    assert main(["render", str(tmp_path / "long.wav"), "-o", str(tmp_path / "long.mp4"), "--cache-dir", str(tmp_path / "c")]) == 0
+    with av.open(str(tmp_path / "long.mp4")) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        frames = samples = 0
+        for packet in c.demux(v, a):  # counted, not kept: 3 750 frames
+            if packet.stream is v and packet.size:
+                frames += 1
+            elif packet.stream is a:
+                samples += sum(f.samples for f in packet.decode())
+    assert frames == 3750
+    assert abs(samples / a.rate - 125.0) < 0.07

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from lipsync_stream.client import AudioFeed, LipsyncClient, ServerError
+from lipsync_stream import server as server_module
+from lipsync_stream.client import AudioFeed, LipsyncClient, ServerError, stream_audio
+from lipsync_stream.fetch import FetchConfig
 from lipsync_stream.protocol import SessionParams
-from lipsync_stream.server import LipsyncServer
+from lipsync_stream.server import LipsyncServer, ServerConfig, running_server
+from lipsync_stream.session import Limits, Session
 
 Server = tuple[LipsyncServer, str]
 
@@ -56,3 +61,23 @@ async def test_server_error_raises_with_kind_and_code(server: Server) -> None:
             async for _ in client.frames():
                 pass
     assert info.value.kind == "bad_audio" and info.value.code == 1007
+
+
+async def test_whole_files_are_sent_paced_by_the_frames_that_come_back(asset_root: Path, tmp_path: Path, speech: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A server that would take everything at once (its own flow control off): only the client's
+    # pacing keeps what waits there bounded.
+    made: list[Session] = []
+
+    class Recorded(Session):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(server_module, "Session", Recorded)
+    config = ServerConfig(port=0, limits=Limits(offline_buffer_seconds=1e9, realtime_buffer_seconds=1e9))
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    pcm = np.tile(speech, 4)[: 16000 * 30]
+    async with running_server(config) as (_app, url):
+        frames = [f async for f in stream_audio(url, pcm, SessionParams(realtime=False), in_flight=2.0)]
+    assert b"".join(f.audio or b"" for f in frames) == pcm.tobytes()
+    assert made[0].peak_pending_samples <= (2.0 + 0.25 + 0.1) * 16000  # the window, one chunk, the lookahead

@@ -10,6 +10,7 @@ import re
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, ClassVar
 
 import httpx
 import numpy as np
@@ -18,6 +19,7 @@ from conftest import wait_until_idle
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from lipsync_stream import server as server_module
 from lipsync_stream.character import (
     Character,
     default_character_files,
@@ -34,13 +36,13 @@ from lipsync_stream.protocol import (
     frames_for_samples,
 )
 from lipsync_stream.server import LipsyncServer, ServerConfig, running_server
-from lipsync_stream.session import Limits
+from lipsync_stream.session import Limits, Session
 
 
 @pytest.fixture
 async def strict(asset_root: Path, tmp_path: Path) -> AsyncIterator[tuple[LipsyncServer, str]]:
     """A server with short fuses."""
-    config = ServerConfig(port=0, asset_roots=[asset_root], first_message_timeout=0.5, send_timeout=1.0, limits=Limits(max_backlog_seconds=2.0))
+    config = ServerConfig(port=0, asset_roots=[asset_root], first_message_timeout=0.5, send_timeout=1.0)
     config.fetch = FetchConfig(asset_roots=[asset_root], cache_dir=tmp_path / "cache")
     async with running_server(config) as pair:
         yield pair
@@ -103,11 +105,96 @@ async def test_a_client_that_stops_reading_is_closed_and_others_go_on(asset_root
         lazy.transport.abort()
 
 
-async def test_audio_far_ahead_of_rendering_is_refused(strict: tuple[LipsyncServer, str], speech: np.ndarray) -> None:
+class RecordingSession(Session):
+    """The server's sessions, remembered with when each text message reached them."""
+
+    made: ClassVar[list[RecordingSession]] = []
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.texts: list[tuple[str, float]] = []
+        RecordingSession.made.append(self)
+
+    def receive(self, message: bytes | str, now: float) -> None:
+        if isinstance(message, str):
+            self.texts.append((message, now))
+        super().receive(message, now)
+
+
+@pytest.fixture
+def recording(monkeypatch: pytest.MonkeyPatch) -> type[RecordingSession]:
+    RecordingSession.made = []
+    monkeypatch.setattr(server_module, "Session", RecordingSession)
+    return RecordingSession
+
+
+def long_audio(seconds: int, speech: np.ndarray) -> np.ndarray:
+    """*seconds* of audio: the speech sample every 30 s, digital silence between."""
+    pcm = np.zeros(seconds * 16000, np.int16)
+    for start in range(0, len(pcm) - len(speech), 30 * 16000):
+        pcm[start : start + len(speech)] = speech
+    return pcm
+
+
+async def test_five_minutes_sent_at_once_come_back_whole_in_bounded_memory(server: tuple[LipsyncServer, str], speech: np.ndarray, recording: type[RecordingSession]) -> None:
+    _, url = server
+    pcm = long_audio(300, speech)
+    data = pcm.tobytes()
+    async with connect(url, max_size=None, compression=None) as ws:
+        await ws.send(json.dumps({"realtime": False}))
+
+        async def send_everything() -> None:  # as fast as the connection takes it
+            for start in range(0, len(data), 8000):
+                await ws.send(data[start : start + 8000])
+            await ws.send("DONE")
+
+        sender = asyncio.create_task(send_everything())
+        frames = []
+        async for message in ws:
+            if message == "DONE":
+                break
+            assert isinstance(message, bytes), message
+            frames.append(decode_frame(message))
+        await sender
+    assert len(frames) == 9000 and [f.index for f in frames] == list(range(9000))
+    assert b"".join(f.audio or b"" for f in frames) == data
+    # what waited on the server was a few seconds (the offline buffer and one message), never the file
+    (session,) = recording.made
+    assert session.peak_pending_samples <= (Limits().offline_buffer_seconds + 0.5) * 16000
+
+
+async def test_a_long_real_time_burst_plays_and_skip_still_cuts_it_at_once(server: tuple[LipsyncServer, str], speech: np.ndarray, recording: type[RecordingSession]) -> None:
+    _, url = server
+    burst = long_audio(150, speech)  # more than the 120 s the server used to refuse
+    loop = asyncio.get_running_loop()
+    async with connect(url, max_size=None, compression=None) as ws:
+        await ws.send(json.dumps({}))
+        await ws.send(burst.tobytes()[: 1 << 20])  # as large as a message may be
+        for start in range(1 << 20, 2 * len(burst), 8000):
+            await ws.send(burst.tobytes()[start : start + 8000])
+        indices = [decode_frame(await asyncio.wait_for(ws.recv(), 10)).index for _ in range(45)]  # 30 fps
+        skip_sent = loop.time()
+        await ws.send("SKIP")
+        await ws.send("DONE")
+        async for message in ws:
+            if message == "DONE":
+                break
+            indices.append(decode_frame(message).index)
+        done_at = loop.time()
+    assert indices == list(range(len(indices)))
+    assert len(indices) < 45 + 30  # frames already on their way when SKIP came; not the 4 500 of the burst
+    (session,) = recording.made
+    (_, skip_read), _ = session.texts
+    assert skip_read - skip_sent < 0.25  # read at once: not queued behind the burst
+    assert done_at - skip_sent < 2.0
+    assert session.samples_skipped > 140 * 16000
+
+
+async def test_a_client_that_sends_faster_than_rendering_is_held_back_not_refused(strict: tuple[LipsyncServer, str], speech: np.ndarray) -> None:
     _, url = strict
-    with pytest.raises(ServerError) as info:
-        [f async for f in stream_audio(url, np.tile(speech, 2)[: 16000 * 5], SessionParams())]
-    assert info.value.kind == "limit_exceeded" and "waiting to be rendered" in info.value.detail
+    pcm = np.tile(speech, 2)[: 16000 * 5]
+    frames = [f async for f in stream_audio(url, pcm, SessionParams())]  # real time, sent at once
+    assert b"".join(f.audio or b"" for f in frames) == pcm.tobytes()
 
 
 @pytest.mark.parametrize("content", [b"", b"\x00\x00\x00\x18ftypmp42" + bytes(500), b"this is not a video" * 100])

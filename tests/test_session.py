@@ -171,12 +171,36 @@ def test_session_length_limit_from_client() -> None:
     assert isinstance(fail, Fail) and fail.kind is ErrorKind.LIMIT and "maxSessionLength" in fail.detail
 
 
-def test_idle_limit_counts_from_last_message() -> None:
+def test_idle_limit_counts_from_the_last_message_or_the_last_of_its_audio_played() -> None:
     s = Session(SessionParams(max_idle_time=1.0), now=0.0)
+    assert not isinstance(s.next_step(0.9), Fail)
     s.receive(speech(0.25), 0.8)
-    assert not isinstance(s.next_step(1.5), Fail)
-    fail = s.next_step(1.8)
+    while isinstance(s.next_step(1.5), Render):  # its audio plays from 1.5 s: the client is not idle
+        pass
+    assert not isinstance(s.next_step(2.4), Fail)
+    fail = s.next_step(2.6)
     assert isinstance(fail, Fail) and "maxIdleTime" in fail.detail
+
+
+def test_reading_pauses_while_enough_audio_waits_and_resumes_as_frames_go() -> None:
+    limits = Limits(offline_buffer_seconds=1.0, realtime_buffer_seconds=3.0)
+    offline = Session(SessionParams(realtime=False), now=0.0, limits=limits)
+    offline.receive(speech(0.9), 0.0)
+    assert not offline.reading_paused
+    offline.receive(speech(0.2), 0.0)
+    assert offline.reading_paused  # 1.1 s waiting
+    frames = 0
+    while offline.reading_paused:
+        assert isinstance(offline.next_step(0.0), Render)
+        frames += 1
+    assert frames == 4 and offline.framer.pending_samples < 16000  # 17 600 samples: four frames made room
+    live = Session(SessionParams(), now=0.0, limits=limits)
+    live.receive(speech(2.9), 0.0)
+    assert not live.reading_paused  # real time: keeps reading through bursts up to its own bound
+    live.receive(speech(0.2), 0.0)
+    assert live.reading_paused
+    live.fail(ErrorKind.LIMIT, "x")
+    assert not live.reading_paused  # a failing session reads nothing more anyway
 
 
 def test_client_cannot_raise_server_limits() -> None:

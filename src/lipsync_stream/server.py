@@ -25,7 +25,7 @@ from typing import Any
 
 import cv2
 from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State as ProtocolState
@@ -228,11 +228,21 @@ class LipsyncServer:
 
         session = Session(params, loop.time(), self.engine.lookahead_samples, self.engine.context_samples, self.config.limits)
         renderer = FrameRenderer(self.engine, character, params, self.config.jpeg_quality)
-        wake = asyncio.Event()
+        wake = asyncio.Event()  # set by the reader: a message came (or the connection ended)
+        room = asyncio.Event()  # set by the writer after each frame: there may be room to read again
 
         async def read() -> None:
             try:
-                async for message in ws:
+                while True:
+                    while session.reading_paused:
+                        # Flow control: unread, the client's messages wait in the TCP buffers and
+                        # its sends block, so a long file sent at once costs bounded memory here.
+                        room.clear()
+                        await room.wait()
+                    try:
+                        message = await ws.recv()
+                    except ConnectionClosedOK:
+                        return
                     session.receive(message, loop.time())
                     if isinstance(message, bytes):
                         self.metrics.audio_seconds.inc(len(message) / 32000)
@@ -274,6 +284,7 @@ class LipsyncServer:
                         continue
                     self.metrics.frames.inc()
                     self.metrics.frame_latency.observe(max(0.0, loop.time() - step.audio_at))
+                    room.set()
                 elif isinstance(step, Wait):
                     timeout = None if step.until is None else max(0.0, step.until - loop.time())
                     with contextlib.suppress(TimeoutError):
@@ -298,8 +309,8 @@ class LipsyncServer:
         t = renderer.times
         n = max(1, t.frames)
         log.info(
-            "[%s] done: %d frames (%d idle), %.2f s of audio in, %.2f s skipped; per frame %.1f ms (engine %.1f, compose %.1f, encode %.1f)",
-            sid, t.frames, session.idle_frames, session.samples_received / 16000, session.samples_skipped / 16000,
+            "[%s] done: %d frames (%d idle), %.2f s of audio in (at most %.1f s waiting), %.2f s skipped; per frame %.1f ms (engine %.1f, compose %.1f, encode %.1f)",
+            sid, t.frames, session.idle_frames, session.samples_received / 16000, session.peak_pending_samples / 16000, session.samples_skipped / 16000,
             1000 * t.total / n, 1000 * t.mouth / n, 1000 * t.compose / n, 1000 * t.encode / n,
         )
 
@@ -315,6 +326,8 @@ class LipsyncServer:
             compression=None,  # frames are JPEG: deflate would cost CPU for nothing
             # Every message, the first one too; a larger one is refused from its header.
             max_size=self.config.limits.max_message_bytes,
+            # Messages waiting unread (flow control): then the TCP connection is no longer read.
+            max_queue=4,
             create_connection=LimitedConnection,
             reuse_port=self.config.reuse_port or None,
         )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from .protocol import (
     FPS,
+    SAMPLE_RATE,
     AudioFrame,
     AudioFramer,
     Control,
@@ -44,7 +45,12 @@ class Limits:
     max_session_length: float | None = 3600.0
     max_idle_time: float | None = 300.0
     lead: float = DEFAULT_LEAD
-    max_backlog_seconds: float = 120.0  # audio received but not yet rendered
+    #: Audio received but not yet rendered past which the server stops reading the client's socket
+    #: (TCP then holds the client's sends back): memory stays bounded whatever the length. Offline
+    #: sessions need only a few seconds; real-time ones keep reading through long bursts (TTS) so
+    #: that a SKIP behind them is read at once.
+    offline_buffer_seconds: float = 5.0
+    realtime_buffer_seconds: float = 600.0
 
 
 # --- what the session asks the I/O shell to do --------------------------------------------------
@@ -108,7 +114,7 @@ class Session:
         self.framer = AudioFramer(lookahead, context)
         self.state = State.STREAMING
         self.started = now
-        self.last_message = now
+        self.last_message = now  # last message from the client, or last frame of its audio released
         self.t0: float | None = None
         self.max_session_length = _min_limit(limits.max_session_length, params.max_session_length)
         self.max_idle_time = _min_limit(limits.max_idle_time, params.max_idle_time)
@@ -116,6 +122,7 @@ class Session:
         self.idle_frames = 0
         self.samples_received = 0
         self.samples_skipped = 0
+        self.peak_pending_samples = 0  # the most audio ever waiting to be rendered (bounded by flow control)
         self._failure: Fail | None = None
         self._starved = False  # the last step waited for audio, not for the clock
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque()  # (FIFO end offset, time)
@@ -142,13 +149,8 @@ class Session:
             else:
                 self.framer.push(message)
                 self.samples_received += len(message) // 2
+                self.peak_pending_samples = max(self.peak_pending_samples, self.framer.pending_samples)
                 self._arrivals.append((self.framer.pushed_bytes, now))
-                backlog = self.framer.pending_samples / 16000
-                if backlog > self.limits.max_backlog_seconds:
-                    raise ProtocolError(
-                        ErrorKind.LIMIT,
-                        f"{backlog:.0f} s of audio waiting to be rendered (limit {self.limits.max_backlog_seconds:g} s): the client sends much faster than real time",
-                    )
         except ProtocolError as exc:
             self._failure = Fail(exc.kind, exc.detail)
 
@@ -161,6 +163,16 @@ class Session:
             if self.state is State.DRAINING:
                 raise ProtocolError(ErrorKind.BAD_REQUEST, "SKIP after DONE")
             self.samples_skipped += self.framer.skip()
+
+    @property
+    def buffer_seconds(self) -> float:
+        return self.limits.realtime_buffer_seconds if self.params.realtime else self.limits.offline_buffer_seconds
+
+    @property
+    def reading_paused(self) -> bool:
+        """True while the I/O shell should not read the client's next message: enough audio is
+        waiting to be rendered. Each released frame can make room (ask again after it)."""
+        return self.state is State.STREAMING and self._failure is None and self.framer.pending_samples >= self.buffer_seconds * SAMPLE_RATE
 
     def fail(self, kind: ErrorKind, detail: str) -> None:
         """Record a failure found by the I/O shell (rendering broke, say)."""
@@ -215,7 +227,7 @@ class Session:
                 framer.pad_next_with_silence()
                 self._arrivals.append((framer.pushed_bytes, now))
                 self.idle_frames += 1
-                return self._release(k, now, force=True, deadlines=deadlines)
+                return self._release(k, now, force=True, deadlines=deadlines, idle=True)
             deadlines.append(due)
         self._starved = True
         return Wait(min(deadlines) if deadlines else None)
@@ -230,7 +242,7 @@ class Session:
         assert self.t0 is not None
         return self.t0 + k / FPS + STARVE_GRACE
 
-    def _release(self, k: int, now: float, force: bool, deadlines: list[float]) -> Step:
+    def _release(self, k: int, now: float, force: bool, deadlines: list[float], idle: bool = False) -> Step:
         if self.params.realtime:
             if self.t0 is None:
                 self.t0 = now
@@ -243,6 +255,8 @@ class Session:
             if now < due:
                 return Wait(min([due, *deadlines]))
         self.frames_released += 1
+        if not idle:  # the client's own audio playing: the session is not idle
+            self.last_message = max(self.last_message, now)
         frame = self.framer.pop(force=force)
         end = self.framer.consumed_bytes
         audio_at = now

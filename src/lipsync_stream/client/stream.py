@@ -14,9 +14,10 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from ..protocol import FRAME_HEIGHT, FRAME_WIDTH, FrameMessage, SessionParams, decode_frame, first_message
+from ..protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE, FrameMessage, SessionParams, decode_frame, first_message, frame_start
 
 CHUNK_BYTES = 8000  # 250 ms, what the original endpoint asks clients for
+IN_FLIGHT_SECONDS = 10.0  # audio sent ahead of the frames received, when sending a whole file
 
 
 class ServerError(Exception):
@@ -83,6 +84,8 @@ class LipsyncClient:
         self.params = params or SessionParams()
         self._ws: ClientConnection | None = None
         self.done = False
+        self.returned_samples = 0  # how far into the audio the frames received so far reach
+        self._progress = asyncio.Event()
 
     async def __aenter__(self) -> "LipsyncClient":
         self._ws = await connect(self.url, max_size=None, compression=None)
@@ -103,6 +106,21 @@ class LipsyncClient:
         """Send PCM16 audio in chunks of *chunk_bytes*."""
         data = pcm.astype("<i2").tobytes() if isinstance(pcm, np.ndarray) else pcm
         for start in range(0, len(data), chunk_bytes):
+            await self.ws.send(data[start : start + chunk_bytes])
+
+    async def send_paced(self, pcm: bytes | np.ndarray, in_flight: float = IN_FLIGHT_SECONDS, chunk_bytes: int = CHUNK_BYTES) -> None:
+        """Send PCM16 audio keeping at most *in_flight* seconds ahead of the frames received.
+
+        For whole files: the server never holds more than that of this client's audio, whatever
+        the file's length and whatever the server's own limits. :meth:`frames` must be running
+        meanwhile (it reports the frames' progress).
+        """
+        data = pcm.astype("<i2").tobytes() if isinstance(pcm, np.ndarray) else pcm
+        ahead = 2 * int(in_flight * SAMPLE_RATE)
+        for start in range(0, len(data), chunk_bytes):
+            while start - 2 * self.returned_samples > ahead:
+                self._progress.clear()
+                await self._progress.wait()
             await self.ws.send(data[start : start + chunk_bytes])
 
     async def pump(self, feed: AudioFeed, idle_chunk_s: float = 0.25) -> None:
@@ -142,7 +160,10 @@ class LipsyncClient:
         try:
             async for message in ws:
                 if isinstance(message, bytes):
-                    yield decode_frame(message)
+                    frame = decode_frame(message)
+                    self.returned_samples = frame_start(frame.index + 1)
+                    self._progress.set()
+                    yield frame
                 elif message == "DONE":
                     self.done = True
                     return
@@ -169,12 +190,18 @@ def _server_error(text: str, code: int | None) -> ServerError:
         return ServerError("error", text, code)
 
 
-async def stream_audio(url: str, pcm: bytes | np.ndarray, params: SessionParams | None = None, chunk_bytes: int = CHUNK_BYTES) -> AsyncIterator[FrameMessage]:
-    """Send all of *pcm* then DONE, yielding frames meanwhile (the common offline use)."""
+async def stream_audio(
+    url: str, pcm: bytes | np.ndarray, params: SessionParams | None = None, chunk_bytes: int = CHUNK_BYTES, in_flight: float = IN_FLIGHT_SECONDS
+) -> AsyncIterator[FrameMessage]:
+    """Send all of *pcm* then DONE, yielding frames meanwhile (the common offline use).
+
+    At most *in_flight* seconds of audio are sent ahead of the frames that came back, so any
+    length works against any server of this protocol, in bounded memory on both sides.
+    """
     async with LipsyncClient(url, params) as client:
 
         async def send() -> None:
-            await client.send_audio(pcm, chunk_bytes)
+            await client.send_paced(pcm, in_flight, chunk_bytes)
             await client.finish()
 
         sender = asyncio.create_task(send())
