@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from lipsync_stream.auth import add_key
 from lipsync_stream.faces import detect_face
 from lipsync_stream.fetch import FetchConfig
 from lipsync_stream.server import ServerConfig, ServerThread
@@ -79,3 +80,23 @@ def test_server_errors_are_shown(browser, base_url: str) -> None:  # type: ignor
     assert "character_error" in page.evaluate("window.lipsyncStats.error")
     assert "server error" in page.locator("#status").text_content()
     page.close()
+
+
+@needs_chromium
+def test_with_api_keys_the_page_trades_its_key_for_a_token_and_talks(browser, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    keys = tmp_path / "keys"
+    key = add_key(keys, "web")
+    config = ServerConfig(port=0, api_keys=keys)
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    with ServerThread(config) as server:
+        base = server.url.replace("ws://", "http://").rsplit("/", 1)[0]
+        page = browser.new_page()
+        page.goto(base + "/?demo=1")  # no key: refused, and the page says so
+        page.wait_for_function("window.lipsyncStats.error !== null", timeout=30000)
+        assert "unauthorized" in page.evaluate("window.lipsyncStats.error")
+        page.close()
+        page = browser.new_page()
+        page.goto(base + "/?demo=1#key=" + key)  # the key stays in the fragment: never sent in a URL
+        page.wait_for_function("window.lipsyncStats.framesShown > 30", timeout=30000)
+        assert page.evaluate("window.lipsyncStats.error") is None
+        page.close()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -34,6 +36,20 @@ def _seconds_or_none(text: str) -> float | None:
     return None if value <= 0 else value
 
 
+def _add_key_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api-key", default=os.environ.get("LIPSYNC_STREAM_API_KEY"), help="API key for a --server that asks for one (default: $LIPSYNC_STREAM_API_KEY)")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether listening on *host* reaches this machine only."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default=DEFAULT_ENGINE, choices=sorted(ENGINES), help="lip-sync engine (default: %(default)s)")
     p.add_argument("--jpeg-quality", type=int, default=85, help="JPEG quality of frames, 1-100 (default: %(default)s)")
@@ -58,6 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lead", type=float, default=DEFAULT_LEAD, metavar="SECONDS", help="how far frames may run ahead of real time (default: %(default)s)")
     s.add_argument("--max-sessions", type=int, default=None, metavar="N", help="sessions at once, all workers together; more are refused with 'capacity' (default: CPU cores x the engine's sessions per core: 8 for viseme, 12 for energy)")
     s.add_argument("--max-loads", type=int, default=2, metavar="N", help="characters decoded at once per worker, on threads of their own; more wait (default: %(default)s)")
+    s.add_argument("--api-keys", type=Path, default=None, metavar="FILE", help="keys file made with `lipsync-stream keys add`: every session then needs a key or a session token")
+    s.add_argument("--no-auth", action="store_true", help="serve anyone who can reach the port, also on a non-loopback address")
+    s.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN", help="a web origin (https://app.example.com) whose pages may open sessions, besides the server's own page (repeatable)")
+    s.add_argument("--certfile", type=Path, default=None, help="TLS certificate (PEM): serve wss:// and https:// on the port")
+    s.add_argument("--keyfile", type=Path, default=None, help="TLS private key (PEM), if not in --certfile")
+    s.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve /metrics on this port of 127.0.0.1 instead of the main port")
+
+    k = sub.add_parser("keys", help="manage the API keys a server accepts (a file of names and key hashes)")
+    ksub = k.add_subparsers(dest="keys_command", required=True)
+    ka = ksub.add_parser("add", help="make a new key, print it once, store its hash")
+    ka.add_argument("name", help="a name for the key (letters, digits, _ . -), shown in logs and metrics")
+    ka.add_argument("--file", type=Path, required=True, help="the keys file (created if missing)")
+    ka.add_argument("--max-sessions", type=int, default=0, metavar="N", help="sessions this key may have open at once (default: no limit)")
+    ka.add_argument("--max-session-seconds", type=float, default=0, metavar="SECONDS", help="longest session with this key (default: the server's limit)")
+    kl = ksub.add_parser("list", help="the keys' names and limits")
+    kl.add_argument("--file", type=Path, required=True)
+    kr = ksub.add_parser("remove", help="remove a key: it stops working at once, also on a running server")
+    kr.add_argument("name")
+    kr.add_argument("--file", type=Path, required=True)
 
     pl = sub.add_parser("play", help="play a session live: OpenCV window and sound, in sync")
     src = pl.add_mutually_exclusive_group(required=True)
@@ -70,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--handle-silence", action="store_true", help="let the server make idle frames instead of sending silence")
     pl.add_argument("--seconds", type=float, default=None, help="stop after this long")
     pl.add_argument("--stats-json", type=Path, default=None, help="write what was measured (frames, fps, audio/video skew) here")
+    _add_key_option(pl)
     _add_server_options(pl)
 
     pr = sub.add_parser("prepare", help="turn a talking-head video into a character directory")
@@ -89,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("--faces", default=None, help="face_det_results: a Wav2Lip-style pickle (default: detect faces)")
         r.add_argument("--server", default=None, help="ws:// URL of a running server (default: start one in this process)")
         r.add_argument("--realtime", action="store_true", help="ask for real-time pacing instead of rendering as fast as possible")
+        _add_key_option(r)
         _add_server_options(r)
     return parser
 
@@ -104,7 +141,7 @@ async def _server_url(args: argparse.Namespace, asset_roots: list[Path]) -> Asyn
         yield url
 
 
-def _in_process_config(args: argparse.Namespace, asset_roots: list[Path]) -> "ServerConfig":
+def _in_process_config(args: argparse.Namespace, asset_roots: list[Path]) -> ServerConfig:
     """The server that `render`, `demo` and `play` start when no --server is given."""
     from .server import ServerConfig
 
@@ -137,7 +174,7 @@ async def _render(args: argparse.Namespace, audio_path: Path) -> int:
     log.info("rendering %s (%.2f s) on character %s", audio_path.name, len(pcm) / SAMPLE_RATE, params.video_reference_url)
     try:
         async with _server_url(args, roots) as url:
-            frames = await record(url, pcm, args.output, params, progress=sys.stderr.isatty())
+            frames = await record(url, pcm, args.output, params, progress=sys.stderr.isatty(), api_key=args.api_key if args.server else None)
     except ServerError as exc:
         log.error("server refused the session: %s", exc)
         return 1
@@ -171,7 +208,7 @@ def _play(args: argparse.Namespace) -> int:
         url = args.server
         if not url:
             url = stack.enter_context(ServerThread(_in_process_config(args, roots))).url
-        player = Player(url, params, out, args.buffer)
+        player = Player(url, params, out, args.buffer, api_key=args.api_key if args.server else None)
         player.start_network(pcm)
         if args.mic:
             assert player.feed is not None
@@ -204,16 +241,76 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from .auth import KeyFileError, add_key, read_keys, remove_key
+
+    try:
+        if args.keys_command == "add":
+            key = add_key(args.file, args.name, args.max_sessions, args.max_session_seconds)
+            print(key)
+            print(f"key '{args.name}' added to {args.file}; it is shown this once, only its hash is kept", file=sys.stderr)
+        elif args.keys_command == "list":
+            for k in read_keys(args.file):
+                sessions = k.max_sessions or "any number of"
+                seconds = f"{k.max_session_seconds:g} s at most" if k.max_session_seconds else "as long as the server allows"
+                print(f"{k.name}: {sessions} sessions at once, {seconds}")
+        elif not remove_key(args.file, args.name):
+            log.error("%s has no key named %r", args.file, args.name)
+            return 1
+    except KeyFileError as exc:
+        log.error("%s", exc)
+        return 2
+    return 0
+
+
+def _serve_config(args: argparse.Namespace) -> ServerConfig:
+    """The server's configuration; ValueError says in one line why it cannot start."""
+    import ssl
+
+    from .auth import KeyFileError, read_keys
+    from .server import ServerConfig
+
+    if args.api_keys is None and not args.no_auth and not is_loopback(args.host):
+        raise ValueError(f"refusing to serve {args.host} without keys: anyone who can reach it could use it; give --api-keys FILE (see `lipsync-stream keys add`) or --no-auth")
+    if args.api_keys is not None:
+        try:
+            if not args.api_keys.is_file():
+                raise KeyFileError(f"no keys file {args.api_keys}; make one with `lipsync-stream keys add NAME --file {args.api_keys}`")
+            if not read_keys(args.api_keys):
+                log.warning("%s holds no keys yet: no session can start until one is added", args.api_keys)
+        except KeyFileError as exc:
+            raise ValueError(str(exc)) from None
+    if args.keyfile is not None and args.certfile is None:
+        raise ValueError("--keyfile needs --certfile")
+    if args.certfile is not None:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(args.certfile, args.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(f"cannot use the TLS certificate {args.certfile}: {exc}") from None
+    limits = Limits(args.max_message_bytes, args.max_session_length, args.max_idle_time, args.lead)
+    config = ServerConfig(
+        args.host, args.port, list(args.asset_root), args.engine, args.jpeg_quality, limits,
+        max_sessions=args.max_sessions, max_loads=max(1, args.max_loads), api_keys=args.api_keys,
+        allowed_origins=list(args.allowed_origin), certfile=args.certfile, keyfile=args.keyfile, metrics_port=args.metrics_port,
+    )  # fmt: skip
+    config.fetch = FetchConfig(asset_roots=list(args.asset_root), cache_dir=args.cache_dir or default_cache_dir(), allow_private_urls=args.allow_private_urls)
+    return config
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
+    if args.command == "keys":
+        return _keys(args)
     if args.command == "serve":
-        from .server import ServerConfig, serve_forever
+        from .server import serve_forever
 
-        limits = Limits(args.max_message_bytes, args.max_session_length, args.max_idle_time, args.lead)
-        config = ServerConfig(args.host, args.port, list(args.asset_root), args.engine, args.jpeg_quality, limits, max_sessions=args.max_sessions, max_loads=max(1, args.max_loads))
-        config.fetch = FetchConfig(asset_roots=list(args.asset_root), cache_dir=args.cache_dir or default_cache_dir(), allow_private_urls=args.allow_private_urls)
+        try:
+            config = _serve_config(args)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 2
         if args.workers > 1:
             from .server import serve_workers
 

@@ -23,6 +23,10 @@ class Metrics:
         self.silent_frames = Counter("lipsync_silent_frames", "Frames sent as the reference picture without rendering (silence, mouth at rest)", registry=r)
         self.audio_seconds = Counter("lipsync_audio_in_seconds", "Seconds of audio received", registry=r)
         self.errors = Counter("lipsync_errors", "Sessions ended by an error, by kind", ["kind"], registry=r)
+        self.refusals = Counter("lipsync_refusals", "Websocket upgrades and token requests refused before a session, by error kind", ["kind"], registry=r)
+        self.key_sessions = Counter("lipsync_key_sessions", "Sessions started, by API key name", ["key"], registry=r)
+        self.key_sessions_active = Gauge("lipsync_key_sessions_active", "Sessions open now, by API key name", ["key"], registry=r)
+        self.key_audio_seconds = Counter("lipsync_key_audio_in_seconds", "Seconds of audio received, by API key name", ["key"], registry=r)
         self.frame_latency = Histogram(
             "lipsync_frame_latency_seconds",
             "From a frame's audio having arrived to the frame being handed to the network (pacing included)",

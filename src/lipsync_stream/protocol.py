@@ -66,6 +66,7 @@ class ErrorKind(str, enum.Enum):
     CHARACTER = "character_error"
     LIMIT = "limit_exceeded"
     CAPACITY = "capacity"
+    UNAUTHORIZED = "unauthorized"
     INTERNAL = "internal_error"
 
     @property
@@ -80,6 +81,7 @@ _CLOSE_CODES = {
     ErrorKind.CHARACTER: 1011,
     ErrorKind.LIMIT: 1008,
     ErrorKind.CAPACITY: 1013,  # try again later
+    ErrorKind.UNAUTHORIZED: 1008,
     ErrorKind.INTERNAL: 1011,
 }
 
@@ -113,6 +115,8 @@ class SessionParams:
     max_session_length: float | None = None
     max_idle_time: float | None = None
     realtime: bool = True
+    #: from ``POST /startAudioToVideoSession``: the session then uses the fields stored with it
+    session_token: str | None = None
 
 
 _BOOL_FIELDS = {
@@ -122,7 +126,8 @@ _BOOL_FIELDS = {
     "realtime": "realtime",
 }
 _SECONDS_FIELDS = {"maxSessionLength": "max_session_length", "maxIdleTime": "max_idle_time"}
-KNOWN_FIELDS = frozenset({"video_reference_url", "face_det_results", *_BOOL_FIELDS, *_SECONDS_FIELDS})
+KNOWN_FIELDS = frozenset({"video_reference_url", "face_det_results", "session_token", *_BOOL_FIELDS, *_SECONDS_FIELDS})
+MAX_TOKEN_CHARS = 8192
 
 
 def _bad(detail: str) -> ProtocolError:
@@ -205,6 +210,12 @@ def parse_first_message(data: str | bytes) -> SessionParams:
         fields[wire] = validate_reference(wire, value.strip()) if value and value.strip() else None
     fields["video_reference_url"] = fields["video_reference_url"] or DEFAULT_CHARACTER
 
+    token = obj.get("session_token")
+    if token is not None:
+        if not isinstance(token, str) or isinstance(token, _LongInt) or not token.isascii() or not 0 < len(token) <= MAX_TOKEN_CHARS:
+            raise _bad(f"field 'session_token' must be the token string from POST /startAudioToVideoSession, got {_shown(token)}")
+        fields["session_token"] = token
+
     for wire, attr in _BOOL_FIELDS.items():
         value = obj.get(wire)
         if value is None:
@@ -240,6 +251,8 @@ def first_message(params: SessionParams) -> str:
         obj["maxSessionLength"] = params.max_session_length
     if params.max_idle_time is not None:
         obj["maxIdleTime"] = params.max_idle_time
+    if params.session_token is not None:
+        obj["session_token"] = params.session_token
     return json.dumps(obj)
 
 

@@ -9,11 +9,16 @@ wrong in one session is answered to that client and logged; other sessions never
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import dataclasses
+import functools
 import http
 import itertools
+import json
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -21,22 +26,30 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import cv2
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
-from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
-from websockets.protocol import State as ProtocolState
 
+from . import auth
+from .auth import ApiKey, FailureThrottle, KeyRing, TokenError, TokenIssuer
 from .character import CharacterBusy, CharacterError, CharacterStore
+from .connection import TOKEN_PATH, Connection
 from .engines import DEFAULT_ENGINE, ENGINES, get_engine
 from .fetch import FetchConfig, Fetcher
 from .logsafe import shown
 from .metrics import Metrics
 from .pipeline import DEFAULT_JPEG_QUALITY, FrameRenderer
-from .protocol import ErrorKind, ProtocolError, error_message, parse_first_message
+from .protocol import (
+    ErrorKind,
+    ProtocolError,
+    SessionParams,
+    error_message,
+    first_message,
+    parse_first_message,
+)
 from .session import Fail, Finish, Limits, Render, Session, State, Wait
 
 log = logging.getLogger(__name__)
@@ -71,6 +84,15 @@ class ServerConfig:
     max_sessions: int | None = None
     max_loads: int = 2  # characters loading at once (their own threads, never the render threads)
     load_queue_timeout: float = 30.0  # a load that cannot start within this is refused with `capacity`
+    #: keys file (``lipsync-stream keys``): with it, every session needs a key or a session token
+    api_keys: Path | None = None
+    allowed_origins: list[str] = field(default_factory=list)  # besides the server's own page
+    #: signs session tokens; workers of one server must share it (serve_workers passes it on)
+    token_secret: bytes = field(default_factory=lambda: os.urandom(32))
+    certfile: Path | None = None  # with keyfile: wss:// and https:// on the same port
+    keyfile: Path | None = None
+    metrics_port: int | None = None  # serve /metrics there (on metrics_host) instead of the main port
+    metrics_host: str = "127.0.0.1"
 
     def fetch_config(self) -> FetchConfig:
         return self.fetch if self.fetch is not None else FetchConfig(asset_roots=[Path(p) for p in self.asset_roots])
@@ -79,30 +101,6 @@ class ServerConfig:
         if self.max_sessions is not None:
             return self.max_sessions
         return (os.cpu_count() or 2) * ENGINES[self.engine].sessions_per_core
-
-
-class LimitedConnection(ServerConnection):
-    """A connection that answers a message over the size limit with the JSON error first.
-
-    websockets refuses such a message from its frame header, before reading the payload (bounded
-    memory), and closes with 1009; the protocol asks for ``{"error": "message_too_big", ...}``
-    before that close, so it is sent just ahead of it. ``too_big`` then holds the detail.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.too_big: str | None = None
-        protocol = self.protocol
-        fail = protocol.fail
-
-        def fail_with_json(code: int, reason: str = "") -> None:
-            if code == CloseCode.MESSAGE_TOO_BIG and protocol.state is ProtocolState.OPEN and self.too_big is None:
-                limit = protocol.max_message_size
-                self.too_big = f"{reason}: messages are limited to {limit} bytes; send audio in smaller chunks"
-                protocol.send_text(error_message(ErrorKind.MESSAGE_TOO_BIG, self.too_big).encode())
-            fail(code, reason)
-
-        protocol.fail = fail_with_json  # type: ignore[method-assign]
 
 
 def _path_of(request: Request) -> str:
@@ -125,17 +123,25 @@ class LipsyncServer:
         self.metrics = Metrics()
         self.metrics.sessions_capacity.set(self.max_sessions)
         self._static_cache: dict[str, bytes] = {}
+        self.keys = KeyRing(c.api_keys) if c.api_keys is not None else None
+        self.tokens = TokenIssuer(c.token_secret, c.fetch_config().cache_dir / "tokens")
+        self.throttle = FailureThrottle()
+        self.key_sessions: collections.Counter[str] = collections.Counter()
 
     # --- HTTP side -------------------------------------------------------------------------------
 
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = _path_of(request)
         if path == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "ok\n")
+        if request.method == "OPTIONS" and path == TOKEN_PATH:
+            return self._preflight(connection, request.headers)
+        if request.method != "GET":
+            return connection.respond(http.HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not served here\n")
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path in WEBSOCKET_PATHS and upgrade:
-            return None
-        if path == "/metrics":
+            return await self._check_upgrade(connection, request)
+        if path == "/metrics" and self.config.metrics_port is None:
             response = connection.respond(http.HTTPStatus.OK, "")
             return self._with_body(response, self.metrics.exposition(), self.metrics.content_type)
         if path == "/favicon.ico":
@@ -146,6 +152,121 @@ class LipsyncServer:
         if path == "/LipsyncStream":
             return connection.respond(http.HTTPStatus.UPGRADE_REQUIRED, "this is the LipsyncStream websocket endpoint\n")
         return connection.respond(http.HTTPStatus.NOT_FOUND, f"no such path {path}; the websocket endpoint is /LipsyncStream\n")
+
+    # --- who may come in ------------------------------------------------------------------------
+
+    def _refuse(self, connection: ServerConnection, status: http.HTTPStatus, kind: ErrorKind, detail: str) -> Response:
+        log.warning("refused a websocket upgrade from %s: %s", connection.remote_address, shown(detail))
+        self.metrics.refusals.labels(kind.value).inc()
+        return self._with_body(connection.respond(status, ""), error_message(kind, detail).encode(), "application/json")
+
+    async def _check_upgrade(self, connection: ServerConnection, request: Request) -> Response | None:
+        """None to let the upgrade go on, or the HTTP answer that refuses it."""
+        secret = auth.secret_in_query(request.path)
+        if secret is not None:
+            detail = f"'{shown(secret, 40)}' in the query string refused: keys and tokens there end up in logs; send an Authorization: Bearer header, or the session_token in the first message"
+            return self._refuse(connection, http.HTTPStatus.BAD_REQUEST, ErrorKind.BAD_REQUEST, detail)
+        origin = request.headers.get("Origin")
+        if origin is not None and not auth.origin_allowed(origin, request.headers.get("Host"), self.config.allowed_origins):
+            detail = f"websocket from the page at {shown(origin, 100)} refused: this server takes its own page and --allowed-origin only"
+            return self._refuse(connection, http.HTTPStatus.FORBIDDEN, ErrorKind.UNAUTHORIZED, detail)
+        key = auth.bearer(request.headers.get("Authorization"))
+        if key is None or self.keys is None:
+            return None  # open server, or a session token will come in the first message
+        record = self.keys.verify(key)
+        if record is None:
+            await self._slow_down(str(connection.remote_address[0]))
+            return self._refuse(connection, http.HTTPStatus.UNAUTHORIZED, ErrorKind.UNAUTHORIZED, "the API key is not valid")
+        connection.api_key = record  # type: ignore[attr-defined]
+        return None
+
+    async def _slow_down(self, address: str) -> None:
+        """Count a failed attempt from *address*; repeated failures are answered ever later."""
+        now = time.monotonic()
+        delay = self.throttle.delay(address, now)
+        self.throttle.failed(address, now)
+        if delay:
+            await asyncio.sleep(delay)
+
+    def _authorize(self, ws: ServerConnection, params: SessionParams) -> tuple[SessionParams, ApiKey | None]:
+        """The session's parameters and key: from its session token, or from the upgrade's key."""
+        key: ApiKey | None = getattr(ws, "api_key", None)
+        if params.session_token is not None:
+            try:
+                name, fields = self.tokens.redeem(params.session_token)
+            except TokenError as exc:
+                raise ProtocolError(ErrorKind.UNAUTHORIZED, str(exc)) from None
+            if self.keys is not None:
+                key = self.keys.named(name)
+                if key is None:
+                    raise ProtocolError(ErrorKind.UNAUTHORIZED, f"the key '{name}' this token was issued for has been removed")
+            params = parse_first_message(json.dumps(fields))
+        elif self.keys is not None and key is None:
+            raise ProtocolError(
+                ErrorKind.UNAUTHORIZED,
+                f"this server needs an API key: an 'Authorization: Bearer KEY' header on the websocket upgrade, or a session_token from POST {TOKEN_PATH} in the first message",
+            )
+        if key is not None:
+            if key.max_sessions is not None and self.key_sessions[key.name] >= key.max_sessions:
+                raise ProtocolError(ErrorKind.LIMIT, f"key '{key.name}' already has {key.max_sessions} sessions open, its limit")
+            if key.max_session_seconds is not None:
+                asked = params.max_session_length
+                params = dataclasses.replace(params, max_session_length=key.max_session_seconds if asked is None else min(asked, key.max_session_seconds))
+        return params, key
+
+    def token_request(self, target: str, headers: dict[str, str], body: bytes, peer: str) -> tuple[int, dict[str, object], dict[str, str], float]:
+        """``POST /startAudioToVideoSession``: JSON with ``apiKey`` and first-message fields ->
+        ``{"session_token": ...}`` (status, JSON body, extra headers, seconds to wait first)."""
+        extra = self._cors_headers(headers)
+        if auth.secret_in_query(target):
+            return 400, {"error": "bad_request", "detail": "keys in the query string are refused (they end up in logs); send apiKey in the JSON body"}, extra, 0.0
+        try:
+            obj = json.loads(body)
+        except (ValueError, RecursionError):
+            return 400, {"error": "bad_request", "detail": "the body must be a JSON object"}, extra, 0.0
+        if not isinstance(obj, dict):
+            return 400, {"error": "bad_request", "detail": "the body must be a JSON object"}, extra, 0.0
+        api_key = obj.pop("apiKey", None)
+        if api_key is None:
+            api_key = auth.bearer(headers.get("authorization"))
+        name = ""
+        if self.keys is not None:
+            record = self.keys.verify(api_key) if isinstance(api_key, str) else None
+            if record is None:
+                now = time.monotonic()
+                delay = self.throttle.delay(peer, now)
+                self.throttle.failed(peer, now)
+                self.metrics.refusals.labels(ErrorKind.UNAUTHORIZED.value).inc()
+                log.warning("refused a session token to %s: apiKey missing or not valid", peer)
+                return 401, {"error": "unauthorized", "detail": "apiKey is missing or not valid"}, extra, delay
+            name = record.name
+        try:
+            params = parse_first_message(json.dumps(obj))
+        except ProtocolError as exc:
+            return 400, {"error": exc.kind.value, "detail": exc.detail}, extra, 0.0
+        except ValueError:  # a JSON value that cannot be written back, such as a 5000-digit integer
+            return 400, {"error": "bad_request", "detail": "the body holds a value that is not a valid field"}, extra, 0.0
+        if params.session_token is not None:
+            return 400, {"error": "bad_request", "detail": "a session token cannot be traded for another"}, extra, 0.0
+        token = self.tokens.issue(name, json.loads(first_message(params)))
+        log.info("session token issued to %s for key '%s'", peer, name or "(open server)")
+        return 200, {"session_token": token, "expires_in": self.tokens.ttl}, extra, 0.0
+
+    def _cors_headers(self, headers: dict[str, str] | Headers) -> dict[str, str]:
+        """Lets a page on an --allowed-origin read the token it asked for."""
+        origin = headers.get("origin") if isinstance(headers, dict) else headers.get("Origin")
+        if origin and auth.normal_origin(origin) in {auth.normal_origin(o) for o in self.config.allowed_origins}:
+            return {"Access-Control-Allow-Origin": origin.strip(), "Vary": "Origin"}
+        return {}
+
+    def _preflight(self, connection: ServerConnection, headers: Headers) -> Response:
+        extra = self._cors_headers(headers)
+        if not extra:
+            return connection.respond(http.HTTPStatus.FORBIDDEN, "this origin may not ask for session tokens\n")
+        response = connection.respond(http.HTTPStatus.NO_CONTENT, "")
+        for name, value in {**extra, "Access-Control-Allow-Methods": "POST", "Access-Control-Allow-Headers": "Content-Type, Authorization", "Access-Control-Max-Age": "600"}.items():
+            response.headers[name] = value
+        return response
 
     def _static(self, connection: ServerConnection, resource: str, content_type: str) -> Response:
         body = self._static_cache.get(resource)
@@ -205,17 +326,32 @@ class LipsyncServer:
             ws.transport.abort()
 
     async def _serve_session(self, ws: ServerConnection, sid: str) -> None:
-        loop = asyncio.get_running_loop()
         try:
             first = await asyncio.wait_for(ws.recv(), self.config.first_message_timeout)
         except TimeoutError:
             await self._fail(ws, sid, ErrorKind.BAD_REQUEST, f"no first message within {self.config.first_message_timeout:g} s")
             return
         try:
-            params = parse_first_message(first)
+            params, key = self._authorize(ws, parse_first_message(first))
         except ProtocolError as exc:
+            if exc.kind is ErrorKind.UNAUTHORIZED:
+                await self._slow_down(str(ws.remote_address[0]))
             await self._fail(ws, sid, exc.kind, exc.detail)
             return
+        if key is not None:
+            self.key_sessions[key.name] += 1
+            self.metrics.key_sessions.labels(key.name).inc()
+            self.metrics.key_sessions_active.labels(key.name).inc()
+            log.info("[%s] key '%s'", sid, key.name)
+        try:
+            await self._run_session(ws, sid, params, key)
+        finally:
+            if key is not None:
+                self.key_sessions[key.name] -= 1
+                self.metrics.key_sessions_active.labels(key.name).dec()
+
+    async def _run_session(self, ws: ServerConnection, sid: str, params: SessionParams, key: ApiKey | None) -> None:
+        loop = asyncio.get_running_loop()
         log.info("[%s] character %s, isJPG=%s syncAudio=%s realtime=%s", sid, shown(params.video_reference_url), params.is_jpg, params.sync_audio, params.realtime)
         try:
             character = await self.store.get(params.video_reference_url, params.face_det_results)
@@ -246,6 +382,8 @@ class LipsyncServer:
                     session.receive(message, loop.time())
                     if isinstance(message, bytes):
                         self.metrics.audio_seconds.inc(len(message) / 32000)
+                        if key is not None:
+                            self.metrics.key_audio_seconds.labels(key.name).inc(len(message) / 32000)
                     wake.set()
             finally:
                 wake.set()
@@ -316,21 +454,43 @@ class LipsyncServer:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    def serve(self, host: str | None = None, port: int | None = None) -> contextlib.AbstractAsyncContextManager[Server]:
-        """The websockets server (use with ``async with``)."""
-        return serve(  # type: ignore[return-value]
-            self.handler,
-            self.config.host if host is None else host,
-            self.config.port if port is None else port,
-            process_request=self.process_request,
-            compression=None,  # frames are JPEG: deflate would cost CPU for nothing
-            # Every message, the first one too; a larger one is refused from its header.
-            max_size=self.config.limits.max_message_bytes,
-            # Messages waiting unread (flow control): then the TCP connection is no longer read.
-            max_queue=4,
-            create_connection=LimitedConnection,
-            reuse_port=self.config.reuse_port or None,
-        )
+    @contextlib.asynccontextmanager
+    async def serve(self, host: str | None = None, port: int | None = None) -> AsyncIterator[Server]:
+        """The websockets server (use with ``async with``), and the metrics one if configured."""
+        c = self.config
+        tls = None
+        if c.certfile is not None:
+            tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.load_cert_chain(c.certfile, c.keyfile)
+        async with contextlib.AsyncExitStack() as stack:
+            main = await stack.enter_async_context(
+                serve(
+                    self.handler,
+                    c.host if host is None else host,
+                    c.port if port is None else port,
+                    process_request=self.process_request,
+                    compression=None,  # frames are JPEG: deflate would cost CPU for nothing
+                    # Every message, the first one too; a larger one is refused from its header.
+                    max_size=c.limits.max_message_bytes,
+                    # Messages waiting unread (flow control): then the TCP connection is no longer read.
+                    max_queue=4,
+                    create_connection=functools.partial(Connection, post=self.token_request),  # type: ignore[arg-type]
+                    reuse_port=c.reuse_port or None,
+                    ssl=tls,
+                )
+            )
+            if c.metrics_port is not None:
+                await stack.enter_async_context(serve(self._no_sessions, c.metrics_host, c.metrics_port, process_request=self._metrics_only, reuse_port=c.reuse_port or None))
+            yield main
+
+    def _metrics_only(self, connection: ServerConnection, request: Request) -> Response:
+        if _path_of(request) == "/metrics":
+            return self._with_body(connection.respond(http.HTTPStatus.OK, ""), self.metrics.exposition(), self.metrics.content_type)
+        return connection.respond(http.HTTPStatus.NOT_FOUND, "this port serves /metrics only\n")
+
+    @staticmethod
+    async def _no_sessions(ws: ServerConnection) -> None:
+        await ws.close()
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
@@ -339,12 +499,13 @@ class LipsyncServer:
 
 @contextlib.asynccontextmanager
 async def running_server(config: ServerConfig | None = None) -> AsyncIterator[tuple[LipsyncServer, str]]:
-    """A server on an ephemeral port for in-process use: yields (server, ws:// URL)."""
+    """A server on an ephemeral port for in-process use: yields (server, ws:// or wss:// URL)."""
     config = config or ServerConfig(port=0)
     app = LipsyncServer(config)
+    scheme = "wss" if config.certfile is not None else "ws"
     try:
         async with app.serve() as ws_server:
-            yield app, f"ws://{config.host}:{bound_port(ws_server)}/LipsyncStream"
+            yield app, f"{scheme}://{config.host}:{bound_port(ws_server)}/LipsyncStream"
     finally:
         app.close()
 
@@ -364,7 +525,13 @@ async def serve_forever(config: ServerConfig) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
-        log.info("serving LipsyncStream on ws://%s:%d/LipsyncStream (engine %s, at most %d sessions)", config.host, bound_port(ws_server), app.engine.name, app.max_sessions)
+        scheme, page = ("wss", "https") if config.certfile is not None else ("ws", "http")
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        port = bound_port(ws_server)
+        access = f"API keys from {config.api_keys} ({len(app.keys or [])} now)" if app.keys is not None else "open to anyone who can reach it"
+        log.info("serving LipsyncStream on %s://%s:%d/LipsyncStream, the page at %s://%s:%d/ (engine %s, at most %d sessions, %s)", scheme, host, port, page, host, port, app.engine.name, app.max_sessions, access)
+        if config.metrics_port is not None:
+            log.info("metrics at http://%s:%d/metrics", config.metrics_host, config.metrics_port)
         await stop.wait()
         log.info("shutting down")
     app.close()
@@ -400,7 +567,7 @@ class ServerThread:
             self._ready.set()
             await self._stop
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         self._thread.start()
         self._ready.wait(30)
         if self._error is not None:

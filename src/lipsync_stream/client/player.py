@@ -195,8 +195,8 @@ class _Queued:
 class Player:
     """Receives frames on a background thread; ``run()`` shows them in the calling thread."""
 
-    def __init__(self, url: str, params: SessionParams, out: AudioOut, buffer_frames: int = 6, window: str = "lipsync-stream") -> None:
-        self.url, self.params, self.out = url, params, out
+    def __init__(self, url: str, params: SessionParams, out: AudioOut, buffer_frames: int = 6, window: str = "lipsync-stream", api_key: str | None = None) -> None:
+        self.url, self.params, self.out, self.api_key = url, params, out, api_key
         self.buffer_frames = max(1, buffer_frames)
         self.window = window
         self.stats = PlayStats()
@@ -224,7 +224,7 @@ class Player:
         self._feed_ready.set()
         expected = 0
         try:
-            async with LipsyncClient(self.url, self.params) as client:
+            async with LipsyncClient(self.url, self.params, self.api_key) as client:
                 if pcm is not None:  # a file goes out at once: the server paces the frames
                     self.feed.put(pcm.astype("<i2").tobytes())
                     self.feed.close()

@@ -52,7 +52,7 @@ class Mp4Writer:
         self.container.close()
 
 
-async def record(url: str, pcm: np.ndarray, out: str | Path, params: SessionParams | None = None, progress: bool = True) -> int:
+async def record(url: str, pcm: np.ndarray, out: str | Path, params: SessionParams | None = None, progress: bool = True, api_key: str | None = None) -> int:
     """Stream *pcm* through the server at *url*, write the session to *out*; returns frame count."""
     params = params or SessionParams(realtime=False)
     total = frames_for_samples(len(pcm))
@@ -61,7 +61,7 @@ async def record(url: str, pcm: np.ndarray, out: str | Path, params: SessionPara
     try:
         with tqdm(total=total, unit="frame", desc="rendering", disable=not progress, leave=False) as bar:
             frame: FrameMessage
-            async for frame in stream_audio(url, pcm, params):
+            async for frame in stream_audio(url, pcm, params, api_key=api_key):
                 if frame.index != expected:
                     raise RuntimeError(f"server sent frame {frame.index}, expected {expected}")
                 expected += 1

@@ -12,7 +12,7 @@ from types import TracebackType
 import cv2
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from ..protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE, FrameMessage, SessionParams, decode_frame, first_message, frame_start
 
@@ -28,6 +28,7 @@ class ServerError(Exception):
         self.kind = kind
         self.detail = detail
         self.code = code
+        self.http_status: int | None = None  # when the server refused before the websocket upgrade
 
 
 def decode_image(frame: FrameMessage) -> np.ndarray:
@@ -77,18 +78,27 @@ class AudioFeed:
 
 
 class LipsyncClient:
-    """One session. Use as ``async with LipsyncClient(url, params) as c:``."""
+    """One session. Use as ``async with LipsyncClient(url, params) as c:``.
 
-    def __init__(self, url: str, params: SessionParams | None = None) -> None:
+    *api_key*, for a server that asks for one, goes in the upgrade's ``Authorization`` header
+    (never in the URL). A browser-style client sends a ``session_token`` in *params* instead.
+    """
+
+    def __init__(self, url: str, params: SessionParams | None = None, api_key: str | None = None) -> None:
         self.url = url
         self.params = params or SessionParams()
+        self.api_key = api_key
         self._ws: ClientConnection | None = None
         self.done = False
         self.returned_samples = 0  # how far into the audio the frames received so far reach
         self._progress = asyncio.Event()
 
     async def __aenter__(self) -> "LipsyncClient":
-        self._ws = await connect(self.url, max_size=None, compression=None)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
+        try:
+            self._ws = await connect(self.url, max_size=None, compression=None, additional_headers=headers)
+        except InvalidStatus as exc:  # refused before the upgrade (401, 403): say why
+            raise _server_error(exc.response.body.decode(errors="replace"), None, exc.response.status_code) from None
         await self._ws.send(first_message(self.params))
         return self
 
@@ -182,23 +192,30 @@ class LipsyncClient:
             yield Frame(message.index, decode_image(message), message.audio or b"")
 
 
-def _server_error(text: str, code: int | None) -> ServerError:
+def _server_error(text: str, code: int | None, http_status: int | None = None) -> ServerError:
     try:
         obj = json.loads(text)
-        return ServerError(str(obj["error"]), str(obj.get("detail", "")), code)
+        error = ServerError(str(obj["error"]), str(obj.get("detail", "")), code)
     except (ValueError, KeyError, TypeError):
-        return ServerError("error", text, code)
+        error = ServerError("error", text.strip() or f"HTTP {http_status}", code)
+    error.http_status = http_status
+    return error
 
 
 async def stream_audio(
-    url: str, pcm: bytes | np.ndarray, params: SessionParams | None = None, chunk_bytes: int = CHUNK_BYTES, in_flight: float = IN_FLIGHT_SECONDS
+    url: str,
+    pcm: bytes | np.ndarray,
+    params: SessionParams | None = None,
+    chunk_bytes: int = CHUNK_BYTES,
+    in_flight: float = IN_FLIGHT_SECONDS,
+    api_key: str | None = None,
 ) -> AsyncIterator[FrameMessage]:
     """Send all of *pcm* then DONE, yielding frames meanwhile (the common offline use).
 
     At most *in_flight* seconds of audio are sent ahead of the frames that came back, so any
     length works against any server of this protocol, in bounded memory on both sides.
     """
-    async with LipsyncClient(url, params) as client:
+    async with LipsyncClient(url, params, api_key) as client:
 
         async def send() -> None:
             await client.send_paced(pcm, in_flight, chunk_bytes)

@@ -54,6 +54,29 @@ function parseFrame(buf) {
   return { index, image, pcm };
 }
 
+// A server with API keys: the page's URL carries a key (#key=...) or a session token
+// (#token=...) in its fragment, which browsers never send to servers (no key in any log). A key
+// is traded for a single-use token per session (POST /startAudioToVideoSession); the key itself
+// never travels on the websocket.
+const secrets = new URLSearchParams(location.hash.slice(1));
+async function firstMessage(fields) {
+  const token = secrets.get("token");
+  if (token) {
+    secrets.delete("token"); // single use
+    return { session_token: token };
+  }
+  const key = secrets.get("key");
+  if (!key) return fields;
+  const res = await fetch("startAudioToVideoSession", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ apiKey: key, ...fields }),
+  });
+  const answer = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(`session token refused: ${answer.error || res.status}: ${answer.detail || ""}`);
+  return { session_token: answer.session_token };
+}
+
 class Session {
   constructor(character) {
     this.queue = []; // {index, bitmap, at}
@@ -64,10 +87,19 @@ class Session {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     this.ws = new WebSocket(scheme + location.host + "/LipsyncStream");
     this.ws.binaryType = "arraybuffer";
+    const fields = { video_reference_url: character, isJPG: true, syncAudio: true };
+    const first = firstMessage(fields); // asks for a session token meanwhile, when there is a key
     this.opened = new Promise((resolve, reject) => {
       this.ws.onopen = () => {
-        this.ws.send(JSON.stringify({ video_reference_url: character, isJPG: true, syncAudio: true }));
-        resolve();
+        first.then((message) => {
+          this.ws.send(JSON.stringify(message));
+          resolve();
+        }, (err) => {
+          stats.error = err.message;
+          setStatus(err.message);
+          this.ws.close();
+          reject(err);
+        });
       };
       this.ws.onerror = () => reject(new Error("cannot connect to the server"));
     });
