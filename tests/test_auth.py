@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import wait_until_idle
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
@@ -350,3 +351,23 @@ async def test_render_takes_a_key_for_a_keyed_server(keyed: tuple[LipsyncServer,
     monkeypatch.setenv("LIPSYNC_STREAM_API_KEY", key)
     assert await loop.run_in_executor(None, main, args) == 0
     assert (tmp_path / "out.mp4").stat().st_size > 1000
+
+
+async def test_keyless_connections_wait_apart_and_never_take_session_places(keys: Path, tmp_path: Path) -> None:
+    key = add_key(keys, "k")
+    config = ServerConfig(port=0, api_keys=keys, max_sessions=1, max_waiting=2)
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    async with running_server(config) as (app, url):
+        idle = [await connect(url) for _ in range(2)]  # connected, no key, no first message
+        while app.waiting < 2:
+            await asyncio.sleep(0.01)
+        async with connect(url) as third:  # the waiting line is full
+            assert json.loads(await asyncio.wait_for(third.recv(), 5))["error"] == "capacity"
+        # the one session place is still free for a client with a key
+        assert len(await frames(url, SessionParams(realtime=False), key)) == frames_for_samples(8000)
+        token = (await token_for(url, {"apiKey": key, "realtime": False})).json()["session_token"]
+        for ws in idle:
+            await ws.close()
+        assert len(await frames(url, SessionParams(session_token=token))) == frames_for_samples(8000)
+        await wait_until_idle(app, 5.0)
+        assert app.waiting == 0

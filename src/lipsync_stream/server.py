@@ -84,6 +84,8 @@ class ServerConfig:
     max_sessions: int | None = None
     max_loads: int = 2  # characters loading at once (their own threads, never the render threads)
     load_queue_timeout: float = 30.0  # a load that cannot start within this is refused with `capacity`
+    #: keyless connections waiting to show a session token (None: 4 x max_sessions, at least 16)
+    max_waiting: int | None = None
     #: keys file (``lipsync-stream keys``): with it, every session needs a key or a session token
     api_keys: Path | None = None
     allowed_origins: list[str] = field(default_factory=list)  # besides the server's own page
@@ -103,6 +105,14 @@ class ServerConfig:
         return (os.cpu_count() or 2) * ENGINES[self.engine].sessions_per_core
 
 
+@dataclasses.dataclass
+class _Place:
+    """What a connection holds: one of the session places, or a place in the waiting line."""
+
+    active: bool = False
+    waiting: bool = False
+
+
 def _path_of(request: Request) -> str:
     return request.path.split("?", 1)[0]
 
@@ -120,6 +130,8 @@ class LipsyncServer:
         self._ids = itertools.count(1)
         self.active_sessions = 0
         self.max_sessions = c.session_limit()
+        self.waiting = 0  # connections with no key on the upgrade, before their first message
+        self.max_waiting = c.max_waiting if c.max_waiting is not None else max(16, 4 * self.max_sessions)
         self.metrics = Metrics()
         self.metrics.sessions_capacity.set(self.max_sessions)
         self._static_cache: dict[str, bytes] = {}
@@ -288,17 +300,23 @@ class LipsyncServer:
 
     async def handler(self, ws: ServerConnection) -> None:
         sid = f"s{next(self._ids)}"
-        if self.active_sessions >= self.max_sessions:
-            log.info("[%s] connected from %s", sid, ws.remote_address)
-            await self._fail(ws, sid, ErrorKind.CAPACITY, f"the server is at capacity ({self.max_sessions} sessions); try again later")
-            return
-        self.active_sessions += 1
-        self.metrics.sessions.inc()
-        self.metrics.sessions_active.inc()
         started = time.monotonic()
         log.info("[%s] connected from %s", sid, ws.remote_address)
+        # A connection takes one of max_sessions places once it may start a session: at once on
+        # an open server or with a key on the upgrade; else when its session token is good. Until
+        # then it waits among at most max_waiting others, so keyless clients cannot fill the places.
+        place = _Place()
+        if self.keys is None or getattr(ws, "api_key", None) is not None:
+            if not await self._take_place(ws, sid, place):
+                return
+        elif self.waiting >= self.max_waiting:
+            await self._fail(ws, sid, ErrorKind.CAPACITY, f"{self.max_waiting} connections are already waiting to show a session token; try again later")
+            return
+        else:
+            self.waiting += 1
+            place.waiting = True
         try:
-            await self._serve_session(ws, sid)
+            await self._serve_session(ws, sid, place)
         except ConnectionClosed as exc:
             too_big = getattr(ws, "too_big", None)
             if too_big is not None:
@@ -310,9 +328,28 @@ class LipsyncServer:
             log.exception("[%s] internal error", sid)
             await self._fail(ws, sid, ErrorKind.INTERNAL, "the server failed while serving this session; see its log")
         finally:
+            self._leave(place)
+            log.info("[%s] ended after %.1f s", sid, time.monotonic() - started)
+
+    async def _take_place(self, ws: ServerConnection, sid: str, place: _Place) -> bool:
+        """One of the max_sessions places for this connection, or the capacity error (False)."""
+        self._leave(place)  # a waiting connection moves up
+        if self.active_sessions >= self.max_sessions:
+            await self._fail(ws, sid, ErrorKind.CAPACITY, f"the server is at capacity ({self.max_sessions} sessions); try again later")
+            return False
+        self.active_sessions += 1
+        place.active = True
+        self.metrics.sessions.inc()
+        self.metrics.sessions_active.inc()
+        return True
+
+    def _leave(self, place: _Place) -> None:
+        if place.active:
             self.active_sessions -= 1
             self.metrics.sessions_active.dec()
-            log.info("[%s] ended after %.1f s", sid, time.monotonic() - started)
+        if place.waiting:
+            self.waiting -= 1
+        place.active = place.waiting = False
 
     async def _fail(self, ws: ServerConnection, sid: str, kind: ErrorKind, detail: str) -> None:
         log.warning("[%s] %s: %s", sid, kind.value, shown(detail, 1000))
@@ -325,7 +362,7 @@ class LipsyncServer:
         except (ConnectionClosed, TimeoutError):
             ws.transport.abort()
 
-    async def _serve_session(self, ws: ServerConnection, sid: str) -> None:
+    async def _serve_session(self, ws: ServerConnection, sid: str, place: _Place) -> None:
         try:
             first = await asyncio.wait_for(ws.recv(), self.config.first_message_timeout)
         except TimeoutError:
@@ -337,6 +374,8 @@ class LipsyncServer:
             if exc.kind is ErrorKind.UNAUTHORIZED:
                 await self._slow_down(str(ws.remote_address[0]))
             await self._fail(ws, sid, exc.kind, exc.detail)
+            return
+        if not place.active and not await self._take_place(ws, sid, place):
             return
         if key is not None:
             self.key_sessions[key.name] += 1
