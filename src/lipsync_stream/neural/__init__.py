@@ -1,0 +1,18 @@
+"""Learned engines (PyTorch; the ``[neural]`` extra). Nothing here is imported by the default install.
+
+- :mod:`.wav2lip` — the Wav2Lip 96x96 generator, written from the published layer list;
+- :mod:`.checkpoint` — loading checkpoints safely (``weights_only``), refusing what is not one.
+"""
+
+from __future__ import annotations
+
+
+class NeuralUnavailable(RuntimeError):
+    """PyTorch (or ONNX Runtime) is not installed; the message says how to install it."""
+
+
+def require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise NeuralUnavailable("learned engines need PyTorch: pip install 'lipsync-stream[neural]'") from None
