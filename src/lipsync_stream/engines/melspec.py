@@ -33,7 +33,7 @@ CONTEXT_SAMPLES = N_FFT // 2 + HOP + 1  # half a window, the mel grid's offset, 
 LOOKAHEAD_SAMPLES = (STEPS - 1) * HOP + N_FFT // 2  # from the frame's start; minus the frame's length
 
 
-def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+def _hz_to_mel(hz: np.ndarray | float) -> np.ndarray:
     """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
     hz = np.asarray(hz, dtype=np.float64)
     mel = hz / (200.0 / 3)
@@ -41,7 +41,7 @@ def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
     return np.where(log_part, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), mel)
 
 
-def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+def _mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
     mel = np.asarray(mel, dtype=np.float64)
     return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), (200.0 / 3) * mel)
 

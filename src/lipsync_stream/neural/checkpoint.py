@@ -62,7 +62,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise CheckpointError(f"{path.name} holds no state dict: expected a mapping of names to tensors, or one under 'state_dict'")
-    return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:

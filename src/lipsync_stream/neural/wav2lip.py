@@ -65,7 +65,7 @@ class Wav2Lip(nn.Module):
                 nn.Sequential(ConvBlock(512, 512, 3, 1, 0), ConvBlock(512, 512, 1, 1, 0)),  # 1
             ]
         )
-        res = dict(residual=True)
+        res = {"residual": True}
         self.audio_encoder = nn.Sequential(
             ConvBlock(1, 32, 3, 1, 1), ConvBlock(32, 32, 3, 1, 1, **res), ConvBlock(32, 32, 3, 1, 1, **res),  # 80x16
             ConvBlock(32, 64, 3, (3, 1), 1), ConvBlock(64, 64, 3, 1, 1, **res), ConvBlock(64, 64, 3, 1, 1, **res),  # 27x16
