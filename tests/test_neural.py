@@ -90,3 +90,25 @@ def test_what_is_not_a_checkpoint_is_refused_by_name(checkpoints: dict[str, Path
 def test_missing_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="cannot read the checkpoint .*nothing.pth"):
         load_checkpoint(Wav2Lip(), tmp_path / "nothing.pth")
+
+
+def test_batched_output_equals_one_at_a_time_output() -> None:
+    import numpy as np
+
+    from lipsync_stream.neural.service import InferenceService
+    from lipsync_stream.neural.wav2lip import Wav2LipRunner
+
+    torch.manual_seed(0)
+    runner = Wav2LipRunner(Wav2Lip())
+    rng = np.random.default_rng(1)
+    items = [(rng.uniform(-4, 4, (80, 16)).astype(np.float32), rng.uniform(0, 1, (6, 96, 96)).astype(np.float32)) for _ in range(6)]
+    single = [runner([item])[0] for item in items]
+    service = InferenceService(runner, max_batch=6, max_wait=0.2)
+    try:
+        session = service.open()
+        batched = [f.result(timeout=60) for f in [service.submit(session, item) for item in items]]
+    finally:
+        service.stop()
+    assert service.stats.batch_sizes[6] == 1  # one batch of six
+    assert all(b.shape == (96, 96, 3) and b.dtype == np.uint8 for b in batched)
+    assert max(int(np.abs(b.astype(int) - s.astype(int)).max()) for b, s in zip(batched, single, strict=True)) <= 1  # rounding only

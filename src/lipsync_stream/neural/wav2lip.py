@@ -13,6 +13,9 @@ grows the audio code back to 96x96, joined at each size with the face encoder's 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -97,3 +100,25 @@ class Wav2Lip(nn.Module):
         for block in self.face_decoder_blocks:
             x = torch.cat((block(x), features.pop()), dim=1)
         return self.output_block(x)
+
+
+class Wav2LipRunner:
+    """The model function the inference service calls: a batch of (mel, face) inputs -> faces.
+
+    Inputs per frame: a (80, 16) float32 mel window and a (6, 96, 96) float32 face (masked
+    reference, then reference; BGR, 0..1). Output per frame: a (96, 96, 3) uint8 BGR face. On a
+    CUDA device the model runs in half precision.
+    """
+
+    def __init__(self, model: Wav2Lip, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.model = model.to(self.device, self.dtype).eval()
+
+    def __call__(self, items: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        mel = torch.from_numpy(np.stack([m for m, _ in items]))[:, None].to(self.device, self.dtype)
+        face = torch.from_numpy(np.stack([f for _, f in items])).to(self.device, self.dtype)
+        with torch.inference_mode():
+            out = self.model(mel, face)
+        pixels = (out.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return list(pixels)
