@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .audio import AudioError, load_audio
-from .engines import DEFAULT_ENGINE, ENGINES
+from .engines import DEFAULT_ENGINE, ENGINE_NAMES
 from .fetch import FetchConfig, default_cache_dir
+from .neural import ENGINE_ERRORS
 from .protocol import DEFAULT_CHARACTER, SAMPLE_RATE, SessionParams
 from .session import DEFAULT_LEAD, DEFAULT_MAX_MESSAGE_BYTES, Limits
 
@@ -51,7 +52,9 @@ def is_loopback(host: str) -> bool:
 
 
 def _add_server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", default=DEFAULT_ENGINE, choices=sorted(ENGINES), help="lip-sync engine (default: %(default)s)")
+    p.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_NAMES, help="lip-sync engine (default: %(default)s; wav2lip needs the [neural] extra and --model)")
+    p.add_argument("--model", type=Path, default=None, metavar="CKPT", help="learned engines: the checkpoint (a Wav2Lip .pth)")
+    p.add_argument("--device", default="auto", help="learned engines: cpu, cuda, cuda:N, or auto (a GPU when torch sees one; default)")
     p.add_argument("--jpeg-quality", type=int, default=85, help="JPEG quality of frames, 1-100 (default: %(default)s)")
     p.add_argument("--cache-dir", type=Path, default=None, help=f"download and face-detection cache (default: {default_cache_dir()})")
 
@@ -146,7 +149,7 @@ def _in_process_config(args: argparse.Namespace, asset_roots: list[Path]) -> Ser
     from .server import ServerConfig
 
     fetch = FetchConfig(asset_roots=asset_roots, cache_dir=args.cache_dir or default_cache_dir())
-    return ServerConfig(port=0, engine=args.engine, jpeg_quality=args.jpeg_quality, asset_roots=asset_roots, fetch=fetch)
+    return ServerConfig(port=0, engine=args.engine, jpeg_quality=args.jpeg_quality, asset_roots=asset_roots, fetch=fetch, model=args.model, device=args.device)
 
 
 def _local_reference(ref: str | None, roots: list[Path], remote: bool) -> str | None:
@@ -178,6 +181,9 @@ async def _render(args: argparse.Namespace, audio_path: Path) -> int:
     except ServerError as exc:
         log.error("server refused the session: %s", exc)
         return 1
+    except (*ENGINE_ERRORS, ValueError) as exc:
+        log.error("cannot start the %s engine: %s", args.engine, exc)
+        return 2
     except OSError as exc:
         log.error("cannot reach the server: %s", exc)
         return 1
@@ -207,7 +213,11 @@ def _play(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
         url = args.server
         if not url:
-            url = stack.enter_context(ServerThread(_in_process_config(args, roots))).url
+            try:
+                url = stack.enter_context(ServerThread(_in_process_config(args, roots))).url
+            except (*ENGINE_ERRORS, ValueError) as exc:
+                log.error("cannot start the %s engine: %s", args.engine, exc)
+                return 2
         player = Player(url, params, out, args.buffer, api_key=args.api_key if args.server else None)
         player.start_network(pcm)
         if args.mic:
@@ -292,6 +302,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         args.host, args.port, list(args.asset_root), args.engine, args.jpeg_quality, limits,
         max_sessions=args.max_sessions, max_loads=max(1, args.max_loads), api_keys=args.api_keys,
         allowed_origins=list(args.allowed_origin), certfile=args.certfile, keyfile=args.keyfile, metrics_port=args.metrics_port,
+        model=args.model, device=args.device,
     )  # fmt: skip
     config.fetch = FetchConfig(asset_roots=list(args.asset_root), cache_dir=args.cache_dir or default_cache_dir(), allow_private_urls=args.allow_private_urls)
     return config
@@ -315,7 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             from .server import serve_workers
 
             return serve_workers(config, args.workers)
-        asyncio.run(serve_forever(config))
+        try:
+            asyncio.run(serve_forever(config))
+        except (*ENGINE_ERRORS, ValueError) as exc:
+            log.error("cannot start the %s engine: %s", args.engine, exc)
+            return 2
         return 0
     if args.command == "prepare":
         return _prepare(args)

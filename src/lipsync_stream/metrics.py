@@ -20,6 +20,7 @@ class Metrics:
         self.sessions_capacity = Gauge("lipsync_sessions_capacity", "Sessions this process accepts at once (--max-sessions)", registry=r)
         self.sessions = Counter("lipsync_sessions", "Sessions started", registry=r)
         self.frames = Counter("lipsync_frames", "Frame messages sent", registry=r)
+        self.held_frames = Counter("lipsync_held_frames", "Learned engines: late real-time frames that kept the last generated mouth (never behind real time)", registry=r)
         self.silent_frames = Counter("lipsync_silent_frames", "Frames sent as the reference picture without rendering (silence, mouth at rest)", registry=r)
         self.audio_seconds = Counter("lipsync_audio_in_seconds", "Seconds of audio received", registry=r)
         self.errors = Counter("lipsync_errors", "Sessions ended by an error, by kind", ["kind"], registry=r)

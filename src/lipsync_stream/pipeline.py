@@ -6,14 +6,17 @@ character and the output format. It keeps how long each stage took, for logs and
 
 from __future__ import annotations
 
+import asyncio
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 
 from .character import Character
-from .engines.base import CLOSED, Engine, MouthShape
+from .engines.base import CLOSED, Engine, MouthShape, ReferenceFrame
 from .jpeg import MCU
 from .protocol import AudioFrame, SessionParams, encode_frame
 
@@ -45,6 +48,9 @@ class StageTimes:
 
 
 class FrameRenderer:
+    """One session's frames: weight-free engines draw in a worker thread (:meth:`render`);
+    learned ones go through the engine's shared model (:meth:`render_learned`)."""
+
     def __init__(self, engine: Engine, character: Character, params: SessionParams, jpeg_quality: int = DEFAULT_JPEG_QUALITY) -> None:
         self.engine = engine
         self.stream = engine.stream()
@@ -54,6 +60,16 @@ class FrameRenderer:
         self.times = StageTimes()
         self.last_shape = MouthShape()
         self.silent_frames = 0  # frames sent as the reference picture without a worker thread
+        self.held_frames = 0  # learned engines: late frames that kept the last generated mouth
+        self._last_output: Any = None
+        # A place in the shared model's service (ServiceFull when it serves all it can).
+        self._handle: int | None = engine.service.open() if engine.learned else None
+
+    def close(self) -> None:
+        """The session is over: its queued model requests are dropped, its place freed."""
+        if self._handle is not None:
+            self.engine.service.close(self._handle)
+            self._handle = None
 
     def render(self, frame: AudioFrame) -> bytes:
         """The complete binary message for *frame* (in a worker thread)."""
@@ -77,6 +93,43 @@ class FrameRenderer:
         self.times.frames += 1
         return encode_frame(frame.index, data, frame.pcm if self.params.sync_audio else None)
 
+    async def render_learned(self, frame: AudioFrame, executor: Executor, late: bool = False) -> bytes:
+        """A learned engine's frame: its input made here, the output from the shared model (in
+        a batch with other sessions' frames), pasted back and encoded in a worker thread.
+
+        *late*: the frame would reach the client after its playing time; rather than fall
+        further behind, it keeps the last generated mouth (counted in ``held_frames``).
+        """
+        loop = asyncio.get_running_loop()
+        if not frame.window.any() and self.stream.silent():
+            return await loop.run_in_executor(executor, self._render, frame, True)
+        assert self._handle is not None
+        t0 = time.perf_counter()
+        ref = self.character.reference(frame.index)
+        box = self.character.boxes[ref.index]
+        if late and self._last_output is not None:
+            self.held_frames += 1
+            output = self._last_output
+        else:
+            inputs = self.stream.model_input(frame, ref, box)
+            output = await asyncio.wrap_future(self.engine.service.submit(self._handle, inputs))
+            self._last_output = output
+        self.times.mouth += time.perf_counter() - t0
+        return await loop.run_in_executor(executor, self._paste, frame, ref, box, output)
+
+    def _paste(self, frame: AudioFrame, ref: ReferenceFrame, box: np.ndarray, output: Any) -> bytes:
+        t1 = time.perf_counter()
+        top, band = self.stream.compose_output(ref, box, output)
+        if self.params.is_jpg:
+            t2 = time.perf_counter()
+            data = self.character.jpegs.get(ref.index, ref.image, self.jpeg_quality).splice(top // MCU, band, self.jpeg_quality)
+        else:
+            image = ref.image.copy()
+            image[top : top + len(band)] = band
+            t2 = time.perf_counter()
+            data = image.tobytes()
+        return self._message(frame, data, t1, t1, t2)
+
     def _render(self, frame: AudioFrame, silent: bool) -> bytes:
         t0 = time.perf_counter()
         shape = CLOSED if silent else self.stream.mouth(frame)
@@ -99,9 +152,13 @@ class FrameRenderer:
             image = self.stream.compose(ref, shape)
             t2 = time.perf_counter()
             data = np.ascontiguousarray(image).tobytes()
+        self.last_shape = shape
+        return self._message(frame, data, t0, t1, t2)
+
+    def _message(self, frame: AudioFrame, data: bytes, t0: float, t1: float, t2: float) -> bytes:
+        """The frame message around the encoded picture; the stage times are added up."""
         message = encode_frame(frame.index, data, frame.pcm if self.params.sync_audio else None)
         t3 = time.perf_counter()
-        self.last_shape = shape
         times = self.times
         times.frames += 1
         times.features = self.stream.feature_seconds

@@ -37,10 +37,11 @@ from . import auth
 from .auth import ApiKey, FailureThrottle, KeyRing, TokenError, TokenIssuer
 from .character import CharacterBusy, CharacterError, CharacterStore
 from .connection import TOKEN_PATH, Connection
-from .engines import DEFAULT_ENGINE, ENGINES, get_engine
+from .engines import DEFAULT_ENGINE, engine_class, get_engine
 from .fetch import FetchConfig, Fetcher
 from .logsafe import shown
 from .metrics import Metrics
+from .neural.service import ServiceFull
 from .pipeline import DEFAULT_JPEG_QUALITY, FrameRenderer
 from .protocol import (
     ErrorKind,
@@ -63,6 +64,9 @@ STATIC_FILES = {
     "/sample.flac": ("assets/speech/hello.flac", "audio/flac"),
 }
 CLOSE_REASON_BYTES = 120  # a close frame's reason must fit in 123 bytes
+#: a learned engine's real-time frame this close to its playing time keeps the last generated
+#: mouth instead of waiting for the model (never behind real time)
+LEARNED_MARGIN = 0.1
 
 
 @dataclass
@@ -95,6 +99,8 @@ class ServerConfig:
     keyfile: Path | None = None
     metrics_port: int | None = None  # serve /metrics there (on metrics_host) instead of the main port
     metrics_host: str = "127.0.0.1"
+    model: Path | None = None  # learned engines: the checkpoint
+    device: str = "auto"  # learned engines: cpu, cuda, cuda:1, or auto (a GPU if torch sees one)
 
     def fetch_config(self) -> FetchConfig:
         return self.fetch if self.fetch is not None else FetchConfig(asset_roots=[Path(p) for p in self.asset_roots])
@@ -102,7 +108,7 @@ class ServerConfig:
     def session_limit(self) -> int:
         if self.max_sessions is not None:
             return self.max_sessions
-        return (os.cpu_count() or 2) * ENGINES[self.engine].sessions_per_core
+        return (os.cpu_count() or 2) * engine_class(self.engine).sessions_per_core
 
 
 @dataclasses.dataclass
@@ -123,7 +129,7 @@ class LipsyncServer:
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         cv2.setNumThreads(1)  # parallel across sessions, not inside one small image
-        self.engine = get_engine(self.config.engine)
+        self.engine = get_engine(self.config.engine, self.config.model, self.config.device)
         c = self.config
         self.store = CharacterStore(Fetcher(c.fetch_config()), c.character_memory_bytes, c.max_loads, c.load_queue_timeout)
         self.executor = ThreadPoolExecutor(c.render_threads, thread_name_prefix="render")
@@ -402,7 +408,21 @@ class LipsyncServer:
             return
 
         session = Session(params, loop.time(), self.engine.lookahead_samples, self.engine.context_samples, self.config.limits)
-        renderer = FrameRenderer(self.engine, character, params, self.config.jpeg_quality)
+        try:
+            renderer = FrameRenderer(self.engine, character, params, self.config.jpeg_quality)
+        except ServiceFull as exc:
+            await self._fail(ws, sid, ErrorKind.CAPACITY, str(exc))
+            return
+        try:
+            await self._stream(ws, sid, session, renderer, key)
+        finally:
+            renderer.close()
+            if renderer.held_frames:
+                self.metrics.held_frames.inc(renderer.held_frames)
+
+    async def _stream(self, ws: ServerConnection, sid: str, session: Session, renderer: FrameRenderer, key: ApiKey | None) -> None:
+        """Read the client's messages and send its frames until the session ends."""
+        loop = asyncio.get_running_loop()
         wake = asyncio.Event()  # set by the reader: a message came (or the connection ended)
         room = asyncio.Event()  # set by the writer after each frame: there may be room to read again
 
@@ -443,10 +463,14 @@ class LipsyncServer:
                     try:
                         # Silence on a mouth at rest is the reference frame: no thread needed.
                         message = renderer.render_cheap(step.frame)
-                        if message is None:
-                            message = await loop.run_in_executor(self.executor, renderer.render, step.frame)
-                        else:
+                        if message is not None:
                             self.metrics.silent_frames.inc()
+                        elif self.engine.learned:
+                            play = session.play_time(step.frame.index)
+                            late = play is not None and loop.time() > play - LEARNED_MARGIN
+                            message = await renderer.render_learned(step.frame, self.executor, late)
+                        else:
+                            message = await loop.run_in_executor(self.executor, renderer.render, step.frame)
                     except Exception as exc:
                         log.exception("[%s] rendering frame %d failed", sid, step.frame.index)
                         session.fail(ErrorKind.INTERNAL, f"rendering frame {step.frame.index} failed: {type(exc).__name__}")
@@ -534,6 +558,7 @@ class LipsyncServer:
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
+        self.engine.close()
 
 
 @contextlib.asynccontextmanager

@@ -181,6 +181,12 @@ class Session:
 
     # --- output ----------------------------------------------------------------------------------
 
+    def play_time(self, k: int) -> float | None:
+        """When frame *k* plays at the client (None: not paced in real time, or not started)."""
+        if not self.params.realtime or self.t0 is None:
+            return None
+        return self.t0 + k / FPS
+
     def release_time(self, k: int) -> float | None:
         """When frame *k* may be sent (None: right away)."""
         if not self.params.realtime or self.t0 is None:

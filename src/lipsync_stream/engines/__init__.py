@@ -1,21 +1,46 @@
-"""Lip-sync engines, by name."""
+"""Lip-sync engines, by name.
+
+The weight-free engines need nothing but numpy; learned ones (``wav2lip``) need the ``[neural]``
+extra and a checkpoint, and are imported only when asked for.
+"""
 
 from __future__ import annotations
+
+import importlib
+from pathlib import Path
 
 from .base import CLOSED, Engine, EngineStream, MouthGeometry, MouthShape, ReferenceFrame
 from .energy import EnergyEngine
 from .viseme import VisemeEngine
 
 ENGINES: dict[str, type[Engine]] = {VisemeEngine.name: VisemeEngine, EnergyEngine.name: EnergyEngine}
+LEARNED_ENGINES = {"wav2lip": "lipsync_stream.neural.engine:Wav2LipEngine"}
+ENGINE_NAMES = sorted([*ENGINES, *LEARNED_ENGINES])
 DEFAULT_ENGINE = VisemeEngine.name
 
 
-def get_engine(name: str = DEFAULT_ENGINE) -> Engine:
-    """An engine instance by name; the error lists what exists."""
-    try:
-        return ENGINES[name]()
-    except KeyError:
-        raise ValueError(f"unknown engine {name!r}; available: {', '.join(sorted(ENGINES))}") from None
+def engine_class(name: str) -> type[Engine]:
+    """The class of engine *name*; a learned one is imported now (it needs PyTorch)."""
+    if name in ENGINES:
+        return ENGINES[name]
+    if name not in LEARNED_ENGINES:
+        raise ValueError(f"unknown engine {name!r}; available: {', '.join(ENGINE_NAMES)}")
+    from ..neural import require_torch
+
+    require_torch()
+    module, attr = LEARNED_ENGINES[name].split(":")
+    cls: type[Engine] = getattr(importlib.import_module(module), attr)
+    return cls
 
 
-__all__ = ["CLOSED", "DEFAULT_ENGINE", "ENGINES", "Engine", "EngineStream", "MouthGeometry", "MouthShape", "ReferenceFrame", "get_engine"]
+def get_engine(name: str = DEFAULT_ENGINE, model: Path | None = None, device: str = "auto") -> Engine:
+    """An engine instance by name; learned engines load *model* on *device* (``auto``: a GPU if any)."""
+    cls = engine_class(name)
+    if cls.learned:
+        return cls(model=model, device=device)  # type: ignore[call-arg]
+    if model is not None:
+        raise ValueError(f"the {name} engine takes no model; --model is for learned engines ({', '.join(LEARNED_ENGINES)})")
+    return cls()
+
+
+__all__ = ["CLOSED", "DEFAULT_ENGINE", "ENGINES", "ENGINE_NAMES", "Engine", "EngineStream", "MouthGeometry", "MouthShape", "ReferenceFrame", "engine_class", "get_engine"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -81,6 +82,14 @@ class EngineStream(ABC):
         """
         return False
 
+    def model_input(self, frame: AudioFrame, ref: ReferenceFrame, box: np.ndarray) -> Any:
+        """Learned engines: what the shared model needs for *frame* (cheap: on the event loop)."""
+        raise NotImplementedError(f"{type(self).__name__} draws frames itself; it has no model")
+
+    def compose_output(self, ref: ReferenceFrame, box: np.ndarray, output: Any) -> tuple[int, np.ndarray]:
+        """Learned engines: the model's *output* pasted onto *ref*, as (first row, band of rows)."""
+        raise NotImplementedError(f"{type(self).__name__} draws frames itself; it has no model")
+
     def compose_rows(self, ref: ReferenceFrame, shape: MouthShape) -> tuple[int, np.ndarray] | None:
         """Only the rows that change: (first row, full-width band whose top and height are
         multiples of 16), or None when the frame is the reference itself. Lets the JPEG encoder
@@ -98,6 +107,13 @@ class Engine(ABC):
     context_samples: int = 0
     #: real-time sessions one CPU core can serve with headroom (the default session limit)
     sessions_per_core: int = 8
+    #: learned engines run a model through ``self.service`` (an InferenceService) shared by all
+    #: sessions; frame-at-a-time engines draw in the render threads
+    learned: bool = False
+    service: Any = None
+
+    def close(self) -> None:
+        """Release what the engine holds (a learned engine stops its model's service)."""
 
     @abstractmethod
     def stream(self) -> EngineStream:

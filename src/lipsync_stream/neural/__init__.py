@@ -11,6 +11,14 @@ class NeuralUnavailable(RuntimeError):
     """PyTorch (or ONNX Runtime) is not installed; the message says how to install it."""
 
 
+class CheckpointError(Exception):
+    """The file is not a usable checkpoint for this model (or the device cannot run it)."""
+
+
+#: what can stop a learned engine from starting; each says why in its message
+ENGINE_ERRORS = (NeuralUnavailable, CheckpointError)
+
+
 def require_torch() -> None:
     try:
         import torch  # noqa: F401

@@ -18,11 +18,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import CheckpointError
+
 MAX_CHECKPOINT_BYTES = 2 * 1024**3  # a training save of Wav2Lip (weights and optimizer) is ~430 MB
-
-
-class CheckpointError(Exception):
-    """The file is not a usable checkpoint for this model; the message says why."""
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -1,0 +1,43 @@
+"""Pasting a generated face back: only the lower face changes, softly, in the frame's colours."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lipsync_stream.character import load_default_character
+from lipsync_stream.composite import crop_input, face_box, lower_face_mask, paste_face
+
+
+def test_only_the_lower_face_changes_and_no_rectangle_shows() -> None:
+    c = load_default_character()
+    ref = c.reference(0)
+    box = face_box(c.boxes[0])
+    y1, y2, x1, x2 = box
+    generated = np.full((96, 96, 3), (30, 200, 30), np.uint8)  # a garish green face
+    top, band = paste_face(ref, box, generated)
+    assert top % 16 == 0 and len(band) % 16 == 0 and band.shape[1] == 512
+    frame = ref.image.copy()
+    frame[top : top + len(band)] = band
+    changed = np.abs(frame.astype(int) - ref.image.astype(int)).max(axis=2) > 2
+    ys, _xs = np.nonzero(changed)
+    lm = ref.landmarks
+    assert lm is not None
+    mask = lower_face_mask(lm, box)
+    assert mask[: int(lm[[2, 98, 327], 1].min()) - y1].max() < 0.05  # nothing above the nostrils
+    assert mask[int(lm[152, 1]) - y1 + 3 :].max() < 0.05  # nor below the chin
+    assert ys.min() > lm[1, 1] and ys.max() < lm[152, 1] + 10
+    assert not changed[y1:y2, x1].any() and not changed[y1:y2, x2 - 1].any()  # the box's edges stay: no rectangle
+    assert changed[int(lm[14, 1]), int(lm[14, 0])]  # the mouth is replaced
+    # colours follow the frame, not the generator: the mouth area keeps the skin's mean colour
+    inside = mask > 0.9
+    region_before = ref.image[y1:y2, x1:x2][inside].mean(axis=0)
+    region_after = frame[y1:y2, x1:x2][inside].mean(axis=0)
+    assert np.abs(region_after - region_before).max() < 3
+
+
+def test_crop_input_is_wav2lips_six_channels() -> None:
+    c = load_default_character()
+    x = crop_input(c.frames[0], face_box(c.boxes[0]), 96)
+    assert x.shape == (6, 96, 96) and x.dtype == np.float32
+    assert not x[:3, 48:].any() and x[:3, :48].any()  # the first copy's lower half is blacked out
+    assert np.array_equal(x[:3, :48], x[3:, :48]) and 0.0 <= x.min() and x.max() <= 1.0

@@ -1,0 +1,123 @@
+"""The Wav2Lip engine through the server: random weights in the exact public layout, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from websockets.asyncio.client import connect  # noqa: E402
+
+from lipsync_stream.character import load_default_character  # noqa: E402
+from lipsync_stream.cli import main  # noqa: E402
+from lipsync_stream.client import ServerError, decode_image, stream_audio  # noqa: E402
+from lipsync_stream.fetch import FetchConfig  # noqa: E402
+from lipsync_stream.neural.wav2lip import Wav2Lip  # noqa: E402
+from lipsync_stream.pipeline import FrameRenderer  # noqa: E402
+from lipsync_stream.protocol import AudioFramer, SessionParams, frames_for_samples  # noqa: E402
+from lipsync_stream.server import LipsyncServer, ServerConfig, running_server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("w2l") / "wav2lip_random.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in Wav2Lip().state_dict().items()}, "optimizer": {}}, path)
+    return path
+
+
+@pytest.fixture
+async def w2l(checkpoint: Path, tmp_path: Path) -> AsyncIterator[tuple[LipsyncServer, str]]:
+    config = ServerConfig(port=0, engine="wav2lip", model=checkpoint, device="cpu", max_sessions=8)
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    async with running_server(config) as pair:
+        yield pair
+
+
+async def test_sessions_speak_the_protocol_byte_for_byte(w2l: tuple[LipsyncServer, str], speech: np.ndarray) -> None:
+    app, url = w2l
+    pcm = speech[8000:24000]
+    frames = [f async for f in stream_audio(url, pcm, SessionParams(realtime=False))]
+    assert [f.index for f in frames] == list(range(frames_for_samples(len(pcm))))
+    assert b"".join(f.audio or b"" for f in frames) == pcm.tobytes()
+    reference = load_default_character()
+    lm = reference.landmarks[reference.ref_index(10)]
+    image = decode_image(frames[10]).astype(int)
+    ref = reference.frames[reference.ref_index(10)].astype(int)
+    mouth_y, mouth_x = int(lm[14, 1]), int(lm[14, 0])
+    assert np.abs(image[mouth_y - 5 : mouth_y + 5, mouth_x - 20 : mouth_x + 20] - ref[mouth_y - 5 : mouth_y + 5, mouth_x - 20 : mouth_x + 20]).mean() > 5  # the model drew the mouth
+    assert np.abs(image[:150] - ref[:150]).mean() < 2  # the rest is the character
+    assert app.engine.service.stats.items >= len(frames) // 2  # frames of digital silence need no model
+
+
+async def test_eight_sessions_share_the_model_in_batches_each_in_order(w2l: tuple[LipsyncServer, str], speech: np.ndarray) -> None:
+    app, url = w2l
+
+    async def one(i: int) -> None:
+        pcm = speech[8000 + 1000 * i :][:8000]
+        frames = [f async for f in stream_audio(url, pcm, SessionParams(realtime=False))]
+        assert [f.index for f in frames] == list(range(frames_for_samples(len(pcm))))
+        assert b"".join(f.audio or b"" for f in frames) == pcm.tobytes()
+
+    await asyncio.gather(*(one(i) for i in range(8)))
+    stats = app.engine.service.stats
+    assert max(stats.batch_sizes) > 1  # frames of different sessions went through the model together
+    assert app.engine.service.sessions == 0  # every session gave its place back
+
+
+async def test_skip_and_capacity(checkpoint: Path, tmp_path: Path, speech: np.ndarray) -> None:
+    config = ServerConfig(port=0, engine="wav2lip", model=checkpoint, device="cpu", max_sessions=1)
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    async with running_server(config) as (_app, url):
+        async with connect(url, max_size=None) as ws:
+            await ws.send(json.dumps({}))
+            await ws.send(speech[8000:].tobytes())
+            first = await asyncio.wait_for(ws.recv(), 20)
+            assert isinstance(first, bytes)
+            with pytest.raises(ServerError) as info:  # the one place is taken
+                [f async for f in stream_audio(url, speech[:1600], SessionParams(realtime=False))]
+            assert info.value.kind == "capacity" and info.value.code == 1013
+            await ws.send("SKIP")
+            await ws.send("DONE")
+            rest = []
+            async for message in ws:
+                rest.append(message)
+            assert rest[-1] == "DONE" and len(rest) < 60  # what was in flight, not the 7 s of speech
+
+
+async def test_late_frames_keep_the_last_mouth_instead_of_waiting(checkpoint: Path, speech: np.ndarray) -> None:
+    from lipsync_stream.engines import get_engine
+
+    engine = get_engine("wav2lip", checkpoint, "cpu")
+    try:
+        renderer = FrameRenderer(engine, load_default_character(), SessionParams())
+        framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
+        framer.push(speech[8000:24000].tobytes())
+        with ThreadPoolExecutor(1) as pool:
+            first = await renderer.render_learned(framer.pop(), pool)
+            items = engine.service.stats.items
+            held = await renderer.render_learned(framer.pop(), pool, late=True)
+        assert engine.service.stats.items == items and renderer.held_frames == 1  # no model call for it
+        assert first[:5] == held[:5] == b"VIDEO"
+        renderer.close()
+        assert engine.service.sessions == 0
+    finally:
+        engine.close()
+
+
+def test_render_and_demo_take_the_engine_and_a_model(checkpoint: Path, tmp_path: Path, speech: np.ndarray) -> None:
+    from lipsync_stream.audio import save_wav
+
+    save_wav(tmp_path / "in.wav", speech[8000:24000])
+    out = tmp_path / "out.mp4"
+    assert main(["render", str(tmp_path / "in.wav"), "-o", str(out), "--engine", "wav2lip", "--model", str(checkpoint), "--device", "cpu", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert out.stat().st_size > 10_000
+    assert main(["render", str(tmp_path / "in.wav"), "-o", str(out), "--engine", "wav2lip", "--cache-dir", str(tmp_path / "c")]) == 2  # no model
+    assert main(["render", str(tmp_path / "in.wav"), "-o", str(out), "--engine", "viseme", "--model", str(checkpoint), "--cache-dir", str(tmp_path / "c")]) == 2
