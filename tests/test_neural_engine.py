@@ -121,3 +121,55 @@ def test_render_and_demo_take_the_engine_and_a_model(checkpoint: Path, tmp_path:
     assert out.stat().st_size > 10_000
     assert main(["render", str(tmp_path / "in.wav"), "-o", str(out), "--engine", "wav2lip", "--cache-dir", str(tmp_path / "c")]) == 2  # no model
     assert main(["render", str(tmp_path / "in.wav"), "-o", str(out), "--engine", "viseme", "--model", str(checkpoint), "--cache-dir", str(tmp_path / "c")]) == 2
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path) -> Path:
+    pytest.importorskip("onnx")
+    from lipsync_stream.neural.checkpoint import load_checkpoint
+
+    model = load_checkpoint(Wav2Lip(), checkpoint)
+    path = tmp_path_factory.mktemp("onnx") / "wav2lip.onnx"
+    axes = {"mel": {0: "batch"}, "face": {0: "batch"}, "out": {0: "batch"}}
+    torch.onnx.export(model, (torch.rand(2, 1, 80, 16), torch.rand(2, 6, 96, 96)), str(path), dynamo=False, input_names=["mel", "face"], output_names=["out"], dynamic_axes=axes, opset_version=17)
+    return path
+
+
+def test_an_onnx_export_runs_in_onnx_runtime_like_the_checkpoint(onnx_model: Path, checkpoint: Path) -> None:
+    from lipsync_stream.engines import get_engine
+
+    rng = np.random.default_rng(0)
+    items = [(rng.uniform(-4, 4, (80, 16)).astype(np.float32), rng.uniform(0, 1, (6, 96, 96)).astype(np.float32)) for _ in range(3)]
+    outputs = []
+    for model in (onnx_model, checkpoint):
+        engine = get_engine("wav2lip", model, "cpu")
+        try:
+            session = engine.service.open()
+            outputs.append([f.result(timeout=60) for f in [engine.service.submit(session, item) for item in items]])
+        finally:
+            engine.close()
+    assert max(int(np.abs(a.astype(int) - b.astype(int)).max()) for a, b in zip(*outputs, strict=True)) <= 1
+
+
+def test_files_that_are_not_a_wav2lip_onnx_export_are_refused(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    from lipsync_stream.engines import get_engine
+    from lipsync_stream.neural import CheckpointError
+
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x08\x07" + bytes(range(256)) * 10)
+    with pytest.raises(CheckpointError, match="junk.onnx is not an ONNX model ONNX Runtime can run"):
+        get_engine("wav2lip", junk, "cpu")
+    other = tmp_path / "linear.onnx"
+    torch.onnx.export(torch.nn.Linear(4, 2), (torch.rand(1, 4),), str(other), dynamo=False, opset_version=17)
+    with pytest.raises(CheckpointError, match="linear.onnx is not a Wav2Lip export"):
+        get_engine("wav2lip", other, "cpu")
+
+
+async def test_a_server_serves_an_onnx_model(onnx_model: Path, tmp_path: Path, speech: np.ndarray) -> None:
+    config = ServerConfig(port=0, engine="wav2lip", model=onnx_model, device="cpu")
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    async with running_server(config) as (_app, url):
+        pcm = speech[8000:16000]
+        frames = [f async for f in stream_audio(url, pcm, SessionParams(realtime=False))]
+    assert b"".join(f.audio or b"" for f in frames) == pcm.tobytes() and len(frames) == frames_for_samples(len(pcm))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from ..protocol import AudioFrame, frame_length
 from . import CheckpointError
 from .checkpoint import load_checkpoint
 from .service import InferenceService
-from .wav2lip import FACE_SIZE, Wav2Lip, Wav2LipRunner
+from .wav2lip import FACE_SIZE, OnnxWav2LipRunner, Wav2Lip, Wav2LipRunner
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,17 @@ class Wav2LipEngine(Engine):
             import torch
 
             torch.set_num_threads(max(1, os.cpu_count() or 1))
-        network = Wav2Lip()
-        load_checkpoint(network, Path(model))
-        log.info("wav2lip: %s loaded on %s", Path(model).name, self.device)
-        self.service: InferenceService[tuple[np.ndarray, np.ndarray], np.ndarray] = InferenceService(
-            Wav2LipRunner(network, self.device), max_batch=max_batch, max_wait=max_wait, name="wav2lip"
-        )
+        path = Path(model)
+        runner: Callable[[Sequence[tuple[np.ndarray, np.ndarray]]], list[np.ndarray]]
+        if path.suffix.lower() == ".onnx":
+            runner = OnnxWav2LipRunner(path, self.device)
+            log.info("wav2lip: %s loaded in ONNX Runtime (%s)", path.name, ", ".join(runner.session.get_providers()))
+        else:
+            network = Wav2Lip()
+            load_checkpoint(network, path)
+            runner = Wav2LipRunner(network, self.device)
+            log.info("wav2lip: %s loaded in PyTorch on %s", path.name, self.device)
+        self.service: InferenceService[tuple[np.ndarray, np.ndarray], np.ndarray] = InferenceService(runner, max_batch=max_batch, max_wait=max_wait, name="wav2lip")
 
     def stream(self) -> Wav2LipStream:
         return Wav2LipStream(self)

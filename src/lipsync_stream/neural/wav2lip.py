@@ -14,11 +14,14 @@ grows the audio code back to 96x96, joined at each size with the face encoder's 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from . import CheckpointError, NeuralUnavailable
 
 FACE_SIZE = 96
 MEL_BANDS = 80
@@ -121,4 +124,39 @@ class Wav2LipRunner:
         with torch.inference_mode():
             out = self.model(mel, face)
         pixels = (out.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return list(pixels)
+
+
+class OnnxWav2LipRunner:
+    """The same model function over an ONNX export of the network, run by ONNX Runtime.
+
+    The export must take ``mel`` (B, 1, 80, 16) and ``face`` (B, 6, 96, 96) float inputs (by
+    position if named otherwise) and give (B, 3, 96, 96); anything else is refused by name.
+    """
+
+    def __init__(self, path: Path, device: str = "cpu") -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise NeuralUnavailable("ONNX models need ONNX Runtime: pip install 'lipsync-stream[neural]'") from None
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), providers=[p for p in providers if p in ort.get_available_providers()])
+        except Exception as exc:  # ONNX Runtime raises its own exception types for every kind of bad file
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{path.name} is not an ONNX model ONNX Runtime can run: {first[:300]}") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        shapes = [list(i.shape) for i in inputs]
+        if len(inputs) != 2 or len(outputs) != 1 or [s[1:] for s in shapes] != [[1, MEL_BANDS, MEL_STEPS], [6, FACE_SIZE, FACE_SIZE]]:
+            got = ", ".join(f"{i.name} {i.shape}" for i in inputs)
+            raise CheckpointError(f"{path.name} is not a Wav2Lip export: it takes {got}; expected mel (B, 1, 80, 16) and face (B, 6, 96, 96)")
+        if list(outputs[0].shape)[1:] != [3, FACE_SIZE, FACE_SIZE]:
+            raise CheckpointError(f"{path.name} is not a Wav2Lip export: it gives {outputs[0].shape}; expected (B, 3, 96, 96)")
+        self._names = [i.name for i in inputs]
+
+    def __call__(self, items: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        mel = np.stack([m for m, _ in items])[:, None].astype(np.float32)
+        face = np.stack([f for _, f in items]).astype(np.float32)
+        (out,) = self.session.run(None, {self._names[0]: mel, self._names[1]: face})
+        pixels = np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
         return list(pixels)
