@@ -101,6 +101,7 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     model: Path | None = None  # learned engines: the checkpoint
     device: str = "auto"  # learned engines: cpu, cuda, cuda:1, or auto (a GPU if torch sees one)
+    learned_frames_in_flight: int = 8  # a session's frames in the model's queue at once (batching)
 
     def fetch_config(self) -> FetchConfig:
         return self.fetch if self.fetch is not None else FetchConfig(asset_roots=[Path(p) for p in self.asset_roots])
@@ -447,6 +448,46 @@ class LipsyncServer:
             finally:
                 wake.set()
 
+        # Frames being rendered, oldest first. A learned engine keeps several of a session's frames
+        # in flight, so that they go through the shared model in one batch; the others draw one
+        # at a time. Frames always go out in order.
+        depth = self.config.learned_frames_in_flight if self.engine.learned else 1
+        in_flight: collections.deque[tuple[asyncio.Future[bytes], Render, float]] = collections.deque()
+
+        async def render(step: Render) -> bytes:
+            # Silence on a mouth at rest is the reference frame: no thread needed.
+            message = renderer.render_cheap(step.frame)
+            if message is not None:
+                self.metrics.silent_frames.inc()
+                return message
+            if self.engine.learned:
+                play = session.play_time(step.frame.index)
+                late = play is not None and loop.time() > play - LEARNED_MARGIN
+                return await renderer.render_learned(step.frame, self.executor, late)
+            return await loop.run_in_executor(self.executor, renderer.render, step.frame)
+
+        async def deliver() -> bool:
+            """Send the oldest frame in flight; False when that failed (the session then fails)."""
+            task, step, started = in_flight.popleft()
+            try:
+                message = await task
+            except Exception as exc:
+                log.exception("[%s] rendering frame %d failed", sid, step.frame.index, exc_info=exc)
+                session.fail(ErrorKind.INTERNAL, f"rendering frame {step.frame.index} failed: {type(exc).__name__}")
+                return False
+            self.metrics.render_time.observe(time.perf_counter() - started)
+            sending = time.perf_counter()
+            try:
+                await asyncio.wait_for(ws.send(message), self.config.send_timeout)
+            except TimeoutError:
+                session.fail(ErrorKind.LIMIT, f"the client took no frame for {self.config.send_timeout:g} s (it is not reading); closing")
+                return False
+            renderer.times.send += time.perf_counter() - sending
+            self.metrics.frames.inc()
+            self.metrics.frame_latency.observe(max(0.0, loop.time() - step.audio_at))
+            room.set()
+            return True
+
         reader = asyncio.create_task(read(), name=f"{sid}-reader")
         try:
             while True:
@@ -459,38 +500,21 @@ class LipsyncServer:
                         return
                 step = session.next_step(loop.time())
                 if isinstance(step, Render):
-                    started = time.perf_counter()
-                    try:
-                        # Silence on a mouth at rest is the reference frame: no thread needed.
-                        message = renderer.render_cheap(step.frame)
-                        if message is not None:
-                            self.metrics.silent_frames.inc()
-                        elif self.engine.learned:
-                            play = session.play_time(step.frame.index)
-                            late = play is not None and loop.time() > play - LEARNED_MARGIN
-                            message = await renderer.render_learned(step.frame, self.executor, late)
-                        else:
-                            message = await loop.run_in_executor(self.executor, renderer.render, step.frame)
-                    except Exception as exc:
-                        log.exception("[%s] rendering frame %d failed", sid, step.frame.index)
-                        session.fail(ErrorKind.INTERNAL, f"rendering frame {step.frame.index} failed: {type(exc).__name__}")
-                        continue
-                    self.metrics.render_time.observe(time.perf_counter() - started)
-                    sending = time.perf_counter()
-                    try:
-                        await asyncio.wait_for(ws.send(message), self.config.send_timeout)
-                        renderer.times.send += time.perf_counter() - sending
-                    except TimeoutError:
-                        session.fail(ErrorKind.LIMIT, f"the client took no frame for {self.config.send_timeout:g} s (it is not reading); closing")
-                        continue
-                    self.metrics.frames.inc()
-                    self.metrics.frame_latency.observe(max(0.0, loop.time() - step.audio_at))
-                    room.set()
+                    in_flight.append((asyncio.ensure_future(render(step)), step, time.perf_counter()))
+                    if len(in_flight) >= depth:
+                        await deliver()
                 elif isinstance(step, Wait):
+                    if in_flight:  # what is rendering goes out before any waiting
+                        await deliver()
+                        continue
                     timeout = None if step.until is None else max(0.0, step.until - loop.time())
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), timeout)
                 elif isinstance(step, Finish):
+                    while in_flight:
+                        if not await deliver():
+                            await self._fail(ws, sid, ErrorKind.INTERNAL, "the last frames could not be sent")
+                            return
                     await ws.send("DONE")
                     await ws.close()
                     self._log_done(sid, session, renderer)
@@ -499,6 +523,11 @@ class LipsyncServer:
                     await self._fail(ws, sid, step.kind, step.detail)
                     return
         finally:
+            for task, _step, _started in in_flight:
+                task.cancel()
+            for task, _step, _started in in_flight:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
             t = renderer.times
             for stage, seconds in (("features", t.features), ("engine", t.mouth - t.features), ("compose", t.compose), ("encode", t.encode), ("send", t.send)):
                 self.metrics.stage_seconds.labels(stage).inc(max(0.0, seconds))
