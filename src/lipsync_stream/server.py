@@ -101,7 +101,7 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     model: Path | None = None  # learned engines: the checkpoint
     device: str = "auto"  # learned engines: cpu, cuda, cuda:1, or auto (a GPU if torch sees one)
-    learned_frames_in_flight: int = 8  # a session's frames in the model's queue at once (batching)
+    learned_frames_in_flight: int = 8  # an offline session's frames in the model's queue at once
 
     def fetch_config(self) -> FetchConfig:
         return self.fetch if self.fetch is not None else FetchConfig(asset_roots=[Path(p) for p in self.asset_roots])
@@ -448,10 +448,11 @@ class LipsyncServer:
             finally:
                 wake.set()
 
-        # Frames being rendered, oldest first. A learned engine keeps several of a session's frames
-        # in flight, so that they go through the shared model in one batch; the others draw one
-        # at a time. Frames always go out in order.
-        depth = self.config.learned_frames_in_flight if self.engine.learned else 1
+        # Frames being rendered, oldest first. A learned engine keeps several frames of an offline
+        # session in flight, so that they go through the shared model in one batch; real-time
+        # frames go one at a time (paced, each checked for lateness just before the model), and
+        # the weight-free engines draw one at a time. Frames always go out in order.
+        depth = self.config.learned_frames_in_flight if self.engine.learned and not session.params.realtime else 1
         in_flight: collections.deque[tuple[asyncio.Future[bytes], Render, float]] = collections.deque()
 
         async def render(step: Render) -> bytes:
