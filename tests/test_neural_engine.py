@@ -175,3 +175,37 @@ async def test_a_server_serves_an_onnx_model(onnx_model: Path, tmp_path: Path, s
         pcm = speech[8000:16000]
         frames = [f async for f in stream_audio(url, pcm, SessionParams(realtime=False))]
     assert b"".join(f.audio or b"" for f in frames) == pcm.tobytes() and len(frames) == frames_for_samples(len(pcm))
+
+
+async def test_skip_drops_the_sessions_queued_model_requests(checkpoint: Path, speech: np.ndarray) -> None:
+    import threading
+
+    from lipsync_stream.engines import get_engine
+
+    engine = get_engine("wav2lip", checkpoint, "cpu")
+    try:
+        renderer = FrameRenderer(engine, load_default_character(), SessionParams(realtime=False))
+        framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
+        framer.push(speech[8000:40000].tobytes())
+        with ThreadPoolExecutor(2) as pool:
+            await renderer.render_learned(framer.pop(), pool)  # a generated mouth to fall back on
+            service, run, gate = engine.service, engine.service._run, threading.Event()
+            service.max_batch = 1
+            service._run = lambda items: (gate.wait(30), run(items))[1]  # the model is busy...
+            other = service.open()
+            blocker = service.submit(other, renderer.stream.model_input(framer.pop(), renderer.character.reference(1), renderer.character.boxes[1]))
+            while service.queued():
+                await asyncio.sleep(0.001)  # ...with another session's frame
+            tasks = [asyncio.ensure_future(renderer.render_learned(framer.pop(), pool)) for _ in range(6)]
+            while service.queued() < 6:
+                await asyncio.sleep(0.001)
+            dropped = renderer.skip()
+            gate.set()
+            messages = await asyncio.gather(*tasks)
+            blocker.result(timeout=30)
+        assert dropped == 6 and renderer.held_frames == 6  # every queued request dropped; its frame still went out
+        assert all(m[:5] == b"VIDEO" for m in messages)
+        assert service.stats.cancelled == 6
+        renderer.close()
+    finally:
+        engine.close()

@@ -65,6 +65,10 @@ class FrameRenderer:
         # A place in the shared model's service (ServiceFull when it serves all it can).
         self._handle: int | None = engine.service.open() if engine.learned else None
 
+    def skip(self) -> int:
+        """SKIP: drop this session's model requests still queued; returns how many."""
+        return self.engine.service.cancel(self._handle) if self._handle is not None else 0
+
     def close(self) -> None:
         """The session is over: its queued model requests are dropped, its place freed."""
         if self._handle is not None:
@@ -111,9 +115,20 @@ class FrameRenderer:
             self.held_frames += 1
             output = self._last_output
         else:
-            inputs = self.stream.model_input(frame, ref, box)
-            output = await asyncio.wrap_future(self.engine.service.submit(self._handle, inputs))
-            self._last_output = output
+            request = self.engine.service.submit(self._handle, self.stream.model_input(frame, ref, box))
+            try:
+                output = await asyncio.wrap_future(request)
+                self._last_output = output
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not request.cancelled() or (task is not None and task.cancelling()):
+                    raise  # the session itself is being torn down
+                # SKIP dropped the request; the frame (its audio already taken) still goes out,
+                # with the last generated mouth, or as the reference frame before there is one
+                self.held_frames += 1
+                if self._last_output is None:
+                    return await loop.run_in_executor(executor, self._render, frame, True)
+                output = self._last_output
         self.times.mouth += time.perf_counter() - t0
         return await loop.run_in_executor(executor, self._paste, frame, ref, box, output)
 

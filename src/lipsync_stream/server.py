@@ -439,7 +439,10 @@ class LipsyncServer:
                         message = await ws.recv()
                     except ConnectionClosedOK:
                         return
+                    skips = session.skips
                     session.receive(message, loop.time())
+                    if session.skips != skips:  # SKIP: the model's queue drops this session's frames too
+                        renderer.skip()
                     if isinstance(message, bytes):
                         self.metrics.audio_seconds.inc(len(message) / 32000)
                         if key is not None:

@@ -123,6 +123,7 @@ class Session:
         self.samples_received = 0
         self.samples_skipped = 0
         self.peak_pending_samples = 0  # the most audio ever waiting to be rendered (bounded by flow control)
+        self.skips = 0  # SKIP messages taken (the I/O shell also drops work it has queued)
         self._failure: Fail | None = None
         self._starved = False  # the last step waited for audio, not for the clock
         self._arrivals: collections.deque[tuple[int, float]] = collections.deque()  # (FIFO end offset, time)
@@ -163,6 +164,7 @@ class Session:
             if self.state is State.DRAINING:
                 raise ProtocolError(ErrorKind.BAD_REQUEST, "SKIP after DONE")
             self.samples_skipped += self.framer.skip()
+            self.skips += 1
 
     @property
     def buffer_seconds(self) -> float:
