@@ -38,6 +38,14 @@ NOSE_WINGS = [98, 327]
 CHEEKS = [205, 425, 207, 427]  # below the cheekbones, beside the mouth
 MOUTH_CORNERS = (61, 291)
 EYE_OUTER = (33, 263)
+UPPER_LIP_INNER_MID, LOWER_LIP_INNER_MID = 13, 14  # the inner lips at the middle: their gap is the opening
+UPPER_LIP_OUTER_MID, LOWER_LIP_OUTER_MID = 0, 17
+#: points a mouth warp holds still: nose, eyes, cheekbones, temples
+STILL_POINTS = [NOSE_TIP, NOSE_BOTTOM, *NOSE_WINGS, 195, *EYE_OUTER, 50, 280, 116, 345, 234, 454]
+#: skin around the lips that moves with them, so that a warp stays local
+UPPER_LIP_SKIN = [164, 165, 391, 92, 322]  # between the nose and the upper lip
+LOWER_LIP_SKIN = [18, 83, 313, 182, 406, 43, 273, 106, 335]  # just under the lower lip
+CHIN_SKIN = [200, 199, 175]  # down the chin
 FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
 
 
@@ -254,7 +262,7 @@ class Landmarks:
     def mouths(self) -> np.ndarray:
         """Closed-mouth geometry per frame: (cx, cy, half_width, angle) from the lip corners."""
         left, right = self.points[:, MOUTH_CORNERS[0]], self.points[:, MOUTH_CORNERS[1]]
-        inner = 0.5 * (self.points[:, 13] + self.points[:, 14])
+        inner = 0.5 * (self.points[:, UPPER_LIP_INNER_MID] + self.points[:, LOWER_LIP_INNER_MID])
         cx = 0.5 * (left[:, 0] + right[:, 0])
         cy = inner[:, 1]
         d = right - left

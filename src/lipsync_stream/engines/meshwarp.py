@@ -17,7 +17,24 @@ import math
 import cv2
 import numpy as np
 
-from ..landmarks import CHIN, JAW, LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER, MOUTH_CORNERS
+from ..landmarks import (
+    CHIN,
+    CHIN_SKIN,
+    JAW,
+    LIPS_LOWER_INNER,
+    LIPS_LOWER_OUTER,
+    LIPS_UPPER_INNER,
+    LIPS_UPPER_OUTER,
+    LOWER_LIP_INNER_MID,
+    LOWER_LIP_OUTER_MID,
+    LOWER_LIP_SKIN,
+    MOUTH_CORNERS,
+    NOSE_BOTTOM,
+    STILL_POINTS,
+    UPPER_LIP_INNER_MID,
+    UPPER_LIP_OUTER_MID,
+    UPPER_LIP_SKIN,
+)
 from .base import MouthShape, ReferenceFrame
 from .mouthwarp import compose_mouth, smoothstep
 
@@ -31,15 +48,10 @@ ROUND_PULL = 0.32  # corners drawn in at round = 1
 UPPER_SHARE = 0.15  # of an open reference mouth's gap that the upper lip closes (the jaw does the rest)
 TUCK_LIFT = 0.06  # upper lip lift for f/v, showing the teeth over the lower lip
 
-ANCHORS = [1, 2, 98, 327, 195, 33, 263, 50, 280, 116, 345, 234, 454]  # nose, eyes, cheekbones, temples: held still
 GRID_STEP = 8  # px between exact spline evaluations; bilinear in between
 FEATHER_PX = 16.0  # displacement fades to zero over this many pixels at the region's edge
 
 _LIP_IDS = sorted(set(LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER))
-# Skin around the lips, moved along with them so that the spline stays local (no overshoot).
-UPPER_SKIN = [164, 165, 391, 92, 322]  # between the nose and the upper lip
-LOWER_SKIN = [18, 83, 313, 182, 406, 43, 273, 106, 335]  # just under the lower lip
-CHIN_SKIN = [200, 199, 175]  # down the chin
 
 
 def _tps_kernel(r2: np.ndarray) -> np.ndarray:
@@ -95,7 +107,7 @@ def _lens(u: np.ndarray, power: float = 0.75) -> np.ndarray:
 
 def _moving_groups() -> tuple[np.ndarray, np.ndarray]:
     """Every moving landmark once, with its group (the first that claims it, in this order)."""
-    groups = [LIPS_UPPER_INNER, LIPS_LOWER_INNER, LIPS_UPPER_OUTER, LIPS_LOWER_OUTER, UPPER_SKIN, LOWER_SKIN, JAW + [CHIN] + CHIN_SKIN]
+    groups = [LIPS_UPPER_INNER, LIPS_LOWER_INNER, LIPS_UPPER_OUTER, LIPS_LOWER_OUTER, UPPER_LIP_SKIN, LOWER_LIP_SKIN, JAW + [CHIN] + CHIN_SKIN]
     ids: list[int] = []
     codes: list[int] = []
     for code, group in enumerate(groups):
@@ -110,8 +122,8 @@ _MOVING, _GROUP = _moving_groups()
 # The spline's own control points: every other point of each contour (lips are smooth curves;
 # the mouth interior is drawn from all of them), which halves the spline's cost.
 SPLINE_IDS = sorted(
-    set(LIPS_UPPER_INNER[::2] + LIPS_LOWER_INNER[::2] + LIPS_UPPER_OUTER[::2] + LIPS_LOWER_OUTER[::2] + [13, 14, 0, 17])
-    | set(UPPER_SKIN) | set(LOWER_SKIN[::2]) | set(JAW[::2] + [CHIN]) | set(CHIN_SKIN)
+    set(LIPS_UPPER_INNER[::2] + LIPS_LOWER_INNER[::2] + LIPS_UPPER_OUTER[::2] + LIPS_LOWER_OUTER[::2] + [UPPER_LIP_INNER_MID, LOWER_LIP_INNER_MID, UPPER_LIP_OUTER_MID, LOWER_LIP_OUTER_MID])
+    | set(UPPER_LIP_SKIN) | set(LOWER_LIP_SKIN[::2]) | set(JAW[::2] + [CHIN]) | set(CHIN_SKIN)
 )
 _CORNER = np.isin(_MOVING, MOUTH_CORNERS)
 _POS = {int(i): k for k, i in enumerate(_MOVING)}
@@ -133,7 +145,7 @@ def target_landmarks(lm: np.ndarray, shape: MouthShape) -> tuple[dict[int, np.nd
     gaps = np.maximum(v[_PAIRS[:, 1]] - v[_PAIRS[:, 0]], 0.0)
     closing[_PAIRS[:, 0]] = UPPER_SHARE * gaps
     closing[_PAIRS[:, 1]] = -(1.0 - UPPER_SHARE) * gaps
-    mid_gap = max(0.0, float(v[_POS[14]] - v[_POS[13]]))
+    mid_gap = max(0.0, float(v[_POS[LOWER_LIP_INNER_MID]] - v[_POS[UPPER_LIP_INNER_MID]]))
 
     drop = LOWER_LIP_DROP * opening
     lift = UPPER_LIP_LIFT * opening + TUCK_LIFT * tuck
@@ -164,7 +176,7 @@ def roi_for(lm: np.ndarray, frame: MouthFrame, size: tuple[int, int]) -> tuple[i
     pts = lm[JAW + [CHIN, 2, 98, 327]]
     x0 = float(pts[:, 0].min()) - 0.35 * frame.width
     x1 = float(pts[:, 0].max()) + 0.35 * frame.width
-    y0 = float(lm[2, 1]) - 0.45 * frame.width  # above the nostrils: the fade happens on the nose bridge
+    y0 = float(lm[NOSE_BOTTOM, 1]) - 0.45 * frame.width  # above the nostrils: the fade happens on the nose bridge
     y1 = float(lm[CHIN, 1]) + (JAW_SHARE * LOWER_LIP_DROP + 0.8) * frame.width  # room below the dropped chin
     return max(0, int(y0)), min(h, int(math.ceil(y1))), max(0, int(x0)), min(w, int(math.ceil(x1)))
 
@@ -208,7 +220,7 @@ def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> t
     assert lm is not None
     image = ref.image
     frame0 = MouthFrame(lm)
-    gap0 = float(frame0.to_uv(lm[14].astype(np.float64))[1] - frame0.to_uv(lm[13].astype(np.float64))[1])
+    gap0 = float(frame0.to_uv(lm[LOWER_LIP_INNER_MID].astype(np.float64))[1] - frame0.to_uv(lm[UPPER_LIP_INNER_MID].astype(np.float64))[1])
     if shape.is_rest and gap0 < 0.03:
         return None  # lips already closed: silence leaves the frame untouched
 
@@ -217,7 +229,7 @@ def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> t
     y0, y1, x0, x1 = roi_for(lm, frame, (h, w))
     if y1 - y0 < 16 or x1 - x0 < 16:
         return None
-    opening_px = float(np.dot(targets[14] - targets[13], frame.ey))
+    opening_px = float(np.dot(targets[LOWER_LIP_INNER_MID] - targets[UPPER_LIP_INNER_MID], frame.ey))
     # Inner lips that meet stay a pixel apart, so the spline squeezes any open mouth in the
     # reference into that pixel instead of being asked to map one point to two places.
     for up, low in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER):
@@ -226,8 +238,8 @@ def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> t
             if sep < 1.0:
                 targets[low] = targets[low] + (1.0 - sep) * frame.ey
     ids = SPLINE_IDS
-    dst = np.array([targets[i] for i in ids] + [lm[i] for i in ANCHORS], dtype=np.float64)
-    src = np.array([lm[i] for i in ids] + [lm[i] for i in ANCHORS], dtype=np.float64)
+    dst = np.array([targets[i] for i in ids] + [lm[i] for i in STILL_POINTS], dtype=np.float64)
+    src = np.array([lm[i] for i in ids] + [lm[i] for i in STILL_POINTS], dtype=np.float64)
     inside = (dst[:, 0] > x0) & (dst[:, 0] < x1 - 1) & (dst[:, 1] > y0) & (dst[:, 1] < y1 - 1)
     ring = _ring(y0, y1, x0, x1)
     dst = np.vstack([dst[inside], ring])
@@ -301,7 +313,7 @@ def _draw_interior(
 
     # Lighting from the face itself: the skin between nose and upper lip.
     fw = frame.width
-    skin_pt = 0.5 * (lm[2] + lm[0])
+    skin_pt = 0.5 * (lm[NOSE_BOTTOM] + lm[UPPER_LIP_OUTER_MID])
     sx, sy = int(skin_pt[0]), int(skin_pt[1])
     r = max(2, int(0.06 * fw))
     skin = image[max(0, sy - r) : sy + r : 2, max(0, sx - r) : sx + r : 2].reshape(-1, 3)
