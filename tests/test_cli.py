@@ -87,3 +87,57 @@ def test_render_of_a_file_longer_than_the_old_120_s_limit(tmp_path: Path, speech
                 samples += sum(f.samples for f in packet.decode())
     assert frames == 3750
     assert abs(samples / a.rate - 125.0) < 0.07
+
+
+def test_serve_runs_one_worker_per_core_by_default_and_one_for_learned_engines(tmp_path: Path, speech: np.ndarray) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    from lipsync_stream.cli import default_workers
+    from lipsync_stream.client import stream_audio
+    from lipsync_stream.protocol import SessionParams, frames_for_samples
+
+    assert default_workers("wav2lip") == 1
+    assert default_workers("viseme") == max(1, min(4, os.cpu_count() or 1))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "lipsync_stream", "serve", "--port", str(port), "--cache-dir", str(tmp_path / "c")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+
+        async def session() -> int:
+            return len([f async for f in stream_audio(f"ws://127.0.0.1:{port}/LipsyncStream", speech[:8000], SessionParams(realtime=False))])
+
+        import asyncio
+
+        assert asyncio.run(session()) == frames_for_samples(8000)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    if default_workers("viseme") > 1:
+        assert f"started {default_workers('viseme')} workers on port {port}" in err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_on_a_port_in_use_says_so_in_one_line(workers: str, caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port), "--workers", workers]) == 2
+    assert any(f"cannot listen on 127.0.0.1 port {port}" in r.getMessage() and "in use" in r.getMessage() for r in caplog.records)

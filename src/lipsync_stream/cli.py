@@ -41,6 +41,15 @@ def _add_key_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=os.environ.get("LIPSYNC_STREAM_API_KEY"), help="API key for a --server that asks for one (default: $LIPSYNC_STREAM_API_KEY)")
 
 
+def default_workers(engine: str) -> int:
+    """Worker processes for `serve`: a weight-free engine's frames are numpy work that holds the
+    GIL in places, so one process per core (at most 4) nearly doubles what two cores serve; a
+    learned engine keeps one process, whose one model every session shares."""
+    from .engines import LEARNED_ENGINES
+
+    return 1 if engine in LEARNED_ENGINES else max(1, min(4, os.cpu_count() or 1))
+
+
 def is_loopback(host: str) -> bool:
     """Whether listening on *host* reaches this machine only."""
     if host.lower() == "localhost":
@@ -72,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest client message (default: %(default)s)")
     s.add_argument("--max-session-length", type=_seconds_or_none, default=3600.0, metavar="SECONDS", help="longest session; 0 = no limit (default: %(default)s)")
     s.add_argument("--max-idle-time", type=_seconds_or_none, default=300.0, metavar="SECONDS", help="longest silence from a client; 0 = no limit (default: %(default)s)")
-    s.add_argument("--workers", type=int, default=1, help="server processes sharing the port (SO_REUSEPORT) and the character cache (default: %(default)s)")
+    s.add_argument("--workers", type=int, default=None, help="server processes sharing the port (SO_REUSEPORT) and the character cache (default: one per CPU core, at most 4, for the weight-free engines; 1 for learned engines, one model per process)")
     s.add_argument("--allow-private-urls", action="store_true", help="let clients name http(s) URLs on loopback, link-local and private addresses (off: SSRF guard)")
     s.add_argument("--lead", type=float, default=DEFAULT_LEAD, metavar="SECONDS", help="how far frames may run ahead of real time (default: %(default)s)")
     s.add_argument("--max-sessions", type=int, default=None, metavar="N", help="sessions at once, all workers together; more are refused with 'capacity' (default: CPU cores x the engine's sessions per core: 8 for viseme, 12 for energy)")
@@ -322,14 +331,18 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             log.error("%s", exc)
             return 2
-        if args.workers > 1:
-            from .server import serve_workers
-
-            return serve_workers(config, args.workers)
+        workers = default_workers(args.engine) if args.workers is None else max(1, args.workers)
         try:
+            if workers > 1:
+                from .server import serve_workers
+
+                return serve_workers(config, workers)
             asyncio.run(serve_forever(config))
         except (*ENGINE_ERRORS, ValueError) as exc:
             log.error("cannot start the %s engine: %s", args.engine, exc)
+            return 2
+        except OSError as exc:  # the address is in use, or not this machine's
+            log.error("cannot listen on %s port %d: %s", args.host, args.port, exc.strerror or exc)
             return 2
         return 0
     if args.command == "prepare":

@@ -685,15 +685,22 @@ def serve_workers(config: ServerConfig, workers: int) -> int:
     """
     import multiprocessing
     import signal
+    import socket
 
     config.reuse_port = True
     config.render_threads = max(1, (os.cpu_count() or 2) // workers)
-    config.max_sessions = max(1, config.session_limit() // workers)  # the machine's limit, shared
+    config.max_sessions = max(1, -(-config.session_limit() // workers))  # the machine's limit, shared
+    # Port 0 would give each worker a port of its own: pick one for all, held until they bind it.
+    reserved = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
+    reserved.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    reserved.bind((config.host, config.port))
+    config.port = int(reserved.getsockname()[1])
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker_main, args=(config, i), name=f"worker-{i}") for i in range(workers)]
     for proc in procs:
         proc.start()
     log.info("started %d workers on port %d", workers, config.port)
+    reserved.close()
 
     def stop(_sig: int, _frame: object) -> None:
         for proc in procs:
