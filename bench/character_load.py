@@ -93,7 +93,7 @@ async def timed_first_frame(url: str, character: str) -> float:
 
 
 def serve(root: Path, cache: Path) -> ServerProcess:
-    return ServerProcess(["--asset-root", str(root), "--cache-dir", str(cache)])
+    return ServerProcess(["--asset-root", str(root), "--cache-dir", str(cache), "--workers", "1"])  # one process: its RSS and timings
 
 
 def main() -> None:

@@ -62,7 +62,7 @@ def main() -> None:
     serve_help = subprocess.run([sys.executable, "-m", "lipsync_stream", "serve", "--help"], capture_output=True, text=True, check=True).stdout
     extra = ["--max-sessions", str(max(args.sessions))] if "--max-sessions" in serve_help else []
     with tempfile.TemporaryDirectory() as tmp:
-        server = ServerProcess(["--cache-dir", str(Path(tmp) / "cache"), *extra])
+        server = ServerProcess(["--cache-dir", str(Path(tmp) / "cache"), "--workers", "1", *extra])  # one process
         try:
             pids = process_tree(server.pid)
             asyncio.run(run(server.url, 1, WARMUP + 1.0, pids))  # character loaded, rest pictures drawn

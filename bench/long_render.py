@@ -48,7 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         audio = Path(tmp) / "long.wav"
         seconds = make_speech(audio, args.minutes)
-        server = ServerProcess(["--cache-dir", str(Path(tmp) / "cache")])
+        server = ServerProcess(["--cache-dir", str(Path(tmp) / "cache"), "--workers", "1"])  # one process: its RSS
         samples: list[tuple[float, float]] = []
         try:
             cmd = [sys.executable, "-m", "lipsync_stream", "--log-level", "WARNING", "render", str(audio), "-o", str(Path(tmp) / "out.mp4"), "--server", server.url]
