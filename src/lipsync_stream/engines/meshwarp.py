@@ -49,6 +49,9 @@ UPPER_SHARE = 0.15  # of an open reference mouth's gap that the upper lip closes
 TUCK_LIFT = 0.06  # upper lip lift for f/v, showing the teeth over the lower lip
 
 GRID_STEP = 8  # px between exact spline evaluations; bilinear in between
+#: where upper teeth meet, in mouth widths from the middle: the central incisors widest, the
+#: rest closer together as the arch turns away towards the corners
+TOOTH_EDGES = (0.0, 0.15, 0.245, 0.31)
 FEATHER_PX = 16.0  # displacement fades to zero over this many pixels at the region's edge
 
 _LIP_IDS = sorted(set(LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER))
@@ -324,6 +327,7 @@ def _draw_interior(
     teeth = (0.6 * np.array([176.0, 200.0, 222.0], np.float32) + 0.4 * skin_col) * min(1.0, 0.35 + 0.6 * light)
     teeth = np.minimum(teeth, skin_col.max() * 1.05)
     tongue = np.array([92.0, 98.0, 178.0], np.float32) * light
+    lip_inner = np.array([64.0, 60.0, 128.0], np.float32) * light  # the wet inner lip, in shadow
 
     # Mouth coordinates of every pixel of the box: an affine function of (x, y).
     ox, oy = (np.array([origin[1], origin[0]], np.float64) - frame.origin) / frame.width
@@ -341,19 +345,41 @@ def _draw_interior(
     depth = np.clip(below_lip / np.maximum(v_low - v_up, 1e-4), 0.0, 1.0)  # 0 at the upper lip, 1 at the lower
     au = np.abs(u)
 
-    # Per-pixel weights of three colours, then one blend. Cavity: darker in the middle and the
-    # back. Upper teeth: a band under the upper lip, narrower than the mouth, shaded towards the
-    # corners. Tongue: a soft hump on the lower lip when the mouth is well open. A soft shadow
-    # under the upper lip keeps its edge from looking cut out.
+    # Per-pixel weights of four colours, then one blend. Cavity: dark at the back and the middle,
+    # warmer (lip-coloured) near the inner lip edges. Upper teeth: a band under the upper lip,
+    # narrower than the mouth, each tooth shaded towards its neighbours and the corners, with a
+    # greyer biting edge. Lower teeth: a lower, shadowed band over the lower lip when the lips
+    # spread (e, i). Tongue: a soft hump on the lower lip when the mouth is well open. A soft
+    # shadow under the upper lip keeps its edge from looking cut out.
     open_w = opening_px / fw
     teeth_h = min(0.085, 0.55 * open_w + 0.02 * shape.tuck)
-    shade = 0.75 + 0.5 * np.abs(depth - 0.45) + 0.6 * np.clip(au - 0.25, 0.0, 0.3)
+    above_lower = v_low - v
+    lip_edge = np.minimum(below_lip, above_lower)
+    shade = (0.62 + 0.5 * np.abs(depth - 0.45) + 0.6 * np.clip(au - 0.25, 0.0, 0.3)) * (0.55 + 0.45 * smoothstep(0.0, 0.035, lip_edge))
+    warm = 1.0 - smoothstep(0.0, 0.03, lip_edge)  # the inner lip's own red, fading into the cavity
     t_a = smoothstep(-0.012, 0.0, teeth_h - below_lip) * (1.0 - smoothstep(0.26, 0.36, au)) * min(1.0, open_w / 0.03)
-    t_shade = (0.78 + 0.22 * np.cos(np.minimum(au / 0.36, 1.0) * (math.pi / 2))) * (0.8 + 0.2 * smoothstep(0.0, 0.02, below_lip))
-    g_a = 0.8 * smoothstep(0.55, 0.85, depth) * (1.0 - smoothstep(0.18, 0.32, au)) * float(smoothstep(0.12, 0.3, open_w))
+    # Tooth boundaries, closer together towards the corners (the arch turns away): dark seams,
+    # widest at the gum and at the biting edge.
+    seams = np.zeros_like(u)
+    if open_w > 0.01:  # no tooth shows otherwise
+        for edge in TOOTH_EDGES:  # a narrow bump at each boundary (a parabola: cheaper than exp)
+            np.maximum(seams, 1.0 - np.square((au - edge) / (0.009 + 0.009 * edge)), out=seams)
+        np.clip(seams, 0.0, 1.0, out=seams)
+    along = np.clip(below_lip / max(teeth_h, 1e-3), 0.0, 1.0)
+    seam_depth = 0.12 + 0.26 * np.square(2.0 * along - 1.0)
+    t_shade = (0.78 + 0.22 * np.cos(np.minimum(au / 0.36, 1.0) * (math.pi / 2))) * (0.72 + 0.28 * smoothstep(0.0, 0.025, below_lip))
+    t_shade = t_shade * (1.0 - seam_depth * seams) * (1.0 - 0.22 * smoothstep(0.75, 1.0, along))
+    low_h = 0.04 * float(smoothstep(0.3, 0.8, shape.width)) * float(smoothstep(0.03, 0.08, open_w))
+    l_a = smoothstep(-0.008, 0.0, low_h - above_lower) * (1.0 - smoothstep(0.18, 0.27, au)) * (1.0 - t_a) if low_h > 0 else np.zeros_like(u)
+    l_shade = 0.55 * (1.0 - 0.15 * seams) * (0.8 + 0.2 * smoothstep(0.0, 0.02, above_lower))
+    g_a = 0.8 * smoothstep(0.55, 0.85, depth) * (1.0 - smoothstep(0.18, 0.32, au)) * float(smoothstep(0.12, 0.3, open_w)) * (1.0 - l_a)
     lit = (1.0 - 0.35 * (1.0 - smoothstep(0.0, 0.03, below_lip))) * alpha
-    weights = np.stack([shade * (1.0 - t_a) * (1.0 - g_a) * lit, t_shade * t_a * (1.0 - g_a) * lit, g_a * lit], axis=-1).astype(np.float32)
-    colours = np.stack([cavity, teeth, tongue]).astype(np.float32)  # (3 colours, 3 channels)
+    rest = (1.0 - t_a) * (1.0 - g_a) * (1.0 - l_a) * lit
+    weights = np.stack(
+        [shade * (1.0 - warm) * rest, 0.6 * warm * rest, (t_shade * t_a + l_shade * l_a) * (1.0 - g_a) * lit, g_a * lit],
+        axis=-1,
+    ).astype(np.float32)
+    colours = np.stack([cavity, lip_inner, teeth, tongue]).astype(np.float32)  # (4 colours, 3 channels)
 
     box = warped[by0:by1, bx0:bx1]
     blended = box.astype(np.float32) * (1.0 - alpha)[..., None] + weights @ colours
