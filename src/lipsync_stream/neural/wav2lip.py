@@ -117,7 +117,7 @@ class Wav2LipRunner:
         self.device = torch.device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         # channels-last convolutions: a fifth faster at batch 1 on the CPU, the same on a GPU
-        self.model = model.to(self.device, self.dtype).to(memory_format=torch.channels_last).eval()
+        self.model = model.to(self.device, self.dtype).to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # Module.to takes it; the stubs do not say so
 
     def __call__(self, items: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
         mel = torch.from_numpy(np.stack([m for m, _ in items]))[:, None].to(self.device, self.dtype)
