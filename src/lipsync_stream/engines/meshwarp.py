@@ -352,7 +352,8 @@ def _draw_interior(
     # spread (e, i). Tongue: a soft hump on the lower lip when the mouth is well open. A soft
     # shadow under the upper lip keeps its edge from looking cut out.
     open_w = opening_px / fw
-    teeth_h = min(0.085, 0.55 * open_w + 0.02 * shape.tuck)
+    # Rounded, protruding lips (o, u) cover most of the upper teeth.
+    teeth_h = min(0.085, 0.55 * open_w + 0.02 * shape.tuck) * (1.0 - 0.7 * min(max(shape.round, 0.0), 1.0))
     above_lower = v_low - v
     lip_edge = np.minimum(below_lip, above_lower)
     shade = (0.62 + 0.5 * np.abs(depth - 0.45) + 0.6 * np.clip(au - 0.25, 0.0, 0.3)) * (0.55 + 0.45 * smoothstep(0.0, 0.035, lip_edge))
