@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
             if workers > 1:
                 from .server import serve_workers
 
-                return serve_workers(config, workers)
+                return serve_workers(config, workers, logging.getLevelName(args.log_level))
             asyncio.run(serve_forever(config))
         except (*ENGINE_ERRORS, ValueError) as exc:
             log.error("cannot start the %s engine: %s", args.engine, exc)

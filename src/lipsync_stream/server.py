@@ -677,7 +677,7 @@ class ServerThread:
         self._thread.join(10)
 
 
-def serve_workers(config: ServerConfig, workers: int) -> int:
+def serve_workers(config: ServerConfig, workers: int, log_level: int = logging.INFO) -> int:
     """Run *workers* server processes on one port (SO_REUSEPORT); the kernel spreads connections.
 
     Each worker has its own event loop and render threads (no shared GIL); characters are shared
@@ -696,7 +696,7 @@ def serve_workers(config: ServerConfig, workers: int) -> int:
     reserved.bind((config.host, config.port))
     config.port = int(reserved.getsockname()[1])
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker_main, args=(config, i), name=f"worker-{i}") for i in range(workers)]
+    procs = [ctx.Process(target=_worker_main, args=(config, i, log_level), name=f"worker-{i}") for i in range(workers)]
     for proc in procs:
         proc.start()
     log.info("started %d workers on port %d", workers, config.port)
@@ -714,7 +714,7 @@ def serve_workers(config: ServerConfig, workers: int) -> int:
     return max((proc.exitcode or 0) for proc in procs if proc.exitcode is not None and proc.exitcode > 0) if any((p.exitcode or 0) > 0 for p in procs) else 0
 
 
-def _worker_main(config: ServerConfig, index: int) -> None:
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s w{index} %(name)s: %(message)s")
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+def _worker_main(config: ServerConfig, index: int, log_level: int = logging.INFO) -> None:
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s w{index} %(name)s: %(message)s")
+    logging.getLogger("websockets").setLevel(max(logging.WARNING, log_level))
     asyncio.run(serve_forever(config))
