@@ -376,3 +376,13 @@ async def test_idle_sessions_send_the_rest_picture_without_rendering(tmp_path: P
         text = await metrics_text(url)
         total, silent = metric(text, "lipsync_frames_total"), metric(text, "lipsync_silent_frames_total")
         assert total == 820 and silent >= 800  # after the first session, no frame went to a render thread
+
+
+async def test_a_refused_session_hears_why_at_once_even_while_it_streams(server: tuple[LipsyncServer, str], speech: np.ndarray) -> None:
+    _, url = server
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(ServerError) as info:  # 10 s of audio on its way when the character is refused
+        [f async for f in stream_audio(url, np.tile(speech, 2)[: 16000 * 10], SessionParams(video_reference_url="nowhere.mp4"))]
+    assert info.value.kind == "character_error"
+    assert loop.time() - started < 3.0  # it took the close timeout (10 s) when nobody read the audio

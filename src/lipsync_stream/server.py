@@ -358,16 +358,35 @@ class LipsyncServer:
             self.waiting -= 1
         place.active = place.waiting = False
 
-    async def _fail(self, ws: ServerConnection, sid: str, kind: ErrorKind, detail: str) -> None:
+    async def _fail(self, ws: ServerConnection, sid: str, kind: ErrorKind, detail: str, drain: bool = True) -> None:
+        """Send the JSON error, then close with the kind's code.
+
+        *drain*: read and drop what the client still sends meanwhile. A client streaming audio
+        while its session is refused would otherwise fill the unread queue; reading from the
+        socket then stops, and the client's answer to the close would wait behind its audio
+        until the close timed out (10 s). Off when the session's reader is still reading.
+        """
         log.warning("[%s] %s: %s", sid, kind.value, shown(detail, 1000))
         self.metrics.errors.labels(kind.value).inc()
         reason = detail.encode()[:CLOSE_REASON_BYTES].decode(errors="ignore")
+        drainer = asyncio.create_task(self._drain(ws)) if drain else None
         try:
             # A client that does not read cannot hold us: the error and the close get a deadline.
             await asyncio.wait_for(ws.send(error_message(kind, detail)), self.config.send_timeout)
             await asyncio.wait_for(ws.close(kind.close_code, reason), self.config.send_timeout)
         except (ConnectionClosed, TimeoutError):
             ws.transport.abort()
+        finally:
+            if drainer is not None:
+                drainer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await drainer
+
+    @staticmethod
+    async def _drain(ws: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            async for _message in ws:
+                pass
 
     async def _serve_session(self, ws: ServerConnection, sid: str, place: _Place) -> None:
         try:
@@ -517,14 +536,14 @@ class LipsyncServer:
                 elif isinstance(step, Finish):
                     while in_flight:
                         if not await deliver():
-                            await self._fail(ws, sid, ErrorKind.INTERNAL, "the last frames could not be sent")
+                            await self._fail(ws, sid, ErrorKind.INTERNAL, "the last frames could not be sent", drain=False)
                             return
                     await ws.send("DONE")
                     await ws.close()
                     self._log_done(sid, session, renderer)
                     return
                 elif isinstance(step, Fail):
-                    await self._fail(ws, sid, step.kind, step.detail)
+                    await self._fail(ws, sid, step.kind, step.detail, drain=False)  # the reader still reads
                     return
         finally:
             for task, _step, _started in in_flight:
