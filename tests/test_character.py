@@ -136,6 +136,8 @@ def test_store_uses_a_wav2lip_pickle(store: CharacterStore, monkeypatch: pytest.
 def test_store_reports_bad_references(store: CharacterStore) -> None:
     with pytest.raises(CharacterError, match="outside|escapes"):
         store.load("../x.mp4")
+    with pytest.raises(CharacterError, match="face_det_results describes the faces of a video"):
+        store.load("default", "faces.pkl")
     _face_video(store)
     (store.fetcher.roots[0] / "face.pkl").write_bytes(b"cos\nsystem\n(S'true'\ntR.")
     with pytest.raises(CharacterError, match="os.system"):

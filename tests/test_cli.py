@@ -50,8 +50,24 @@ def test_render_with_a_local_character_file(tmp_path: Path, speech: np.ndarray) 
 def test_render_errors_exit_nonzero(tmp_path: Path, speech: np.ndarray) -> None:
     assert main(["render", str(tmp_path / "missing.wav"), "-o", str(tmp_path / "o.mp4")]) == 2
     save_wav(tmp_path / "in.wav", speech[:8000])
-    assert main(["render", str(tmp_path / "in.wav"), "-o", str(tmp_path / "o.mp4"), "--character", str(tmp_path / "nobody.mp4"), "--cache-dir", str(tmp_path / "c")]) == 1
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    assert main(["render", str(tmp_path / "in.wav"), "-o", str(tmp_path / "o.mp4"), "--character", str(tmp_path / "broken.mp4"), "--cache-dir", str(tmp_path / "c")]) == 1
     assert not (tmp_path / "o.mp4").exists()  # no half-written video left behind
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--character", "/nonexistent/me.mp4"], "--character /nonexistent/me.mp4: no such file"),
+        (["--faces", "/tmp/f.pkl"], "--faces describes the faces of a video: give that video with --character"),
+        (["-o", "/nonexistent-dir/out.mp4"], "cannot write /nonexistent-dir/out.mp4: the folder /nonexistent-dir does not exist"),
+    ],
+)
+def test_command_line_mistakes_name_the_problem(tmp_path: Path, speech: np.ndarray, caplog: pytest.LogCaptureFixture, extra: list[str], message: str) -> None:
+    save_wav(tmp_path / "in.wav", speech[:8000])
+    args = ["render", str(tmp_path / "in.wav"), "-o", str(tmp_path / "o.mp4"), "--cache-dir", str(tmp_path / "c")]
+    assert main(args + extra) == 2
+    assert any(message in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
 
 
 def test_demo_mouth_moves_with_the_bundled_sentence(tmp_path: Path) -> None:

@@ -461,7 +461,9 @@ class CharacterStore:
             log.info("dropped character %s from memory", shown(old_key[0]))
 
     def _build(self, video_ref: str, faces_ref: str | None) -> Character:
-        if video_ref == DEFAULT_CHARACTER and faces_ref is None:
+        if video_ref == DEFAULT_CHARACTER and faces_ref is not None:
+            raise CharacterError("face_det_results describes the faces of a video: give that video as video_reference_url (the default character has its own)")
+        if video_ref == DEFAULT_CHARACTER:
             video, landmarks_file = default_character_files()
             frames, _ = self._square_frames(video_ref, video, None, None)
             return make_character(DEFAULT_CHARACTER, frames, Landmarks.load(landmarks_file, MAX_FRAMES).points)

@@ -161,13 +161,32 @@ def _in_process_config(args: argparse.Namespace, asset_roots: list[Path]) -> Ser
     return ServerConfig(port=0, engine=args.engine, jpeg_quality=args.jpeg_quality, asset_roots=asset_roots, fetch=fetch, model=args.model, device=args.device)
 
 
-def _local_reference(ref: str | None, roots: list[Path], remote: bool) -> str | None:
-    """A local path for an in-process server becomes absolute, and its folder an asset root."""
+class UsageError(Exception):
+    """A command-line mistake: the message names it and its fix (exit code 2)."""
+
+
+def _local_reference(ref: str | None, roots: list[Path], remote: bool, option: str) -> str | None:
+    """A local path for an in-process server becomes absolute, and its folder an asset root.
+
+    The file must exist: the in-process server would otherwise speak of asset roots the user
+    never set.
+    """
     if ref is None or remote or ref == DEFAULT_CHARACTER or "://" in ref:
         return ref
     path = Path(ref).expanduser().resolve()
+    if not path.is_file():
+        raise UsageError(f"{option} {ref}: no such file")
     roots.append(path.parent)
     return str(path)
+
+
+def _session_references(args: argparse.Namespace, roots: list[Path]) -> tuple[str, str | None]:
+    """The character and faces references of `render`/`demo`/`play`, checked."""
+    faces = getattr(args, "faces", None)
+    if faces is not None and args.character == DEFAULT_CHARACTER:
+        raise UsageError("--faces describes the faces of a video: give that video with --character (the default character has its own)")
+    character = _local_reference(args.character, roots, bool(args.server), "--character") or DEFAULT_CHARACTER
+    return character, _local_reference(faces, roots, bool(args.server), "--faces")
 
 
 async def _render(args: argparse.Namespace, audio_path: Path) -> int:
@@ -176,13 +195,14 @@ async def _render(args: argparse.Namespace, audio_path: Path) -> int:
 
     try:
         pcm = load_audio(audio_path)
-    except AudioError as exc:
+        roots: list[Path] = []
+        character, faces = _session_references(args, roots)
+        if not args.output.resolve().parent.is_dir():
+            raise UsageError(f"cannot write {args.output}: the folder {args.output.resolve().parent} does not exist")
+    except (AudioError, UsageError) as exc:
         log.error("%s", exc)
         return 2
-    roots: list[Path] = []
-    character = _local_reference(args.character, roots, bool(args.server))
-    faces = _local_reference(args.faces, roots, bool(args.server))
-    params = SessionParams(video_reference_url=character or DEFAULT_CHARACTER, face_det_results=faces, realtime=args.realtime)
+    params = SessionParams(video_reference_url=character, face_det_results=faces, realtime=args.realtime)
     log.info("rendering %s (%.2f s) on character %s", audio_path.name, len(pcm) / SAMPLE_RATE, params.video_reference_url)
     try:
         async with _server_url(args, roots) as url:
@@ -212,7 +232,11 @@ def _play(args: argparse.Namespace) -> int:
             log.error("%s", exc)
             return 2
     roots: list[Path] = []
-    character = _local_reference(args.character, roots, bool(args.server)) or DEFAULT_CHARACTER
+    try:
+        character, _ = _session_references(args, roots)
+    except UsageError as exc:
+        log.error("%s", exc)
+        return 2
     params = SessionParams(video_reference_url=character, handle_silence=args.handle_silence)
     try:
         out = NullAudioOut() if args.no_sound else PyAudioOut()
