@@ -157,3 +157,34 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(workers: str, caplog: pytest
         port = taken.getsockname()[1]
         assert main(["serve", "--port", str(port), "--workers", workers]) == 2
     assert any(f"cannot listen on 127.0.0.1 port {port}" in r.getMessage() and "in use" in r.getMessage() for r in caplog.records)
+
+
+def test_every_option_of_every_command_is_in_the_readme() -> None:
+    import argparse
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+    def options(parser: argparse.ArgumentParser, path: list[str]) -> list[tuple[str, str]]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    assert sub.description, f"`{' '.join([*path, name])} --help` says nothing about what it does"
+                    found += options(sub, [*path, name])
+            else:
+                found += [(" ".join(path), o) for o in action.option_strings if o.startswith("--") and o != "--help"]
+        return found
+
+    missing = sorted({f"{cmd} {opt}".strip() for cmd, opt in options(build_parser(), []) if opt not in readme})
+    assert not missing, f"options the README does not mention: {missing}"
+
+
+def test_version_and_log_level_after_the_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from lipsync_stream import __version__
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.strip() == f"lipsync-stream {__version__}"
+    assert build_parser().parse_args(["serve", "--log-level", "WARNING"]).log_level == "WARNING"
+    assert build_parser().parse_args(["--log-level", "ERROR", "serve"]).log_level == "ERROR"
+    assert build_parser().parse_args(["serve"]).log_level == "INFO"

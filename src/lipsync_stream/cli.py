@@ -12,8 +12,9 @@ import sys
 from collections.abc import AsyncIterator
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from . import __version__
 from .audio import AudioError, load_audio
 from .engines import DEFAULT_ENGINE, ENGINE_NAMES
 from .fetch import FetchConfig, default_cache_dir
@@ -65,15 +66,27 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, default=None, metavar="CKPT", help="learned engines: the checkpoint (a Wav2Lip .pth)")
     p.add_argument("--device", default="auto", help="learned engines: cpu, cuda, cuda:N, or auto (a GPU when torch sees one; default)")
     p.add_argument("--jpeg-quality", type=int, default=85, help="JPEG quality of frames, 1-100 (default: %(default)s)")
-    p.add_argument("--cache-dir", type=Path, default=None, help=f"download and face-detection cache (default: {default_cache_dir()})")
+    p.add_argument("--cache-dir", type=Path, default=None, help=f"downloads, decoded characters and landmarks (default: $LIPSYNC_STREAM_CACHE, else {default_cache_dir()})")
+
+
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def _command(sub: Any, name: str, helptext: str) -> argparse.ArgumentParser:
+    """A subcommand whose help shows what it does, and that takes --log-level after its name too."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=LOG_LEVELS, help="how much to log (default: INFO)")
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".", parents=[common])
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipsync-stream", description="Real-time lip-sync streaming server (LipsyncStream protocol).")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="how much to log (default: %(default)s); also after the command")
+    parser.add_argument("--version", action="version", version=f"lipsync-stream {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("serve", help="run the websocket server")
+    s = _command(sub, "serve", "run the websocket server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     s.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
     s.add_argument("--asset-root", type=Path, action="append", default=[], metavar="DIR", help="directory clients may name characters in (repeatable)")
@@ -93,20 +106,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--keyfile", type=Path, default=None, help="TLS private key (PEM), if not in --certfile")
     s.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve /metrics on this port of 127.0.0.1 instead of the main port")
 
-    k = sub.add_parser("keys", help="manage the API keys a server accepts (a file of names and key hashes)")
+    k = _command(sub, "keys", "manage the API keys a server accepts (a file of names and key hashes)")
     ksub = k.add_subparsers(dest="keys_command", required=True)
-    ka = ksub.add_parser("add", help="make a new key, print it once, store its hash")
+    ka = _command(ksub, "add", "make a new key, print it once, store its hash")
     ka.add_argument("name", help="a name for the key (letters, digits, _ . -), shown in logs and metrics")
     ka.add_argument("--file", type=Path, required=True, help="the keys file (created if missing)")
     ka.add_argument("--max-sessions", type=int, default=0, metavar="N", help="sessions this key may have open at once (default: no limit)")
     ka.add_argument("--max-session-seconds", type=float, default=0, metavar="SECONDS", help="longest session with this key (default: the server's limit)")
-    kl = ksub.add_parser("list", help="the keys' names and limits")
+    kl = _command(ksub, "list", "the keys' names and limits")
     kl.add_argument("--file", type=Path, required=True)
-    kr = ksub.add_parser("remove", help="remove a key: it stops working at once, also on a running server")
+    kr = _command(ksub, "remove", "remove a key: it stops working at once, also on a running server")
     kr.add_argument("name")
     kr.add_argument("--file", type=Path, required=True)
 
-    pl = sub.add_parser("play", help="play a session live: OpenCV window and sound, in sync")
+    pl = _command(sub, "play", "play a session live: OpenCV window and sound, in sync")
     src = pl.add_mutually_exclusive_group(required=True)
     src.add_argument("audio", type=Path, nargs="?", help="audio file to speak")
     src.add_argument("--mic", action="store_true", help="speak into the microphone (16 kHz mono)")
@@ -120,14 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_key_option(pl)
     _add_server_options(pl)
 
-    pr = sub.add_parser("prepare", help="turn a talking-head video into a character directory")
+    pr = _command(sub, "prepare", "turn a talking-head video into a character directory")
     pr.add_argument("video", type=Path, help="any video FFmpeg reads, with one face")
     pr.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="directory to write NAME.mp4, NAME.pkl, NAME.landmarks.npz")
     pr.add_argument("--name", default=None, help="file name stem (default: the directory's name)")
     pr.add_argument("--max-seconds", type=float, default=30.0, help="use at most this much of the video (default: %(default)s)")
 
     for name, helptext in [("render", "render an audio file to an MP4 through a server"), ("demo", "the default character speaking the bundled sentence, to an MP4")]:
-        r = sub.add_parser(name, help=helptext)
+        r = _command(sub, name, helptext)
         if name == "render":
             r.add_argument("audio", type=Path, help="wav, mp3, flac, ogg, ... (resampled to 16 kHz mono)")
             r.add_argument("-o", "--output", type=Path, required=True, help="MP4 to write")
