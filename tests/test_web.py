@@ -100,3 +100,48 @@ def test_with_api_keys_the_page_trades_its_key_for_a_token_and_talks(browser, tm
         page.wait_for_function("window.lipsyncStats.framesShown > 30", timeout=30000)
         assert page.evaluate("window.lipsyncStats.error") is None
         page.close()
+
+
+@needs_chromium
+def test_in_a_stock_browser_the_demo_starts_at_once_and_offers_sound(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    stock_args = [a for a in CHROMIUM_ARGS if not a.startswith("--autoplay-policy")]  # sound waits for a click
+    stock = browser.browser_type.launch(executable_path=CHROMIUM, args=stock_args)
+    try:
+        page = stock.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(base_url + "/?demo=1")
+        page.wait_for_function("window.lipsyncStats.framesShown > 30", timeout=30000)  # drawn on the wall clock
+        assert page.locator("#sound").is_visible()
+        assert "wall" in (page.locator("#stats").text_content() or "")
+        assert not errors
+    finally:
+        stock.close()
+
+
+def sessions_started(base_url: str) -> float:
+    text = httpx.get(base_url + "/metrics").text
+    return float(next(line.split()[1] for line in text.splitlines() if line.startswith("lipsync_sessions_total ")))
+
+
+@needs_chromium
+def test_clicking_demo_twice_opens_one_session(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(base_url + "/")
+    before = sessions_started(base_url)
+    page.evaluate("document.getElementById('demo').click(); document.getElementById('demo').click()")
+    page.wait_for_function("window.lipsyncStats.done", timeout=60000)
+    assert sessions_started(base_url) == before + 1
+    assert page.evaluate("window.lipsyncStats.error") is None and not errors
+    page.close()
+
+
+@needs_chromium
+def test_the_buttons_share_one_font(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    page = browser.new_page()
+    page.goto(base_url + "/")
+    sizes = page.evaluate("[...document.querySelectorAll('button, label.button')].map(e => getComputedStyle(e).fontSize + ' ' + getComputedStyle(e).fontFamily)")
+    assert len(set(sizes)) == 1, sizes
+    page.close()

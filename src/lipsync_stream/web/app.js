@@ -19,16 +19,32 @@ const stats = (window.lipsyncStats = { framesShown: 0, framesReceived: 0, audioS
 let ctx = null; // AudioContext
 let session = null;
 
-function audioContext() {
-  if (!ctx) ctx = new AudioContext({ latencyHint: "interactive" });
-  return ctx;
+// One clock for drawing: the wall clock until the browser lets sound play (a stock browser keeps
+// an AudioContext suspended until the first click), then Web Audio's clock, shifted so that the
+// time goes on without a jump. Frames are drawn from the start either way.
+const wallStart = performance.now();
+let clockOffset = 0; // audio time + clockOffset = now(), once sound runs
+function wallNow() {
+  return (performance.now() - wallStart) / 1000;
+}
+function audioNow() {
+  return ctx.currentTime + (ctx.outputLatency || 0);
+}
+function now() {
+  if (ctx && ctx.state === "running") return audioNow() + clockOffset;
+  return wallNow();
 }
 
-// Web Audio's clock while it runs; a wall clock while the browser keeps sound blocked.
-const wallStart = performance.now();
-function now() {
-  if (ctx && ctx.state === "running") return ctx.currentTime + (ctx.outputLatency || 0);
-  return (performance.now() - wallStart) / 1000;
+function audioContext() {
+  if (!ctx) {
+    ctx = new AudioContext({ latencyHint: "interactive" });
+    ctx.onstatechange = () => {
+      if (ctx.state === "running") clockOffset = wallNow() - audioNow();
+      buttons.sound.style.display = ctx.state === "running" ? "none" : "inline-block";
+    };
+    if (ctx.state === "running") clockOffset = wallNow() - audioNow();
+  }
+  return ctx;
 }
 function clockIsAudio() {
   return !!ctx && ctx.state === "running";
@@ -142,7 +158,7 @@ class Session {
       const src = c.createBufferSource();
       src.buffer = buffer;
       src.connect(c.destination);
-      src.start(at - (c.outputLatency || 0));
+      src.start(at - clockOffset - (c.outputLatency || 0));
     }
     const item = { index: frame.index, at, bitmap: null };
     this.queue.push(item);
@@ -212,25 +228,39 @@ function setButtons(running) {
   buttons.stop.disabled = !running;
 }
 
-async function tryStartAudio() {
+// Ask for sound without waiting: a browser that blocks it until a click never settles resume(),
+// and nothing may wait on that. "Click for sound" shows until it runs.
+function tryStartAudio() {
   const c = audioContext();
-  if (c.state !== "running") {
-    try {
-      await c.resume();
-    } catch (e) {}
-  }
+  if (c.state !== "running") c.resume().catch(() => {});
   buttons.sound.style.display = c.state === "running" ? "none" : "inline-block";
 }
 
-async function start() {
+// Each start takes a new number; a start that is overtaken by a later one (a second click while
+// the first is still fetching or connecting) gives up, so there is exactly one session per start.
+let starts = 0;
+
+async function start(prepare) {
+  const mine = ++starts;
+  setButtons(true);
+  tryStartAudio();
+  const input = prepare ? await prepare() : null;
+  if (mine !== starts) return null;
   if (session) session.close();
-  await tryStartAudio();
   Object.assign(stats, { framesShown: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null });
   setStatus("");
-  session = new Session(document.getElementById("character").value.trim() || "default");
-  setButtons(true);
-  await session.opened;
-  return session;
+  const s = (session = new Session(document.getElementById("character").value.trim() || "default"));
+  try {
+    await s.opened;
+  } catch (e) {
+    if (mine === starts) throw e;
+    return null;
+  }
+  if (mine !== starts) {
+    s.close();
+    return null;
+  }
+  return { session: s, input };
 }
 
 async function toPcm16(arrayBuffer) {
@@ -252,36 +282,42 @@ async function toPcm16(arrayBuffer) {
   return out;
 }
 
-async function speak(arrayBuffer) {
+async function speak(getAudio) {
   try {
-    const pcm = await toPcm16(arrayBuffer);
-    const s = await start();
-    s.sendPcm(pcm); // all at once: the server paces the frames
-    s.finish();
+    const started = await start(async () => toPcm16(await getAudio()));
+    if (!started) return; // a later start took over
+    started.session.sendPcm(started.input); // all at once: the server paces the frames
+    started.session.finish();
   } catch (e) {
     setStatus(String(e));
     stats.error = String(e);
+    setButtons(false);
   }
 }
 
-async function demo() {
-  const res = await fetch("sample.flac");
-  await speak(await res.arrayBuffer());
+function demo() {
+  return speak(async () => (await fetch("sample.flac")).arrayBuffer());
 }
 
 buttons.demo.onclick = demo;
 buttons.stop.onclick = () => session && session.close();
 buttons.sound.onclick = tryStartAudio;
 fileInput.onchange = async () => {
-  if (fileInput.files.length) await speak(await fileInput.files[0].arrayBuffer());
+  const file = fileInput.files[0];
   fileInput.value = "";
+  if (file) await speak(() => file.arrayBuffer());
 };
 buttons.mic.onclick = async () => {
   try {
     const c = audioContext();
     await c.audioWorklet.addModule("pcm-worklet.js");
     const media = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
-    const s = await start();
+    const started = await start();
+    if (!started) {
+      media.getTracks().forEach((t) => t.stop());
+      return;
+    }
+    const s = started.session;
     const node = new AudioWorkletNode(c, "pcm16-capture");
     const input = c.createMediaStreamSource(media);
     input.connect(node);
