@@ -58,7 +58,8 @@ def test_plays_every_frame_in_order_at_30_fps_in_sync(display: str, tmp_path: Pa
 @needs_xvfb
 def test_server_error_is_reported(display: str, tmp_path: Path, speech: np.ndarray) -> None:
     save_wav(tmp_path / "in.wav", speech[:8000])
-    done, stats = play(display, [str(tmp_path / "in.wav"), "--character", str(tmp_path / "nobody.mp4")], tmp_path)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")  # exists, so only the server can refuse it
+    done, stats = play(display, [str(tmp_path / "in.wav"), "--character", str(tmp_path / "broken.mp4")], tmp_path)
     assert done.returncode == 1 and "character_error" in stats["error"]
 
 
