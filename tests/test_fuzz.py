@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import struct
 import tempfile
 from pathlib import Path
 
@@ -83,25 +84,83 @@ def test_frame_messages_round_trip(index: int, image: bytes, audio: bytes | None
     assert (d.index, d.image, d.audio, d.width, d.height) == (index, image, audio, 512, 512)
 
 
-@given(st.binary(max_size=120))
+# Frame messages that get past the tag: real headers with any lengths, index and size, any tail.
+_frames = st.builds(
+    lambda length, index, w, h, tail, audio_tag: b"VIDEO" + struct.pack("<iiii", length, index, w, h) + tail + (b"AUDIO" + audio_tag if audio_tag is not None else b""),
+    st.integers(-(2**31), 2**31 - 1) | st.integers(0, 200),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+    st.binary(max_size=200),
+    st.none() | st.binary(max_size=12),
+)
+
+
+@given(st.binary(max_size=120) | _frames)
 def test_random_bytes_never_crash_the_frame_decoder(data: bytes) -> None:
     try:
-        p.decode_frame(data)
+        frame = p.decode_frame(data)
     except ValueError:
-        pass
+        return
+    # what decodes is consistent: the blocks add up to the message
+    assert len(data) == 21 + len(frame.image) + (9 + len(frame.audio) if frame.audio is not None else 0)
 
 
-@settings(max_examples=80)
-@given(st.binary(max_size=300))
+_REAL_PICKLES = [
+    pickle.dumps([[np.zeros((4, 3, 3), np.uint8), (1, 5, 2, 6)], [np.ones((4, 3, 3), np.uint8), np.array([1, 5, 2, 6])]], protocol=protocol) for protocol in (2, 4, 5)
+]
+
+
+@st.composite
+def mutated_pickles(draw: st.DrawFn) -> bytes:
+    """A real face_det_results pickle with bytes changed, cut, inserted or dropped: most still
+    parse far enough to reach the unpickler's checks and the box validation."""
+    data = bytearray(draw(st.sampled_from(_REAL_PICKLES)))
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(data) - 1))
+        kind = draw(st.sampled_from(["flip", "cut", "insert", "drop"]))
+        if kind == "flip":
+            data[i] = draw(st.integers(0, 255))
+        elif kind == "cut":
+            del data[i:]
+            break
+        elif kind == "insert":
+            data[i:i] = draw(st.binary(min_size=1, max_size=8))
+        else:
+            del data[i]
+    return bytes(data)
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300).map(lambda b: b"\x80\x04" + b) | mutated_pickles())
 def test_random_pickles_only_ever_give_face_errors(data: bytes) -> None:
     try:
-        obj = safe_unpickle(b"\x80\x04" + data)
+        obj = safe_unpickle(data)
     except FaceError:
         return
     try:
-        boxes_from_face_det_results(obj, 1, 64, 64)
+        boxes_from_face_det_results(obj, 2, 64, 64)
     except FaceError:
         pass
+
+
+def test_the_pickle_fuzzer_reaches_the_box_checks() -> None:
+    """Not every mutation fails at the unpickler: many reach the validation of the boxes."""
+    reached = 0
+    for seed in range(200):
+        rng = np.random.default_rng(seed)
+        data = bytearray(_REAL_PICKLES[seed % 3])
+        data[int(rng.integers(len(data) // 2, len(data)))] ^= 1 << int(rng.integers(0, 8))
+        try:
+            obj = safe_unpickle(bytes(data))
+        except FaceError:
+            continue
+        reached += 1
+        try:
+            boxes_from_face_det_results(obj, 2, 64, 64)
+        except FaceError:
+            pass
+    assert reached > 20
 
 
 def test_array_claiming_more_data_than_it_has_is_refused() -> None:

@@ -37,7 +37,13 @@ class FaceError(Exception):
 
 
 def _safe_dtype(*args: Any) -> np.dtype:
-    dtype = np.dtype(*args)
+    # numpy pickles a dtype as dtype(str, align: bool, copy: bool); nothing else is accepted.
+    if not args or not isinstance(args[0], str) or len(args) > 3 or not all(isinstance(a, bool) for a in args[1:]):
+        raise FaceError("pickle builds a dtype in a way numpy never pickles one")
+    try:
+        dtype = np.dtype(*args)
+    except (TypeError, ValueError) as exc:
+        raise FaceError(f"pickle holds an unknown dtype: {exc}") from None
     if dtype.hasobject:
         raise FaceError("pickle holds an object array; only plain numeric arrays are allowed")
     return dtype
