@@ -41,11 +41,11 @@ from .fetch import Fetcher, FetchError, evict_least_recently_used
 from .jpeg import ReferenceJpegs
 from .landmarks import N_POINTS, Landmarks, LandmarkTracker, track_landmarks
 from .logsafe import shown
-from .protocol import DEFAULT_CHARACTER, FRAME_HEIGHT, FRAME_WIDTH
+from .protocol import DEFAULT_CHARACTER, FPS, FRAME_HEIGHT, FRAME_WIDTH
 
 log = logging.getLogger(__name__)
 
-MAX_FRAMES = 900  # 30 s at 30 fps; longer videos are cut (memory: 0.75 MiB a frame)
+MAX_FRAMES = 30 * FPS  # 30 s; longer videos are cut (0.75 MiB a frame decoded)
 MAX_DECODE_SIDE = 1280  # larger videos are scaled down while decoding (at most 4.7 MiB a frame)
 MAX_SOURCE_PIXELS = 4096 * 4096  # larger frames are refused before decoding (FFmpeg alone: 25 MB each)
 LOAD_NICE = 10  # character loads run at this nice value, below the render threads
@@ -188,7 +188,7 @@ def decode_video_timed(path: Path, max_frames: int = MAX_FRAMES, progress: Calla
     with VideoReader(path, max_frames) as reader:
         for frame in reader.frames():
             frames.append(frame.to_ndarray(format="bgr24"))
-            times.append(float(frame.time) if frame.time is not None else len(times) / 30.0)
+            times.append(float(frame.time) if frame.time is not None else len(times) / FPS)
             if progress:
                 progress(1)
         return frames, times, reader.scale

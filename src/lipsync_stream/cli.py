@@ -19,7 +19,7 @@ from .audio import AudioError, load_audio
 from .engines import DEFAULT_ENGINE, ENGINE_NAMES
 from .fetch import FetchConfig, default_cache_dir
 from .neural import ENGINE_ERRORS
-from .protocol import DEFAULT_CHARACTER, SAMPLE_RATE, SessionParams
+from .protocol import DEFAULT_CHARACTER, FPS, SAMPLE_RATE, SessionParams
 from .session import DEFAULT_LEAD, DEFAULT_MAX_MESSAGE_BYTES, Limits
 
 if TYPE_CHECKING:
@@ -229,7 +229,7 @@ async def _render(args: argparse.Namespace, audio_path: Path) -> int:
     except OSError as exc:
         log.error("cannot reach the server: %s", exc)
         return 1
-    log.info("wrote %s: %d frames (%.2f s) with %.2f s of audio", args.output, frames, frames / 30, len(pcm) / SAMPLE_RATE)
+    log.info("wrote %s: %d frames (%.2f s) with %.2f s of audio", args.output, frames, frames / FPS, len(pcm) / SAMPLE_RATE)
     return 0
 
 
@@ -289,7 +289,7 @@ def _prepare(args: argparse.Namespace) -> int:
     from .prepare import prepare
 
     try:
-        out = prepare(args.video, args.output, args.name, max(1, int(args.max_seconds * 30)), progress=sys.stderr.isatty())
+        out = prepare(args.video, args.output, args.name, max(1, int(args.max_seconds * FPS)), progress=sys.stderr.isatty())
     except (CharacterError, FaceError) as exc:
         log.error("cannot prepare %s: %s", args.video, exc)
         return 1

@@ -44,6 +44,8 @@ from .metrics import Metrics
 from .neural.service import ServiceFull
 from .pipeline import DEFAULT_JPEG_QUALITY, FrameRenderer
 from .protocol import (
+    BYTES_PER_SECOND,
+    SAMPLE_RATE,
     ErrorKind,
     ProtocolError,
     SessionParams,
@@ -463,9 +465,9 @@ class LipsyncServer:
                     if session.skips != skips:  # SKIP: the model's queue drops this session's frames too
                         renderer.skip()
                     if isinstance(message, bytes):
-                        self.metrics.audio_seconds.inc(len(message) / 32000)
+                        self.metrics.audio_seconds.inc(len(message) / BYTES_PER_SECOND)
                         if key is not None:
-                            self.metrics.key_audio_seconds.labels(key.name).inc(len(message) / 32000)
+                            self.metrics.key_audio_seconds.labels(key.name).inc(len(message) / BYTES_PER_SECOND)
                     wake.set()
             finally:
                 wake.set()
@@ -563,7 +565,7 @@ class LipsyncServer:
         n = max(1, t.frames)
         log.info(
             "[%s] done: %d frames (%d idle), %.2f s of audio in (at most %.1f s waiting), %.2f s skipped; per frame %.1f ms (engine %.1f, compose %.1f, encode %.1f)",
-            sid, t.frames, session.idle_frames, session.samples_received / 16000, session.peak_pending_samples / 16000, session.samples_skipped / 16000,
+            sid, t.frames, session.idle_frames, session.samples_received / SAMPLE_RATE, session.peak_pending_samples / SAMPLE_RATE, session.samples_skipped / SAMPLE_RATE,
             1000 * t.total / n, 1000 * t.mouth / n, 1000 * t.compose / n, 1000 * t.encode / n,
         )
 

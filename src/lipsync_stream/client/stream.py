@@ -14,7 +14,17 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from ..protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE, FrameMessage, SessionParams, decode_frame, first_message, frame_start
+from ..protocol import (
+    BYTES_PER_SAMPLE,
+    FRAME_HEIGHT,
+    FRAME_WIDTH,
+    SAMPLE_RATE,
+    FrameMessage,
+    SessionParams,
+    decode_frame,
+    first_message,
+    frame_start,
+)
 
 CHUNK_BYTES = 8000  # 250 ms, what the original endpoint asks clients for
 IN_FLIGHT_SECONDS = 10.0  # audio sent ahead of the frames received, when sending a whole file
@@ -146,7 +156,7 @@ class LipsyncClient:
             if chunk is None:
                 break
             if chunk == b"":
-                await self.ws.send(bytes(2 * int(16000 * idle_chunk_s)))
+                await self.ws.send(bytes(BYTES_PER_SAMPLE * int(SAMPLE_RATE * idle_chunk_s)))
                 continue
             data = odd + chunk
             if len(data) % 2:  # keep whole samples together across chunks
