@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import sys
 import tempfile
@@ -32,7 +31,6 @@ from pathlib import Path
 
 import av
 import numpy as np
-from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import proc_kib  # noqa: E402
@@ -79,7 +77,7 @@ class PeakRss:
             self.peak = max(self.peak, rss)
             time.sleep(0.02)
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self._thread.start()
         return self
 

@@ -84,7 +84,7 @@ def test_same_audio_same_frames_and_same_reference_whatever_the_audio() -> None:
             f = framer.pop()
             frames.append(stream.compose(character.reference(f.index), stream.mouth(f)))
         runs.append(frames)
-    assert all(np.array_equal(a, b) for a, b in zip(*runs))
+    assert all(np.array_equal(a, b) for a, b in zip(*runs, strict=True))
     # frame k's background (outside the mouth) is reference ref_index(k), speech or not
     k = 7
     ref = character.reference(k)

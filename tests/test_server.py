@@ -128,7 +128,7 @@ async def test_concurrent_sessions_are_independent(server: Server, speech: np.nd
     params = SessionParams(realtime=False)
     results = await asyncio.gather(*(collect(url, p, params) for p in pieces), collect(url, np.zeros(3, np.int16), SessionParams(video_reference_url="bad.mp4")), return_exceptions=True)
     assert isinstance(results[-1], ServerError)
-    for pcm, frames in zip(pieces, results[:-1]):
+    for pcm, frames in zip(pieces, results[:-1], strict=True):
         assert b"".join(f.audio for f in frames) == pcm.tobytes()
 
 

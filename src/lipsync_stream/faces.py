@@ -209,7 +209,7 @@ def load_face_det_results(path: Path, width: int, height: int) -> np.ndarray:
 
 def face_det_results(frames: Sequence[np.ndarray], boxes: np.ndarray) -> list[list[Any]]:
     """The Wav2Lip-compatible structure for *frames* and their boxes (for other tools to read)."""
-    return [[f[y1:y2, x1:x2].copy(), (int(y1), int(y2), int(x1), int(x2))] for f, (y1, y2, x1, x2) in zip(frames, boxes)]
+    return [[f[y1:y2, x1:x2].copy(), (int(y1), int(y2), int(x1), int(x2))] for f, (y1, y2, x1, x2) in zip(frames, boxes, strict=True)]
 
 
 # --- detection ----------------------------------------------------------------------------------
@@ -228,7 +228,7 @@ class FaceDetector:
 
         self._detector = solutions().face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
 
-    def __enter__(self) -> "FaceDetector":
+    def __enter__(self) -> FaceDetector:
         return self
 
     def __exit__(self, *exc: object) -> None:

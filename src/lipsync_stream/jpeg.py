@@ -62,7 +62,7 @@ class RowJpeg:
     rows: list[bytes]
 
     @classmethod
-    def encode(cls, image: np.ndarray, quality: int) -> "RowJpeg":
+    def encode(cls, image: np.ndarray, quality: int) -> RowJpeg:
         if image.shape[0] % MCU or image.shape[1] % MCU:
             raise JpegError(f"frame size {image.shape[1]}x{image.shape[0]} is not a multiple of {MCU}")
         data = encode_with_row_restarts(image, quality)

@@ -57,7 +57,7 @@ class FaceMesher:
 
         self._mesh = solutions().face_mesh.FaceMesh(static_image_mode=not video, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5, min_tracking_confidence=0.5)
 
-    def __enter__(self) -> "FaceMesher":
+    def __enter__(self) -> FaceMesher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -227,7 +227,7 @@ class Landmarks:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path, max_frames: int) -> "Landmarks":
+    def load(cls, path: Path, max_frames: int) -> Landmarks:
         """Read a ``.landmarks.npz`` with bounded memory: at most *max_frames* frames.
 
         The file may come from a client's URL: its declared sizes are checked against what a

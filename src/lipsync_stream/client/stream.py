@@ -103,7 +103,7 @@ class LipsyncClient:
         self.returned_samples = 0  # how far into the audio the frames received so far reach
         self._progress = asyncio.Event()
 
-    async def __aenter__(self) -> "LipsyncClient":
+    async def __aenter__(self) -> LipsyncClient:
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else None
         try:
             self._ws = await connect(self.url, max_size=None, compression=None, additional_headers=headers)

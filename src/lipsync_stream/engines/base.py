@@ -112,7 +112,7 @@ class Engine(ABC):
     learned: bool = False
     service: Any = None
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a default: most engines hold nothing to release
         """Release what the engine holds (a learned engine stops its model's service)."""
 
     @abstractmethod

@@ -46,7 +46,7 @@ def analyse(window: np.ndarray, frame_len: int) -> tuple[float, dict[str, float]
 
 
 class EnergyStream(EngineStream):
-    def __init__(self, engine: "EnergyEngine") -> None:
+    def __init__(self, engine: EnergyEngine) -> None:
         self._engine = engine
         self._peak_db = -20.0
         self._open = 0.0

@@ -63,7 +63,7 @@ class Features:
         return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
 
     @classmethod
-    def from_matrix(cls, m: np.ndarray) -> "Features":
+    def from_matrix(cls, m: np.ndarray) -> Features:
         nb = len(BANDS)
         bands = {name: m[:, 2 + i] for i, name in enumerate(BANDS)}
         c = m[:, 2 + nb :]

@@ -130,7 +130,7 @@ SPLINE_IDS = sorted(
 )
 _CORNER = np.isin(_MOVING, MOUTH_CORNERS)
 _POS = {int(i): k for k, i in enumerate(_MOVING)}
-_PAIRS = np.array([(_POS[u], _POS[lo]) for u, lo in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER) if u != lo])
+_PAIRS = np.array([(_POS[u], _POS[lo]) for u, lo in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER, strict=True) if u != lo])
 
 
 def target_landmarks(lm: np.ndarray, shape: MouthShape) -> tuple[dict[int, np.ndarray], MouthFrame]:
@@ -235,7 +235,7 @@ def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> t
     opening_px = float(np.dot(targets[LOWER_LIP_INNER_MID] - targets[UPPER_LIP_INNER_MID], frame.ey))
     # Inner lips that meet stay a pixel apart, so the spline squeezes any open mouth in the
     # reference into that pixel instead of being asked to map one point to two places.
-    for up, low in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER):
+    for up, low in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER, strict=True):
         if up != low:
             sep = float(np.dot(targets[low] - targets[up], frame.ey))
             if sep < 1.0:

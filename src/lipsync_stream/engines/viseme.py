@@ -105,7 +105,7 @@ class FrameAnalysis:
 
 
 class VisemeStream(EngineStream):
-    def __init__(self, engine: "VisemeEngine") -> None:
+    def __init__(self, engine: VisemeEngine) -> None:
         self.engine = engine
         self.peak_db = -20.0
         self.last: FrameAnalysis | None = None
