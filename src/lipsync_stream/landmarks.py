@@ -35,7 +35,6 @@ JAW = [58, 172, 136, 150, 149, 176, 148, 152, 377, 400, 378, 379, 365, 397, 288]
 CHIN = 152
 NOSE_TIP, NOSE_BOTTOM = 1, 2
 NOSE_WINGS = [98, 327]
-CHEEKS = [205, 425, 207, 427]  # below the cheekbones, beside the mouth
 MOUTH_CORNERS = (61, 291)
 EYE_OUTER = (33, 263)
 UPPER_LIP_INNER_MID, LOWER_LIP_INNER_MID = 13, 14  # the inner lips at the middle: their gap is the opening

@@ -108,7 +108,6 @@ class VisemeStream(EngineStream):
     def __init__(self, engine: VisemeEngine) -> None:
         self.engine = engine
         self.peak_db = -20.0
-        self.last: FrameAnalysis | None = None
         self._hops = HopCache()
 
     def analyse(self, frame: AudioFrame) -> FrameAnalysis:
@@ -144,9 +143,7 @@ class VisemeStream(EngineStream):
             # Lips meet: no blur across a closure, but keep the spread/rounding it is coarticulated with.
             shape = MouthShape(0.0, shape.width * 0.5, shape.round * 0.5, 0.0)
         centre_hop = int(np.argmin(np.abs(offsets)))
-        result = FrameAnalysis(shape, VISEMES[int(np.argmax(m[centre_hop]))], closure)
-        self.last = result
-        return result
+        return FrameAnalysis(shape, VISEMES[int(np.argmax(m[centre_hop]))], closure)
 
     def mouth(self, frame: AudioFrame) -> MouthShape:
         return self.analyse(frame).shape
@@ -155,7 +152,6 @@ class VisemeStream(EngineStream):
         # An all-zero window is silence in every hop: the rules give the rest shape, whatever came
         # before (no smoothing state); only the loudness peak decays, as analyse() would do.
         self.peak_db = max(self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
-        self.last = FrameAnalysis(MouthShape(), "sil", 0.0)
         return True
 
     def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
