@@ -371,3 +371,8 @@ async def test_keyless_connections_wait_apart_and_never_take_session_places(keys
         assert len(await frames(url, SessionParams(session_token=token))) == frames_for_samples(8000)
         await wait_until_idle(app, 5.0)
         assert app.waiting == 0
+
+
+def test_a_failure_is_counted_and_its_wait_returned_in_one_step() -> None:
+    throttle = FailureThrottle(free=1)
+    assert [throttle.failure("a", 1.0), throttle.failure("a", 2.0), throttle.failure("a", 3.0)] == [0.0, 0.25, 0.5]

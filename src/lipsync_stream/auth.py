@@ -280,9 +280,20 @@ class FailureThrottle:
         while len(self._failures) > self.max_addresses:
             self._failures.popitem(last=False)
 
+    def failure(self, address: str, now: float) -> float:
+        """Count a failed attempt from *address*; returns how long to wait before answering it."""
+        wait = self.delay(address, now)
+        self.failed(address, now)
+        return wait
+
 
 def normal_origin(origin: str) -> str:
     return origin.strip().rstrip("/").lower()
+
+
+def origin_listed(origin: str, allowed: Collection[str]) -> bool:
+    """Whether *origin* is one of *allowed* (``--allowed-origin``), spelled in any case."""
+    return normal_origin(origin) in {normal_origin(a) for a in allowed}
 
 
 def origin_allowed(origin: str, host: str | None, allowed: Collection[str]) -> bool:
@@ -291,9 +302,9 @@ def origin_allowed(origin: str, host: str | None, allowed: Collection[str]) -> b
     Its own page (the origin's host and port are the ``Host`` the request was sent to, whatever
     the scheme: a TLS-terminating balancer in front changes it) or an allowed origin.
     """
-    origin = normal_origin(origin)
-    if origin in {normal_origin(a) for a in allowed}:
+    if origin_listed(origin, allowed):
         return True
+    origin = normal_origin(origin)
     try:
         netloc = urllib.parse.urlsplit(origin).netloc
     except ValueError:

@@ -203,9 +203,7 @@ class LipsyncServer:
 
     async def _slow_down(self, address: str) -> None:
         """Count a failed attempt from *address*; repeated failures are answered ever later."""
-        now = time.monotonic()
-        delay = self.throttle.delay(address, now)
-        self.throttle.failed(address, now)
+        delay = self.throttle.failure(address, time.monotonic())
         if delay:
             await asyncio.sleep(delay)
 
@@ -254,9 +252,7 @@ class LipsyncServer:
         if self.keys is not None:
             record = self.keys.verify(api_key) if isinstance(api_key, str) else None
             if record is None:
-                now = time.monotonic()
-                delay = self.throttle.delay(peer, now)
-                self.throttle.failed(peer, now)
+                delay = self.throttle.failure(peer, time.monotonic())
                 self.metrics.refusals.labels(ErrorKind.UNAUTHORIZED.value).inc()
                 log.warning("refused a session token to %s: apiKey missing or not valid", peer)
                 return 401, {"error": "unauthorized", "detail": "apiKey is missing or not valid"}, extra, delay
@@ -276,7 +272,7 @@ class LipsyncServer:
     def _cors_headers(self, headers: dict[str, str] | Headers) -> dict[str, str]:
         """Lets a page on an --allowed-origin read the token it asked for."""
         origin = headers.get("origin") if isinstance(headers, dict) else headers.get("Origin")
-        if origin and auth.normal_origin(origin) in {auth.normal_origin(o) for o in self.config.allowed_origins}:
+        if origin and auth.origin_listed(origin, self.config.allowed_origins):
             return {"Access-Control-Allow-Origin": origin.strip(), "Vary": "Origin"}
         return {}
 
