@@ -283,7 +283,7 @@ class FrameFile:
 
     def __init__(self, path: Path, max_frames: int = MAX_FRAMES) -> None:
         self.path = path
-        self.tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
+        self.tmp = temporary_twin(path)
         self.count = 0
         self._header_len = len(self._header(max_frames))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -349,6 +349,12 @@ def landmarks_path_for(video: Path) -> Path:
 def load_default_character() -> Character:
     video, landmarks = default_character_files()
     return make_character(DEFAULT_CHARACTER, np.stack(decode_video(video)), Landmarks.load(landmarks, MAX_FRAMES).points)
+
+
+def temporary_twin(path: Path) -> Path:
+    """Where *path* is written before it is renamed into place: a name of this process and thread
+    (workers share the cache), ending like *path* (``np.save`` keeps a ``.npy`` name as it is)."""
+    return path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp{path.suffix}")
 
 
 def _file_digest(path: Path) -> str:
@@ -465,7 +471,7 @@ class CharacterStore:
             raise CharacterError("face_det_results describes the faces of a video: give that video as video_reference_url (the default character has its own)")
         if video_ref == DEFAULT_CHARACTER:
             video, landmarks_file = default_character_files()
-            frames, _ = self._square_frames(video_ref, video, None, None)
+            frames, _ = self._square_frames(video_ref, video, None, self._content_key(video, None), None)
             return make_character(DEFAULT_CHARACTER, frames, Landmarks.load(landmarks_file, MAX_FRAMES).points)
         video = self.fetcher.resolve(video_ref)
         faces = self.fetcher.resolve(faces_ref) if faces_ref is not None else None
@@ -475,7 +481,7 @@ class CharacterStore:
         # Landmarks are tracked while the frames are decoded, unless they are at hand already.
         tracker = LandmarkTracker() if prepared is None and not landmarks_file.is_file() else None
         try:
-            frames, boxes = self._square_frames(video_ref, video, faces, tracker)
+            frames, boxes = self._square_frames(video_ref, video, faces, key, tracker)
             n = len(frames)
             if prepared is not None and len(prepared) != n:
                 log.warning("ignoring the prepared landmarks of %s: %d frames of landmarks for %d video frames", shown(video_ref), len(prepared), n)
@@ -495,13 +501,13 @@ class CharacterStore:
     def _content_key(video: Path, faces: Path | None) -> str:
         return _file_digest(video) + (f"-{_file_digest(faces)}" if faces is not None else "")
 
-    def _square_frames(self, video_ref: str, video: Path, faces: Path | None, tracker: LandmarkTracker | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """The 512x512 frames, decoded once into the cache directory and memory-mapped from there.
+    def _square_frames(self, video_ref: str, video: Path, faces: Path | None, key: str, tracker: LandmarkTracker | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The 512x512 frames, decoded once into the cache directory (under the content *key*)
+        and memory-mapped from there.
 
         Every worker process maps the same file, so the operating system keeps one copy of a
         character in memory however many processes serve it.
         """
-        key = self._content_key(video, faces)
         base = self.fetcher.config.cache_dir / "characters"
         frames_path, boxes_path = base / f"{key}.frames.npy", base / f"{key}.boxes.npy"
         if frames_path.is_file() and boxes_path.is_file():
@@ -559,7 +565,7 @@ class CharacterStore:
                 if crop is not None:
                     boxes = square_boxes(boxes, crop)
                     log.info("cropped %dx%d video to a %d px square at (%d, %d)", w, h, crop[2], crop[0], crop[1])
-            tmp_boxes = boxes_path.with_name(f"{boxes_path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
+            tmp_boxes = temporary_twin(boxes_path)
             np.save(tmp_boxes, np.zeros((0, 4), np.int32) if boxes is None else boxes.astype(np.int32))
             tmp_boxes.replace(boxes_path)
             out.finish()
@@ -591,7 +597,7 @@ class CharacterStore:
         log.info("computing %s (%d frames)", what, shape[0])
         value = compute()
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
+        tmp = temporary_twin(path)
         np.save(tmp, value)
         tmp.replace(path)
         return value
