@@ -53,11 +53,17 @@ def browser() -> Iterator[object]:
         b.close()
 
 
-@needs_chromium
-def test_demo_talks_and_moves_without_a_click(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+def watched_page(browser):  # type: ignore[no-untyped-def]
+    """A new page, and the list its uncaught script errors go into."""
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    return page, errors
+
+
+@needs_chromium
+def test_demo_talks_and_moves_without_a_click(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
+    page, errors = watched_page(browser)
     page.goto(base_url + "/?demo=1")
     page.wait_for_function("window.lipsyncStats.framesShown > 45", timeout=30000)
     shot = page.locator("canvas").screenshot()
@@ -107,9 +113,7 @@ def test_in_a_stock_browser_the_demo_starts_at_once_and_offers_sound(browser, ba
     stock_args = [a for a in CHROMIUM_ARGS if not a.startswith("--autoplay-policy")]  # sound waits for a click
     stock = browser.browser_type.launch(executable_path=CHROMIUM, args=stock_args)
     try:
-        page = stock.new_page()
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        page, errors = watched_page(stock)
         page.goto(base_url + "/?demo=1")
         page.wait_for_function("window.lipsyncStats.framesShown > 30", timeout=30000)  # drawn on the wall clock
         assert page.locator("#sound").is_visible()
@@ -126,9 +130,7 @@ def sessions_started(base_url: str) -> float:
 
 @needs_chromium
 def test_clicking_demo_twice_opens_one_session(browser, base_url: str) -> None:  # type: ignore[no-untyped-def]
-    page = browser.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    page, errors = watched_page(browser)
     page.goto(base_url + "/")
     before = sessions_started(base_url)
     page.evaluate("document.getElementById('demo').click(); document.getElementById('demo').click()")
