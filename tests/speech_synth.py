@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from lipsync_stream.engines.base import MouthGeometry, ReferenceFrame
+
 RATE = 16000
 
 VOWELS = {  # (F1, F2, F3) Hz, adult male averages
@@ -42,6 +44,10 @@ def silence(seconds: float) -> np.ndarray:
     return np.zeros(int(seconds * RATE), np.int16)
 
 
+#: the weight-free engines' mouths do not depend on the picture; any reference frame will do
+REFERENCE = ReferenceFrame(0, np.zeros((512, 512, 3), np.uint8), MouthGeometry(256.0, 330.0, 40.0))
+
+
 def engine_frames(engine, pcm: np.ndarray, analyse: bool = False) -> list:  # type: ignore[no-untyped-def]
     """Run *pcm* through *engine* frame by frame as a session would; mouth shapes (or analyses)."""
     from lipsync_stream.protocol import AudioFramer
@@ -53,5 +59,5 @@ def engine_frames(engine, pcm: np.ndarray, analyse: bool = False) -> list:  # ty
     out = []
     while framer.ready():
         frame = framer.pop()
-        out.append(stream.analyse(frame) if analyse else stream.mouth(frame))
+        out.append(stream.analyse(frame) if analyse else stream.mouth(frame, REFERENCE))
     return out

@@ -41,3 +41,31 @@ def test_crop_input_is_wav2lips_six_channels() -> None:
     assert x.shape == (6, 96, 96) and x.dtype == np.float32
     assert not x[:3, 48:].any() and x[:3, :48].any()  # the first copy's lower half is blacked out
     assert np.array_equal(x[:3, :48], x[3:, :48]) and 0.0 <= x.min() and x.max() <= 1.0
+
+
+def test_strength_shows_that_share_of_the_generated_face() -> None:
+    c = load_default_character()
+    ref = c.reference(0)
+    box = face_box(c.boxes[0])
+    generated = np.full((96, 96, 3), (30, 200, 30), np.uint8)
+    lm = ref.landmarks
+    assert lm is not None
+    y, x = int(lm[14, 1]), int(lm[14, 0])
+    top, full = paste_face(ref, box, generated)
+    _, half = paste_face(ref, box, generated, 0.5)
+    _, none = paste_face(ref, box, generated, 0.0)
+    assert np.array_equal(none, ref.image[top : top + len(none)])
+    expected = 0.5 * ref.image[y].astype(float) + 0.5 * full[y - top].astype(float)
+    assert np.abs(half[y - top, x - 10 : x + 10].astype(float) - expected[x - 10 : x + 10]).max() <= 1.5
+
+
+def test_sharpen_leaves_flat_areas_and_steepens_edges() -> None:
+    from lipsync_stream.composite import sharpen
+
+    flat = np.full((40, 40, 3), 120, np.uint8)
+    assert np.array_equal(sharpen(flat, 0.5), flat)
+    step = flat.copy()
+    step[:, 20:] = 180
+    out = sharpen(step, 0.5).astype(int)
+    assert out[:, 18].mean() < 120 and out[:, 21].mean() > 180  # overshoot on each side of the edge
+    assert np.array_equal(sharpen(step, 0.0), step)

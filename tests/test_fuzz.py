@@ -47,7 +47,7 @@ def test_json_objects_with_any_values(obj: dict) -> None:
         assert p.parse_first_message(p.first_message(params)) == params
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=6000).filter(lambda b: len(b) % 2 == 0), st.lists(st.integers(1, 3000), max_size=30), st.integers(0, 1600), st.integers(0, 1000))
 def test_any_chunking_returns_the_same_audio(audio: bytes, cuts: list[int], lookahead: int, context: int) -> None:
     framer = AudioFramer(lookahead, context)
@@ -131,7 +131,7 @@ def mutated_pickles(draw: st.DrawFn) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300).map(lambda b: b"\x80\x04" + b) | mutated_pickles())
 def test_random_pickles_only_ever_give_face_errors(data: bytes) -> None:
     try:

@@ -7,11 +7,17 @@ import numpy as np
 import pytest
 
 from lipsync_stream.character import load_default_character
-from lipsync_stream.engines.meshwarp import compose_landmarks, compose_region
+from lipsync_stream.engines.base import MouthShape, ReferenceFrame, apply_region
+from lipsync_stream.engines.meshwarp import compose_region
 from lipsync_stream.engines.viseme import TARGETS
 from lipsync_stream.jpeg import JpegError, RowJpeg, encode_with_row_restarts
 
 CHARACTER = load_default_character()
+
+
+def draw(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
+    """The whole frame with *shape* drawn (the renderer composites the region the same way)."""
+    return apply_region(ref.image, compose_region(ref, shape))
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -26,7 +32,7 @@ def test_spliced_frame_decodes_exactly_like_a_full_encode(viseme: str) -> None:
     top, band = compose_region(ref, TARGETS[viseme])  # type: ignore[misc]
     assert top % 16 == 0 and len(band) % 16 == 0 and band.shape[1] == 512
     spliced = RowJpeg.encode(ref.image, 85).splice(top // 16, band, 85)
-    full = encode_with_row_restarts(compose_landmarks(ref, TARGETS[viseme]), 85)
+    full = encode_with_row_restarts(draw(ref, TARGETS[viseme]), 85)
     assert np.array_equal(decode(spliced), decode(full))
     assert spliced[:2] == b"\xff\xd8" and spliced[-2:] == b"\xff\xd9"
 

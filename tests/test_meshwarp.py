@@ -6,12 +6,17 @@ import numpy as np
 import pytest
 
 from lipsync_stream.character import load_default_character
-from lipsync_stream.engines.base import MouthShape, ReferenceFrame
-from lipsync_stream.engines.meshwarp import MouthFrame, compose_landmarks, roi_for, target_landmarks, tps_apply, tps_fit
+from lipsync_stream.engines.base import MouthShape, ReferenceFrame, apply_region
+from lipsync_stream.engines.meshwarp import MouthFrame, compose_region, roi_for, target_landmarks, tps_apply, tps_fit
 from lipsync_stream.engines.viseme import TARGETS
 from lipsync_stream.landmarks import FaceMesher
 
 CHARACTER = load_default_character()
+
+
+def draw(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
+    """The whole frame with *shape* drawn (the renderer composites the region the same way)."""
+    return apply_region(ref.image, compose_region(ref, shape))
 
 
 def gap(lm: np.ndarray) -> float:
@@ -29,13 +34,13 @@ def test_tps_interpolates_its_points() -> None:
 
 def test_rest_on_a_closed_mouth_is_the_reference() -> None:
     ref = CHARACTER.reference(3)
-    assert np.array_equal(compose_landmarks(ref, MouthShape()), ref.image)
+    assert np.array_equal(draw(ref, MouthShape()), ref.image)
 
 
 @pytest.mark.parametrize("viseme", ["a", "e", "i", "o", "fv"])
 def test_shapes_change_only_the_lower_face_without_a_seam(viseme: str) -> None:
     ref = CHARACTER.reference(20)
-    out = compose_landmarks(ref, TARGETS[viseme])
+    out = draw(ref, TARGETS[viseme])
     diff = np.abs(out.astype(int) - ref.image.astype(int)).sum(axis=2)
     targets, frame = target_landmarks(ref.landmarks, TARGETS[viseme])
     y0, y1, x0, x1 = roi_for(ref.landmarks, frame, (512, 512))
@@ -51,7 +56,7 @@ def test_shapes_change_only_the_lower_face_without_a_seam(viseme: str) -> None:
 
 def test_open_mouth_shows_a_dark_cavity_and_drops_the_jaw() -> None:
     ref = CHARACTER.reference(0)
-    out = compose_landmarks(ref, TARGETS["a"])
+    out = draw(ref, TARGETS["a"])
     with FaceMesher(video=False) as mesher:
         lm = mesher.landmarks(out)
     assert lm is not None
@@ -63,11 +68,11 @@ def test_open_mouth_shows_a_dark_cavity_and_drops_the_jaw() -> None:
 
 def test_an_open_reference_mouth_can_be_closed() -> None:
     """Characters from talking videos have open mouths in some frames; silence must still close them."""
-    opened = compose_landmarks(CHARACTER.reference(0), TARGETS["a"])
+    opened = draw(CHARACTER.reference(0), TARGETS["a"])
     with FaceMesher(video=False) as mesher:
         lm = mesher.landmarks(opened)
         assert lm is not None and gap(lm) > 0.25
-        closed = compose_landmarks(ReferenceFrame(0, opened, CHARACTER.reference(0).mouth, lm), MouthShape())
+        closed = draw(ReferenceFrame(0, opened, CHARACTER.reference(0).mouth, lm), MouthShape())
         lm2 = mesher.landmarks(closed)
     assert lm2 is not None and gap(lm2) < 0.08
 
@@ -77,7 +82,7 @@ def test_round_is_narrower_than_spread() -> None:
     width = {}
     with FaceMesher(video=False) as mesher:
         for v in ("i", "o"):
-            lm = mesher.landmarks(compose_landmarks(ref, TARGETS[v]))
+            lm = mesher.landmarks(draw(ref, TARGETS[v]))
             assert lm is not None
             width[v] = float(np.hypot(*(lm[291] - lm[61])))
     assert width["o"] < 0.9 * width["i"]

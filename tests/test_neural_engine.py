@@ -193,7 +193,7 @@ async def test_skip_drops_the_sessions_queued_model_requests(checkpoint: Path, s
             service.max_batch = 1
             service._run = lambda items: (gate.wait(30), run(items))[1]  # the model is busy...
             other = service.open()
-            blocker = service.submit(other, renderer.stream.model_input(framer.pop(), renderer.character.reference(1), renderer.character.boxes[1]))
+            blocker = service.submit(other, renderer.stream.mouth(framer.pop(), renderer.character.reference(1)).model_input)
             while service.queued():
                 await asyncio.sleep(0.001)  # ...with another session's frame
             tasks = [asyncio.ensure_future(renderer.render_learned(framer.pop(), pool)) for _ in range(6)]
@@ -207,5 +207,35 @@ async def test_skip_drops_the_sessions_queued_model_requests(checkpoint: Path, s
         assert all(m[:5] == b"VIDEO" for m in messages)
         assert service.stats.cancelled == 6
         renderer.close()
+    finally:
+        engine.close()
+
+
+async def test_near_silence_keeps_the_lips_closed_without_a_model_call(checkpoint: Path, speech: np.ndarray) -> None:
+    """Room noise and breath (far under the speech) show the reference's closed lips, not whatever
+    the model draws for them; speech around them still goes through the model."""
+    from lipsync_stream.engines import get_engine
+
+    engine = get_engine("wav2lip", checkpoint, "cpu")
+    try:
+        character = load_default_character()
+        renderer = FrameRenderer(engine, character, SessionParams(realtime=False))
+        noise = (np.random.default_rng(0).standard_normal(16000) * 20).astype(np.int16)  # about -64 dBFS
+        pcm = np.concatenate([speech[8000:24000], noise, np.zeros(4000, np.int16)])
+        framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
+        framer.push(pcm.tobytes())
+        framer.flush()
+        with ThreadPoolExecutor(2) as pool:
+            frames = []
+            while framer.ready():
+                frames.append(await renderer.render_learned(framer.pop(), pool))
+        speech_frames = frames_for_samples(16000)
+        assert engine.service.stats.items <= speech_frames + 3  # noise frames needed no model
+        assert engine.service.stats.items >= speech_frames // 2
+        from lipsync_stream.protocol import decode_frame
+
+        for k in range(speech_frames + 8, len(frames)):  # well into the noise: the reference itself
+            expected = character.jpegs.get(character.ref_index(k), character.reference(k).image, renderer.jpeg_quality).data
+            assert decode_frame(frames[k]).image == expected
     finally:
         engine.close()

@@ -26,7 +26,7 @@ from lipsync_stream.character import (
     load_default_character,
 )
 from lipsync_stream.client import ServerError, decode_image, stream_audio
-from lipsync_stream.engines import CLOSED
+from lipsync_stream.engines.base import apply_region
 from lipsync_stream.fetch import FetchConfig, FetchError
 from lipsync_stream.protocol import (
     FrameMessage,
@@ -371,7 +371,8 @@ async def test_idle_sessions_send_the_rest_picture_without_rendering(tmp_path: P
         # each is the engine's rest picture of its reference frame
         character = load_default_character()
         for f in first[::7]:
-            rest = app.engine.stream().compose(character.reference(f.index), CLOSED).astype(int)
+            ref = character.reference(f.index)
+            rest = apply_region(ref.image, app.engine.stream().draw_rest(ref)).astype(int)
             assert np.abs(decode_image(f).astype(int) - rest).mean() < 2.0
         text = await metrics_text(url)
         total, silent = metric(text, "lipsync_frames_total"), metric(text, "lipsync_silent_frames_total")

@@ -96,7 +96,7 @@ class Character:
     def reference(self, k: int) -> ReferenceFrame:
         i = self.ref_index(k)
         cx, cy, hw, angle = (float(v) for v in self.mouths[i])
-        return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle), self.landmarks[i])
+        return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle), self.landmarks[i], self.boxes[i])
 
 
 # --- decoding with bounded memory ---------------------------------------------------------------

@@ -3,7 +3,7 @@
 Learned engines generate a square face crop (Wav2Lip: 96x96 from the face box). Pasting the whole
 rectangle back leaves a visible box on the cheeks and chin, and the generator's colours drift
 from the frame's; users of other Wav2Lip servers complain of both. Here the crop is scaled back
-to its box, its colours are shifted to the reference's inside the mask, and it is blended
+to its box (cubic, then a light unsharp mask), its colours are shifted to the reference's inside the mask, and it is blended
 through a mask that covers only the lower face (from the upper lip down round the jaw, from the
 face-mesh landmarks), feathered so that no edge shows. The result is a band of full-width rows
 aligned to JPEG MCU rows, ready for the spliced encoder.
@@ -14,11 +14,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .engines.base import ReferenceFrame
+from .engines.base import ReferenceFrame, Region
 from .landmarks import JAW, NOSE_BOTTOM, NOSE_WINGS
 
 BOTTOM_PAD = 0.05  # the crop reaches this share of the face height below the box (the chin)
 FEATHER = 0.04  # mask softness, as a share of the box width
+#: unsharp-mask amount after the cubic upscaling of the generated face (bench/upscale.py: of the
+#: methods OpenCV ships, closest to a face seen at 96x96 and scaled back; more rings)
+SHARPEN = 0.5
 MCU = 16
 
 
@@ -65,9 +68,18 @@ def match_colours(generated: np.ndarray, reference: np.ndarray, weight: np.ndarr
     return generated.astype(np.float32) + shift
 
 
-def paste_face(ref: ReferenceFrame, box: tuple[int, int, int, int], face: np.ndarray) -> tuple[int, np.ndarray]:
+def sharpen(image: np.ndarray, amount: float, sigma: float = 1.2) -> np.ndarray:
+    """Unsharp mask: *image* plus *amount* times its detail above a Gaussian of *sigma* px."""
+    if amount <= 0.0:
+        return image
+    blurred = cv2.GaussianBlur(image, (0, 0), sigma)
+    return cv2.addWeighted(image, 1.0 + amount, blurred, -amount, 0.0)
+
+
+def paste_face(ref: ReferenceFrame, box: tuple[int, int, int, int], face: np.ndarray, strength: float = 1.0) -> Region:
     """The reference frame with the generated *face* crop pasted into *box*, as (first row,
-    band of full-width rows whose top and height are multiples of 16)."""
+    band of full-width rows whose top and height are multiples of 16). *strength* < 1 shows
+    that share of the generated face over the reference's (near-silence: lips closing)."""
     assert ref.landmarks is not None, "pasting needs the character's landmarks"
     y1, y2, x1, x2 = box
     image = ref.image
@@ -75,9 +87,11 @@ def paste_face(ref: ReferenceFrame, box: tuple[int, int, int, int], face: np.nda
     bottom = min(image.shape[0], -(-y2 // MCU) * MCU)
     band = image[top:bottom].copy()
     region = image[y1:y2, x1:x2]
-    generated = cv2.resize(face, (x2 - x1, y2 - y1), interpolation=cv2.INTER_CUBIC)
+    generated = sharpen(cv2.resize(face, (x2 - x1, y2 - y1), interpolation=cv2.INTER_CUBIC), SHARPEN)
     mask = lower_face_mask(ref.landmarks, box)
     matched = match_colours(generated, region, mask)
+    if strength < 1.0:
+        mask *= np.float32(max(strength, 0.0))
     blended = region.astype(np.float32) * (1.0 - mask[..., None]) + matched * mask[..., None]
     band[y1 - top : y2 - top, x1:x2] = np.clip(np.round(blended), 0, 255).astype(np.uint8)
     return top, band

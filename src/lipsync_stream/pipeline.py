@@ -1,7 +1,10 @@
-"""Audio frame -> mouth shape -> composited image -> encoded frame message.
+"""Audio frame -> mouth -> face region -> composited, encoded frame message.
 
 One :class:`FrameRenderer` per session: it owns the engine's per-session stream and knows the
-character and the output format. It keeps how long each stage took, for logs and benchmarks.
+character and the output format. Every engine goes the same way (:mod:`.engines.base`): its
+stream's ``mouth()`` from the frame's audio window, for learned engines the shared model's
+output for that mouth, its ``draw()`` of the face region, and one compositing and encoding step.
+It keeps how long each stage took, for logs and benchmarks.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import cv2
 import numpy as np
 
 from .character import Character
-from .engines.base import CLOSED, Engine, MouthShape, ReferenceFrame
+from .engines.base import CLOSED, Engine, LearnedMouth, MouthShape, ReferenceFrame, Region, apply_region
 from .jpeg import MCU
 from .protocol import AudioFrame, SessionParams, encode_frame
 
@@ -76,8 +79,16 @@ class FrameRenderer:
             self._handle = None
 
     def render(self, frame: AudioFrame) -> bytes:
-        """The complete binary message for *frame* (in a worker thread)."""
-        return self._render(frame, not frame.window.any() and self.stream.silent())
+        """The complete binary message for *frame*: a weight-free engine's (in a worker thread)."""
+        t0 = time.perf_counter()
+        ref = self.character.reference(frame.index)
+        if not frame.window.any() and self.stream.silent():
+            return self._rest(frame, ref, t0)
+        mouth = self.stream.mouth(frame, ref)
+        t1 = time.perf_counter()
+        if isinstance(mouth, MouthShape):
+            self.last_shape = mouth
+        return self._draw(frame, ref, mouth, None, t0, t1)
 
     def render_cheap(self, frame: AudioFrame) -> bytes | None:
         """The message for *frame* if it costs next to nothing, else None (then :meth:`render`).
@@ -98,27 +109,31 @@ class FrameRenderer:
         return encode_frame(frame.index, data, frame.pcm if self.params.sync_audio else None)
 
     async def render_learned(self, frame: AudioFrame, executor: Executor, late: bool = False) -> bytes:
-        """A learned engine's frame: its input made here, the output from the shared model (in
-        a batch with other sessions' frames), pasted back and encoded in a worker thread.
+        """A learned engine's frame: its mouth (the model's input) made here, the output from the
+        shared model (in a batch with other sessions' frames), drawn and encoded in a worker
+        thread.
 
         *late*: the frame would reach the client after its playing time; rather than fall
         further behind, it keeps the last generated mouth (counted in ``held_frames``).
         """
         loop = asyncio.get_running_loop()
-        if not frame.window.any() and self.stream.silent():
-            return await loop.run_in_executor(executor, self._render, frame, True)
-        assert self._handle is not None
         t0 = time.perf_counter()
         ref = self.character.reference(frame.index)
-        box = self.character.boxes[ref.index]
-        if late and self._last_output is not None:
+        if not frame.window.any() and self.stream.silent():
+            return await loop.run_in_executor(executor, self._rest, frame, ref, t0)
+        assert self._handle is not None
+        mouth = self.stream.mouth(frame, ref)
+        assert isinstance(mouth, LearnedMouth), f"{self.engine.name} is a learned engine: its mouths are LearnedMouth"
+        generated: Any = None
+        if mouth.strength <= 0.0:
+            pass  # near-silence: the reference's closed lips, no model call
+        elif late and self._last_output is not None:
             self.held_frames += 1
-            output = self._last_output
+            generated = self._last_output
         else:
-            request = self.engine.service.submit(self._handle, self.stream.model_input(frame, ref, box))
+            request = self.engine.service.submit(self._handle, mouth.model_input)
             try:
-                output = await asyncio.wrap_future(request)
-                self._last_output = output
+                generated = self._last_output = await asyncio.wrap_future(request)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 if not request.cancelled() or (task is not None and task.cancelling()):
@@ -126,48 +141,36 @@ class FrameRenderer:
                 # SKIP dropped the request; the frame (its audio already taken) still goes out,
                 # with the last generated mouth, or as the reference frame before there is one
                 self.held_frames += 1
-                if self._last_output is None:
-                    return await loop.run_in_executor(executor, self._render, frame, True)
-                output = self._last_output
-        self.times.mouth += time.perf_counter() - t0
-        return await loop.run_in_executor(executor, self._paste, frame, ref, box, output)
-
-    def _paste(self, frame: AudioFrame, ref: ReferenceFrame, box: np.ndarray, output: Any) -> bytes:
+                generated = self._last_output
         t1 = time.perf_counter()
-        top, band = self.stream.compose_output(ref, box, output)
-        if self.params.is_jpg:
-            t2 = time.perf_counter()
-            data = self.character.jpegs.get(ref.index, ref.image, self.jpeg_quality).splice(top // MCU, band, self.jpeg_quality)
-        else:
-            image = ref.image.copy()
-            image[top : top + len(band)] = band
-            t2 = time.perf_counter()
-            data = image.tobytes()
-        return self._message(frame, data, t1, t1, t2)
+        return await loop.run_in_executor(executor, self._draw, frame, ref, mouth, generated, t0, t1)
 
-    def _render(self, frame: AudioFrame, silent: bool) -> bytes:
-        t0 = time.perf_counter()
-        shape = CLOSED if silent else self.stream.mouth(frame)
+    def _draw(self, frame: AudioFrame, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any, t0: float, t1: float) -> bytes:
+        region = self.stream.draw(ref, mouth, generated)
+        return self._encode(frame, ref, region, t0, t1)
+
+    def _rest(self, frame: AudioFrame, ref: ReferenceFrame, t0: float) -> bytes:
+        """A frame of digital silence: the rest picture, encoded once per reference frame."""
+        self.last_shape = CLOSED
         t1 = time.perf_counter()
-        ref = self.character.reference(frame.index)
-        kept = self.character.jpegs.rest(self.engine.name, ref.index, self.jpeg_quality) if silent and self.params.is_jpg else None
+        kept = self.character.jpegs.rest(self.engine.name, ref.index, self.jpeg_quality) if self.params.is_jpg else None
         if kept is not None:  # another session drew it meanwhile
-            t2 = time.perf_counter()
-            data = kept
-        elif self.params.is_jpg:
-            # Only the rows the mouth changes are composed and encoded; the rest of the JPEG is
-            # the reference frame's, encoded once for every session of this character.
-            region = self.stream.compose_rows(ref, shape)
-            t2 = time.perf_counter()
+            return self._message(frame, kept, t0, t1, t1)
+        region = self.stream.draw_rest(ref)
+        return self._encode(frame, ref, region, t0, t1, rest=True)
+
+    def _encode(self, frame: AudioFrame, ref: ReferenceFrame, region: Region | None, t0: float, t1: float, rest: bool = False) -> bytes:
+        """The frame message with *region* composited on the reference frame, the one path for
+        every engine. JPEG: only the region's rows are encoded; the rest of the picture is the
+        reference frame's, encoded once for every session of this character."""
+        t2 = time.perf_counter()
+        if self.params.is_jpg:
             reference = self.character.jpegs.get(ref.index, ref.image, self.jpeg_quality)
             data = reference.data if region is None else reference.splice(region[0] // MCU, region[1], self.jpeg_quality)
-            if silent:
+            if rest:
                 self.character.jpegs.keep_rest(self.engine.name, ref.index, self.jpeg_quality, data)
         else:
-            image = self.stream.compose(ref, shape)
-            t2 = time.perf_counter()
-            data = np.ascontiguousarray(image).tobytes()
-        self.last_shape = shape
+            data = apply_region(ref.image, region).tobytes()
         return self._message(frame, data, t0, t1, t2)
 
     def _message(self, frame: AudioFrame, data: bytes, t0: float, t1: float, t2: float) -> bytes:

@@ -1,9 +1,20 @@
-"""The engine interface: audio window -> mouth shape -> composited frame.
+"""The engine interface: per frame, its audio window and reference face -> the face region.
 
-An engine knows nothing of websockets or sessions. The session gives it, per output frame, a
-window of int16 audio (``context_samples`` before the frame, the frame, ``lookahead_samples``
-after) and the reference frame to draw on. Engines keep per-stream state (smoothing) in an
-:class:`EngineStream`, one per session, so that the same audio always gives the same frames.
+An engine knows nothing of websockets or sessions. It declares the audio it needs round each
+output frame (``context_samples`` before the frame, ``lookahead_samples`` after); per frame the
+session's renderer gives its stream that window and the character's reference frame (picture,
+face box, landmarks), in two steps that every engine implements:
+
+1. ``mouth(frame, ref)``: what this frame's mouth is, from the audio. Weight-free engines answer
+   with a :class:`MouthShape`; learned ones with a :class:`LearnedMouth`, whose model input the
+   renderer hands to the engine's shared inference service (in a batch with other sessions).
+2. ``draw(ref, mouth, generated)``: the face region to composite: a band of full-width rows of
+   the reference frame with the mouth in it (:data:`Region`), or None when the frame is the
+   reference itself. *generated* is the model's output for a learned mouth.
+
+The renderer composites every engine's region the same way (:func:`apply_region`, or spliced
+into the reference frame's JPEG). Streams keep per-session state (smoothing), so that the same
+audio always gives the same frames.
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ class ReferenceFrame:
     image: np.ndarray  # (512, 512, 3) uint8 BGR, read-only
     mouth: MouthGeometry
     landmarks: np.ndarray | None = None  # (478, 2) face-mesh points, when the character has them
+    box: np.ndarray | None = None  # (y1, y2, x1, x2) face box, when the character has one
 
 
 @dataclass(frozen=True)
@@ -60,6 +72,33 @@ class MouthShape:
 CLOSED = MouthShape()
 
 
+#: a face region: (first row, band of full-width rows of the frame), the band's top and height
+#: multiples of 16 (JPEG MCU rows), so that the encoder can reuse the reference's other rows
+Region = tuple[int, np.ndarray]
+
+
+def apply_region(image: np.ndarray, region: Region | None) -> np.ndarray:
+    """A copy of *image* with *region*'s rows in place: the whole composited frame."""
+    out = image.copy()
+    if region is not None:
+        top, band = region
+        out[top : top + len(band)] = band
+    return out
+
+
+@dataclass(frozen=True)
+class LearnedMouth:
+    """A learned engine's mouth for one frame, before its model has run.
+
+    ``model_input``: what the engine's shared model takes for this frame. ``strength``: how much
+    of the generated mouth to show, 0..1; 0 (near-silence) keeps the reference's closed lips and
+    needs no model call at all.
+    """
+
+    model_input: Any
+    strength: float = 1.0
+
+
 class EngineStream(ABC):
     """Per-session engine state."""
 
@@ -67,12 +106,16 @@ class EngineStream(ABC):
     feature_seconds: float = 0.0
 
     @abstractmethod
-    def mouth(self, frame: AudioFrame) -> MouthShape:
-        """Mouth shape for *frame*, whose window holds the audio around it (advances state)."""
+    def mouth(self, frame: AudioFrame, ref: ReferenceFrame) -> MouthShape | LearnedMouth:
+        """The mouth for *frame*, whose window holds the audio around it (advances state)."""
 
     @abstractmethod
-    def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
-        """Draw *shape* on the reference frame; returns a new (512, 512, 3) uint8 BGR image."""
+    def draw(self, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any = None) -> Region | None:
+        """The face region with *mouth* drawn on *ref* (learned: *generated*, its model output)."""
+
+    def draw_rest(self, ref: ReferenceFrame) -> Region | None:
+        """The rest picture of *ref*, lips closed: what silence shows (may close an open mouth)."""
+        return self.draw(ref, CLOSED)
 
     def silent(self) -> bool:
         """Step over a frame whose whole audio window is digital silence, if its mouth is sure to
@@ -81,20 +124,6 @@ class EngineStream(ABC):
         (the mouth is still closing, say). Engines that cannot tell keep this default.
         """
         return False
-
-    def model_input(self, frame: AudioFrame, ref: ReferenceFrame, box: np.ndarray) -> Any:
-        """Learned engines: what the shared model needs for *frame* (cheap: on the event loop)."""
-        raise NotImplementedError(f"{type(self).__name__} draws frames itself; it has no model")
-
-    def compose_output(self, ref: ReferenceFrame, box: np.ndarray, output: Any) -> tuple[int, np.ndarray]:
-        """Learned engines: the model's *output* pasted onto *ref*, as (first row, band of rows)."""
-        raise NotImplementedError(f"{type(self).__name__} draws frames itself; it has no model")
-
-    def compose_rows(self, ref: ReferenceFrame, shape: MouthShape) -> tuple[int, np.ndarray] | None:
-        """Only the rows that change: (first row, full-width band whose top and height are
-        multiples of 16), or None when the frame is the reference itself. Lets the JPEG encoder
-        reuse the reference's other rows; engines that cannot tell return the whole frame."""
-        return 0, self.compose(ref, shape)
 
 
 class Engine(ABC):
@@ -108,7 +137,8 @@ class Engine(ABC):
     #: real-time sessions one CPU core can serve with headroom (the default session limit)
     sessions_per_core: int = 8
     #: learned engines run a model through ``self.service`` (an InferenceService) shared by all
-    #: sessions; frame-at-a-time engines draw in the render threads
+    #: sessions, their streams answer ``mouth()`` with a LearnedMouth; frame-at-a-time engines
+    #: draw in the render threads
     learned: bool = False
     service: Any = None
 

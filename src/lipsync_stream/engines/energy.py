@@ -9,10 +9,12 @@ closing a little slower, and silence below an absolute gate closes the lips comp
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..protocol import SAMPLE_RATE, AudioFrame
-from .base import Engine, EngineStream, MouthShape, ReferenceFrame
+from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
 from .mouthwarp import compose_mouth
 
 FFT_SIZE = 1024
@@ -52,7 +54,7 @@ class EnergyStream(EngineStream):
         self._open = 0.0
         self._width = 0.0
 
-    def mouth(self, frame: AudioFrame) -> MouthShape:
+    def mouth(self, frame: AudioFrame, ref: ReferenceFrame) -> MouthShape:
         window = frame.window
         frame_len = len(window) - self._engine.lookahead_samples - self._engine.context_samples
         level_db, bands = analyse(window, frame_len)
@@ -84,8 +86,9 @@ class EnergyStream(EngineStream):
         self._peak_db = max(self._peak_db - PEAK_DECAY_DB_PER_FRAME, -30.0)
         return True
 
-    def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
-        return compose_mouth(ref, shape)
+    def draw(self, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any = None) -> Region | None:
+        assert isinstance(mouth, MouthShape)
+        return compose_mouth(ref, mouth)
 
 
 class EnergyEngine(Engine):

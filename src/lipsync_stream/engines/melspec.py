@@ -27,6 +27,7 @@ REF_LEVEL_DB = 20.0
 MAX_ABS = 4.0
 STEPS = 16  # mel frames per video frame
 MEL_PER_SECOND = SAMPLE_RATE / HOP  # 80
+SPAN_SAMPLES = STEPS * HOP  # the 200 ms of audio a frame's mel window covers, from the frame's start
 
 #: samples a frame's window reaches before its first sample, and past its last (for 30 fps)
 CONTEXT_SAMPLES = N_FFT // 2 + HOP + 1  # half a window, the mel grid's offset, one for pre-emphasis

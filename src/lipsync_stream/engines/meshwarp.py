@@ -5,8 +5,7 @@ are displaced to the target mouth shape, measured in units of the mouth's width 
 shape looks the same on every face. A thin-plate spline through these control points, pinned
 to a ring at the edge of the region, gives a smooth backward map that ``cv2.remap`` applies:
 nothing outside the region moves, and nothing inside folds or shows a seam. Between the inner
-lips goes a mouth interior (dark cavity, upper teeth, a hint of tongue) whose colours are
-taken from the face's own skin and lips, so it follows the character's lighting.
+lips the shared painter (:mod:`.interior`) draws the inside of the mouth.
 """
 
 from __future__ import annotations
@@ -35,8 +34,10 @@ from ..landmarks import (
     UPPER_LIP_OUTER_MID,
     UPPER_LIP_SKIN,
 )
-from .base import MouthShape, ReferenceFrame
-from .mouthwarp import compose_mouth, smoothstep
+from . import interior
+from .base import MouthShape, ReferenceFrame, Region
+from .interior import Palette, smoothstep
+from .mouthwarp import compose_mouth
 
 # Displacements at full strength, in mouth widths.
 LOWER_LIP_DROP = 0.40  # inner lower lip at open = 1
@@ -49,9 +50,6 @@ UPPER_SHARE = 0.15  # of an open reference mouth's gap that the upper lip closes
 TUCK_LIFT = 0.06  # upper lip lift for f/v, showing the teeth over the lower lip
 
 GRID_STEP = 8  # px between exact spline evaluations; bilinear in between
-#: where upper teeth meet, in mouth widths from the middle: the central incisors widest, the
-#: rest closer together as the arch turns away towards the corners
-TOOTH_EDGES = (0.0, 0.15, 0.245, 0.31)
 FEATHER_PX = 16.0  # displacement fades to zero over this many pixels at the region's edge
 
 _LIP_IDS = sorted(set(LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER))
@@ -202,25 +200,15 @@ def _ring(y0: int, y1: int, x0: int, x1: int, per_side: int = 7) -> np.ndarray:
     return np.array(pts, dtype=np.float64)
 
 
-def compose_landmarks(ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
-    """A copy of the reference frame with its mouth in *shape*."""
-    if ref.landmarks is None:
-        return compose_mouth(ref, shape)
-    out = ref.image.copy()
-    region = compose_region(ref, shape)
-    if region is not None:
-        top, band = region
-        out[top : top + len(band)] = band
-    return out
-
-
-def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> tuple[int, np.ndarray] | None:
+def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> Region | None:
     """The rows of the frame that *shape* changes, as (first row, band of full-width rows).
 
     The band starts and ends on multiples of *align* (JPEG MCU rows). None: nothing changes.
+    A reference without landmarks is drawn by the simpler warp of :mod:`.mouthwarp`.
     """
     lm = ref.landmarks
-    assert lm is not None
+    if lm is None:
+        return compose_mouth(ref, shape, align)
     image = ref.image
     frame0 = MouthFrame(lm)
     gap0 = float(frame0.to_uv(lm[LOWER_LIP_INNER_MID].astype(np.float64))[1] - frame0.to_uv(lm[UPPER_LIP_INNER_MID].astype(np.float64))[1])
@@ -291,10 +279,8 @@ def _draw_interior(
     origin: tuple[int, int],
     opening_px: float,
 ) -> None:
-    """Cavity, upper teeth and tongue between the target inner lips, lit like the face.
-
-    Drawn into *warped* (the uint8 region of the output, origin at *origin*) in place.
-    """
+    """The mouth interior between the target inner lips, drawn into *warped* (the uint8 region
+    of the output, origin at *origin*) in place by the shared painter (:mod:`.interior`)."""
     upper = [targets[i] for i in LIPS_UPPER_INNER]
     lower = [targets[i] for i in LIPS_LOWER_INNER]
     poly = np.array(upper + lower[::-1])
@@ -314,21 +300,6 @@ def _draw_interior(
         return
     alpha = mask.astype(np.float32) * np.float32(1.0 / 255.0)
 
-    # Lighting from the face itself: the skin between nose and upper lip.
-    fw = frame.width
-    skin_pt = 0.5 * (lm[NOSE_BOTTOM] + lm[UPPER_LIP_OUTER_MID])
-    sx, sy = int(skin_pt[0]), int(skin_pt[1])
-    r = max(2, int(0.06 * fw))
-    skin = image[max(0, sy - r) : sy + r : 2, max(0, sx - r) : sx + r : 2].reshape(-1, 3)
-    skin_col = skin.mean(axis=0, dtype=np.float32) if len(skin) else np.array([150.0, 170.0, 200.0], np.float32)
-    light = float(np.clip(skin_col.mean() / 170.0, 0.35, 1.4))
-    cavity = np.array([38.0, 34.0, 70.0], np.float32) * light
-    # Teeth: off-white tinted by the skin's light, never brighter than the brightest skin.
-    teeth = (0.6 * np.array([176.0, 200.0, 222.0], np.float32) + 0.4 * skin_col) * min(1.0, 0.35 + 0.6 * light)
-    teeth = np.minimum(teeth, skin_col.max() * 1.05)
-    tongue = np.array([92.0, 98.0, 178.0], np.float32) * light
-    lip_inner = np.array([64.0, 60.0, 128.0], np.float32) * light  # the wet inner lip, in shadow
-
     # Mouth coordinates of every pixel of the box: an affine function of (x, y).
     ox, oy = (np.array([origin[1], origin[0]], np.float64) - frame.origin) / frame.width
     ex, ey = frame.ex / frame.width, frame.ey / frame.width
@@ -341,48 +312,14 @@ def _draw_interior(
     order_up, order_low = np.argsort(up_uv[:, 0]), np.argsort(low_uv[:, 0])
     v_up = np.interp(u, up_uv[order_up, 0], up_uv[order_up, 1]).astype(np.float32)
     v_low = np.interp(u, low_uv[order_low, 0], low_uv[order_low, 1]).astype(np.float32)
-    below_lip = v - v_up
-    depth = np.clip(below_lip / np.maximum(v_low - v_up, 1e-4), 0.0, 1.0)  # 0 at the upper lip, 1 at the lower
-    au = np.abs(u)
+    palette = Palette.from_skin(_skin_colour(image, lm, frame))
+    interior.paint(warped[by0:by1, bx0:bx1], alpha, u, v, v_up, v_low, shape, opening_px / frame.width, palette)
 
-    # Per-pixel weights of four colours, then one blend. Cavity: dark at the back and the middle,
-    # warmer (lip-coloured) near the inner lip edges. Upper teeth: a band under the upper lip,
-    # narrower than the mouth, each tooth shaded towards its neighbours and the corners, with a
-    # greyer biting edge. Lower teeth: a lower, shadowed band over the lower lip when the lips
-    # spread (e, i). Tongue: a soft hump on the lower lip when the mouth is well open. A soft
-    # shadow under the upper lip keeps its edge from looking cut out.
-    open_w = opening_px / fw
-    # Rounded, protruding lips (o, u) cover most of the upper teeth.
-    teeth_h = min(0.085, 0.55 * open_w + 0.02 * shape.tuck) * (1.0 - 0.7 * min(max(shape.round, 0.0), 1.0))
-    above_lower = v_low - v
-    lip_edge = np.minimum(below_lip, above_lower)
-    shade = (0.62 + 0.5 * np.abs(depth - 0.45) + 0.6 * np.clip(au - 0.25, 0.0, 0.3)) * (0.55 + 0.45 * smoothstep(0.0, 0.035, lip_edge))
-    warm = 1.0 - smoothstep(0.0, 0.03, lip_edge)  # the inner lip's own red, fading into the cavity
-    t_a = smoothstep(-0.012, 0.0, teeth_h - below_lip) * (1.0 - smoothstep(0.26, 0.36, au)) * min(1.0, open_w / 0.03)
-    # Tooth boundaries, closer together towards the corners (the arch turns away): dark seams,
-    # widest at the gum and at the biting edge.
-    seams = np.zeros_like(u)
-    if open_w > 0.01:  # no tooth shows otherwise
-        for edge in TOOTH_EDGES:  # a narrow bump at each boundary (a parabola: cheaper than exp)
-            np.maximum(seams, 1.0 - np.square((au - edge) / (0.009 + 0.009 * edge)), out=seams)
-        np.clip(seams, 0.0, 1.0, out=seams)
-    along = np.clip(below_lip / max(teeth_h, 1e-3), 0.0, 1.0)
-    seam_depth = 0.12 + 0.26 * np.square(2.0 * along - 1.0)
-    t_shade = (0.78 + 0.22 * np.cos(np.minimum(au / 0.36, 1.0) * (math.pi / 2))) * (0.72 + 0.28 * smoothstep(0.0, 0.025, below_lip))
-    t_shade = t_shade * (1.0 - seam_depth * seams) * (1.0 - 0.22 * smoothstep(0.75, 1.0, along))
-    low_h = 0.04 * float(smoothstep(0.3, 0.8, shape.width)) * float(smoothstep(0.03, 0.08, open_w))
-    l_a = smoothstep(-0.008, 0.0, low_h - above_lower) * (1.0 - smoothstep(0.18, 0.27, au)) * (1.0 - t_a) if low_h > 0 else np.zeros_like(u)
-    l_shade = 0.55 * (1.0 - 0.15 * seams) * (0.8 + 0.2 * smoothstep(0.0, 0.02, above_lower))
-    g_a = 0.8 * smoothstep(0.55, 0.85, depth) * (1.0 - smoothstep(0.18, 0.32, au)) * float(smoothstep(0.12, 0.3, open_w)) * (1.0 - l_a)
-    lit = (1.0 - 0.35 * (1.0 - smoothstep(0.0, 0.03, below_lip))) * alpha
-    rest = (1.0 - t_a) * (1.0 - g_a) * (1.0 - l_a) * lit
-    weights = np.stack(
-        [shade * (1.0 - warm) * rest, 0.6 * warm * rest, (t_shade * t_a + l_shade * l_a) * (1.0 - g_a) * lit, g_a * lit],
-        axis=-1,
-    ).astype(np.float32)
-    colours = np.stack([cavity, lip_inner, teeth, tongue]).astype(np.float32)  # (4 colours, 3 channels)
 
-    box = warped[by0:by1, bx0:bx1]
-    blended = box.astype(np.float32) * (1.0 - alpha)[..., None] + weights @ colours
-    np.clip(blended + 0.5, 0, 255, out=blended)
-    box[...] = blended.astype(np.uint8)
+def _skin_colour(image: np.ndarray, lm: np.ndarray, frame: MouthFrame) -> np.ndarray | None:
+    """Mean colour of the skin between the nose and the upper lip: the face's own lighting."""
+    skin_pt = 0.5 * (lm[NOSE_BOTTOM] + lm[UPPER_LIP_OUTER_MID])
+    sx, sy = int(skin_pt[0]), int(skin_pt[1])
+    r = max(2, int(0.06 * frame.width))
+    skin = image[max(0, sy - r) : sy + r : 2, max(0, sx - r) : sx + r : 2].reshape(-1, 3)
+    return skin.mean(axis=0, dtype=np.float32) if len(skin) else None

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from ..protocol import FPS, SAMPLE_RATE, AudioFrame
-from .base import Engine, EngineStream, MouthShape, ReferenceFrame
+from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
 from .features import HOP, Features, HopCache
-from .meshwarp import compose_landmarks, compose_region
+from .meshwarp import compose_region
 
 VISEMES = ("sil", "closed", "a", "e", "i", "o", "fv", "rest")
 
@@ -145,7 +146,7 @@ class VisemeStream(EngineStream):
         centre_hop = int(np.argmin(np.abs(offsets)))
         return FrameAnalysis(shape, VISEMES[int(np.argmax(m[centre_hop]))], closure)
 
-    def mouth(self, frame: AudioFrame) -> MouthShape:
+    def mouth(self, frame: AudioFrame, ref: ReferenceFrame) -> MouthShape:
         return self.analyse(frame).shape
 
     def silent(self) -> bool:
@@ -154,13 +155,9 @@ class VisemeStream(EngineStream):
         self.peak_db = max(self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
         return True
 
-    def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
-        return compose_landmarks(ref, shape)
-
-    def compose_rows(self, ref: ReferenceFrame, shape: MouthShape) -> tuple[int, np.ndarray] | None:
-        if ref.landmarks is None:
-            return 0, compose_landmarks(ref, shape)
-        return compose_region(ref, shape)
+    def draw(self, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any = None) -> Region | None:
+        assert isinstance(mouth, MouthShape)
+        return compose_region(ref, mouth)
 
 
 class VisemeEngine(Engine):

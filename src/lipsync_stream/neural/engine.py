@@ -4,7 +4,7 @@ Per frame, on the event loop: the frame's 16 mel frames (:mod:`..engines.melspec
 the frame's start: hence this engine's lookahead) and the 96x96 crop of the reference face
 (:mod:`..composite`). The shared :class:`~.service.InferenceService` runs the model on batches
 of all sessions' frames; the generated face is pasted back through the lower-face mask in a
-worker thread. Frames of digital silence show the reference frame as it is (no model call).
+worker thread. Frames of silence, or near it, show the reference frame as it is (no model call).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import numpy as np
 
 from ..composite import crop_input, face_box, paste_face
 from ..engines import melspec
-from ..engines.base import CLOSED, Engine, EngineStream, MouthShape, ReferenceFrame
+from ..engines.base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
+from ..engines.interior import smoothstep
 from ..protocol import AudioFrame, frame_length
 from . import CheckpointError
 from .checkpoint import load_checkpoint
@@ -40,30 +41,45 @@ def pick_device(device: str) -> str:
     return device
 
 
+#: the generated mouth fades in over this many dB above the quiet floor (below it: the reference's
+#: closed lips, whatever the model would draw for breath or room noise)
+QUIET_RANGE_DB = 10.0
+GATE_DB = -50.0  # absolute floor: quieter than this is silence
+FLOOR_BELOW_PEAK_DB = 38.0  # relative floor: this far under the loudest recent speech is silence too
+PEAK_DECAY_DB_PER_FRAME = 0.03
+
+
 class Wav2LipStream(EngineStream):
     """One session's use of the engine: its inputs, and pasting its outputs back."""
 
     def __init__(self, engine: Wav2LipEngine) -> None:
         self.engine = engine
+        self.peak_db = -20.0
 
-    def mouth(self, frame: AudioFrame) -> MouthShape:
-        return CLOSED  # the mouth comes from the model; only silence reaches the shape path
+    def mouth(self, frame: AudioFrame, ref: ReferenceFrame) -> LearnedMouth:
+        """The model's input (16 mel frames from the frame's start, the masked face crop) and how
+        much of its mouth to show: none in near-silence, where the lips stay closed."""
+        assert ref.box is not None, "the wav2lip engine needs the character's face boxes"
+        ctx = self.engine.context_samples
+        heard = frame.window[ctx : ctx + melspec.SPAN_SAMPLES].astype(np.float32)
+        level_db = 10.0 * float(np.log10(np.mean(heard * heard) / 32768.0**2 + 1e-12))
+        self.peak_db = max(level_db, self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
+        floor_db = max(GATE_DB, self.peak_db - FLOOR_BELOW_PEAK_DB)
+        strength = float(smoothstep(floor_db, floor_db + QUIET_RANGE_DB, level_db))
+        if strength <= 0.0:
+            return LearnedMouth(None, 0.0)
+        mel = melspec.frame_mel(frame.window, frame.start, frame.index)
+        return LearnedMouth((mel, crop_input(ref.image, face_box(ref.box), FACE_SIZE)), strength)
 
     def silent(self) -> bool:
+        self.peak_db = max(self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
         return True  # digital silence: the reference frame as it is
 
-    def compose(self, ref: ReferenceFrame, shape: MouthShape) -> np.ndarray:
-        return ref.image.copy()
-
-    def compose_rows(self, ref: ReferenceFrame, shape: MouthShape) -> tuple[int, np.ndarray] | None:
-        return None
-
-    def model_input(self, frame: AudioFrame, ref: ReferenceFrame, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mel = melspec.frame_mel(frame.window, frame.start, frame.index)
-        return mel, crop_input(ref.image, face_box(box), FACE_SIZE)
-
-    def compose_output(self, ref: ReferenceFrame, box: np.ndarray, output: Any) -> tuple[int, np.ndarray]:
-        return paste_face(ref, face_box(box), output)
+    def draw(self, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any = None) -> Region | None:
+        if not isinstance(mouth, LearnedMouth) or generated is None or mouth.strength <= 0.0:
+            return None  # the reference's own closed lips
+        assert ref.box is not None
+        return paste_face(ref, face_box(ref.box), generated, mouth.strength)
 
 
 class Wav2LipEngine(Engine):
