@@ -62,3 +62,15 @@ def test_partial_coverage_blends_with_what_was_there() -> None:
     mask = inside > 0
     expected = 0.5 * 120 + 0.5 * full[mask].astype(np.float32)
     assert np.abs(half[mask].astype(np.float32) - expected).max() <= 1.5
+
+
+def test_open_vowels_show_the_gum_above_the_teeth_and_the_tongue_low_in_the_mouth() -> None:
+    box, _, _ = painted(MouthShape(0.95, 0.1), opening=0.2)
+    gum = box[16, 45:56].astype(float).mean(axis=0)  # v = -0.04: just under the upper lip
+    teeth = box[19, 45:56].astype(float).mean(axis=0)
+    assert gum[2] > gum[1] + 25 and teeth.mean() > gum.mean() + 40  # red gum, lighter teeth under it
+    closed_lipped, _, _ = painted(MouthShape(0.3, 0.1), opening=0.2)  # the upper lip hardly lifts
+    assert closed_lipped[16, 45:56].mean() > box[16, 45:56].mean() + 30  # teeth right under the lip
+    tongue = box[32, 45:56].astype(float).mean(axis=0)  # v = 0.12, above the lower lip (0.15)
+    cavity = box[28, 45:56].astype(float).mean(axis=0)  # v = 0.08, between teeth and tongue
+    assert tongue[2] > cavity[2] + 15 and tongue.mean() < teeth.mean() - 60  # in the mouth's shadow

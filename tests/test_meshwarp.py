@@ -7,7 +7,7 @@ import pytest
 
 from lipsync_stream.character import load_default_character
 from lipsync_stream.engines.base import MouthShape, ReferenceFrame, apply_region
-from lipsync_stream.engines.meshwarp import MouthFrame, compose_region, roi_for, target_landmarks, tps_apply, tps_fit
+from lipsync_stream.engines.meshwarp import MouthFrame, compose_region, rig_for, tps_apply, tps_fit
 from lipsync_stream.engines.viseme import TARGETS
 from lipsync_stream.landmarks import FaceMesher
 
@@ -42,8 +42,7 @@ def test_shapes_change_only_the_lower_face_without_a_seam(viseme: str) -> None:
     ref = CHARACTER.reference(20)
     out = draw(ref, TARGETS[viseme])
     diff = np.abs(out.astype(int) - ref.image.astype(int)).sum(axis=2)
-    targets, frame = target_landmarks(ref.landmarks, TARGETS[viseme])
-    y0, y1, x0, x1 = roi_for(ref.landmarks, frame, (512, 512))
+    y0, y1, x0, x1 = rig_for(ref.landmarks, ref.image).roi
     outside = diff.copy()
     outside[y0:y1, x0:x1] = 0
     assert outside.max() == 0
@@ -86,3 +85,20 @@ def test_round_is_narrower_than_spread() -> None:
             assert lm is not None
             width[v] = float(np.hypot(*(lm[291] - lm[61])))
     assert width["o"] < 0.9 * width["i"]
+
+
+def test_rounded_lips_make_an_oval_not_a_smile() -> None:
+    """o/u: the smiling default character's upper inner lip (lowest in the middle) arches upwards."""
+    ref = CHARACTER.reference(0)
+    rig = rig_for(ref.landmarks, ref.image)
+    upper = [rig.frame.to_uv(p) for p in rig.targets(TARGETS["o"])[[list(rig_moving()).index(i) for i in (80, 13, 310)]]]
+    (_u_l, v_left), (_u, v_mid), (_u_r, v_right) = upper
+    assert v_mid < min(v_left, v_right) - 0.01  # the middle is the highest point: an arch
+    spread = [rig.frame.to_uv(p) for p in rig.targets(TARGETS["i"])[[list(rig_moving()).index(i) for i in (80, 13, 310)]]]
+    assert spread[1][1] > min(spread[0][1], spread[2][1])  # spread lips keep the smile
+
+
+def rig_moving() -> np.ndarray:
+    from lipsync_stream.engines.meshwarp import _MOVING
+
+    return _MOVING

@@ -38,7 +38,7 @@ from speech_synth import hum, silence, vowel  # noqa: E402
 
 from lipsync_stream.character import Character, CharacterStore, load_default_character  # noqa: E402
 from lipsync_stream.engines import get_engine  # noqa: E402
-from lipsync_stream.engines.meshwarp import FEATHER_PX, MouthFrame, roi_for, target_landmarks  # noqa: E402
+from lipsync_stream.engines.meshwarp import FEATHER_PX, MouthFrame, rig_for  # noqa: E402
 from lipsync_stream.engines.viseme import VISEMES  # noqa: E402
 from lipsync_stream.fetch import FetchConfig, Fetcher  # noqa: E402
 from lipsync_stream.landmarks import FaceMesher  # noqa: E402
@@ -216,8 +216,7 @@ def seam_score(img: np.ndarray, ref, renderer: FrameRenderer) -> tuple[float, fl
     levels per pixel (both through the same JPEG encoding, so compression noise cancels). A seam
     would raise the mean along the whole border; the percentile shows the worst local spot.
     """
-    _, frame = target_landmarks(ref.landmarks, renderer.last_shape)
-    y0, y1, x0, x1 = roi_for(ref.landmarks, frame, img.shape[:2])
+    y0, y1, x0, x1 = rig_for(ref.landmarks, ref.image).roi
     ref_jpeg = cv2.imdecode(cv2.imencode(".jpg", ref.image, [cv2.IMWRITE_JPEG_QUALITY, renderer.jpeg_quality])[1], cv2.IMREAD_GRAYSCALE)
     out = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
 

@@ -40,7 +40,9 @@ def get_engine(name: str = DEFAULT_ENGINE, model: Path | None = None, device: st
         return cls(model=model, device=device)  # type: ignore[call-arg]
     if model is not None:
         raise ValueError(f"the {name} engine takes no model; --model is for learned engines ({', '.join(LEARNED_ENGINES)})")
-    return cls()
+    engine = cls()
+    engine.warm_up()
+    return engine
 
 
 __all__ = ["CLOSED", "DEFAULT_ENGINE", "ENGINES", "ENGINE_NAMES", "Engine", "EngineStream", "MouthGeometry", "MouthShape", "ReferenceFrame", "engine_class", "get_engine"]

@@ -142,6 +142,9 @@ class Engine(ABC):
     learned: bool = False
     service: Any = None
 
+    def warm_up(self) -> None:  # noqa: B027 - a default: most engines have nothing to prepare
+        """Prepare what the first frame would otherwise wait for (compiled kernels)."""
+
     def close(self) -> None:  # noqa: B027 - a default: most engines hold nothing to release
         """Release what the engine holds (a learned engine stops its model's service)."""
 

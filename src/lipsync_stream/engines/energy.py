@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..protocol import SAMPLE_RATE, AudioFrame
+from . import interior
 from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
 from .mouthwarp import compose_mouth
 
@@ -99,3 +100,6 @@ class EnergyEngine(Engine):
 
     def stream(self) -> EnergyStream:
         return EnergyStream(self)
+
+    def warm_up(self) -> None:
+        interior.warm_up()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from ..protocol import SAMPLE_RATE
 
@@ -111,28 +112,36 @@ def frames_at(signal: np.ndarray, centres: np.ndarray, width: int = WIN) -> np.n
     return padded[np.clip(idx, 0, len(padded) - 1)]
 
 
+@njit(nogil=True, cache=True)
 def levinson(r: np.ndarray, order: int) -> np.ndarray:
-    """LPC coefficients a[0..order] (a[0] = 1) for each row of autocorrelations *r*.
+    """LPC coefficients a[0..order] (a[0] = 1) for each row of autocorrelations *r* (float64).
 
-    A plain loop per row: an engine asks for two or three new hops per frame, where numpy's
-    per-call overhead would cost more than the arithmetic.
+    Compiled: an engine asks for two or three new hops per frame, where numpy's per-call
+    overhead would cost more than the arithmetic.
     """
     out = np.zeros((r.shape[0], order + 1), dtype=np.float64)
-    for row, rr in enumerate(np.asarray(r, dtype=np.float64).tolist()):
-        a = [1.0] + [0.0] * order
+    prev = np.empty(order + 1, dtype=np.float64)
+    for row in range(r.shape[0]):
+        rr = r[row]
+        a = out[row]
+        a[0] = 1.0
         err = rr[0] + 1e-9
         for i in range(1, order + 1):
             acc = rr[i]
             for j in range(1, i):
                 acc += a[j] * rr[i - j]
             k = -acc / err
-            prev = a[:]
+            prev[:i] = a[:i]
             for j in range(1, i):
                 a[j] = prev[j] + k * prev[i - j]
             a[i] = k
             err = err * (1.0 - k * k) + 1e-12
-        out[row] = a
     return out
+
+
+def warm_up() -> None:
+    """Compile :func:`levinson` now (see :func:`.interior.warm_up`)."""
+    levinson(np.ones((1, LPC_ORDER + 1)), LPC_ORDER)
 
 
 def analyse(signal: np.ndarray, centres: np.ndarray) -> Features:
@@ -153,7 +162,7 @@ def analyse(signal: np.ndarray, centres: np.ndarray) -> Features:
     espec = np.fft.rfft(emph, NFFT)
     r = np.fft.irfft(espec.real**2 + espec.imag**2, NFFT)[:, : LPC_ORDER + 1]
     r[:, 0] *= 1.0001  # a little white noise keeps the recursion stable on silence
-    a = levinson(r, LPC_ORDER)
+    a = levinson(np.ascontiguousarray(r, dtype=np.float64), LPC_ORDER)
     envelope = 1.0 / (np.abs(np.fft.rfft(a, NFFT)) ** 2 + 1e-12)
     low_env = envelope[:, _F1_BAND]
     f1c = (low_env * _FREQS[_F1_BAND]).sum(axis=1) / (low_env.sum(axis=1) + 1e-12)

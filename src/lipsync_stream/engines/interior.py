@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from .base import MouthShape
 
@@ -75,46 +76,100 @@ def paint(
     """Paint the interior into *box* ((h, w, 3) uint8, in place) where *alpha* says.
 
     *u*, *v*, *v_up*, *v_low*, *alpha*: (h, w) float32 (see the module's docstring); *opening*:
-    the gap between the inner lips at the middle, in mouth widths.
+    the gap between the inner lips at the middle, in mouth widths. One compiled pass over the
+    pixels (:func:`_paint_pixels`), which does not hold the GIL.
     """
-    below_lip = v - v_up
-    above_lower = v_low - v
-    depth = np.clip(below_lip / np.maximum(v_low - v_up, 1e-4), 0.0, 1.0)  # 0 at the upper lip, 1 at the lower
-    au = np.abs(u)
-
-    # Per-pixel weights of four colours, then one blend. Cavity: dark at the back and the middle,
-    # warmer (lip-coloured) near the inner lip edges. Upper teeth: a band under the upper lip,
-    # narrower than the mouth, each tooth shaded towards its neighbours and the corners, with a
-    # greyer biting edge. Lower teeth: a lower, shadowed band over the lower lip when the lips
-    # spread (e, i). Tongue: a soft hump on the lower lip when the mouth is well open. A soft
-    # shadow under the upper lip keeps its edge from looking cut out.
+    rnd = min(max(shape.round, 0.0), 1.0)
+    tuck = min(max(shape.tuck, 0.0), 1.0)
     # Rounded, protruding lips (o, u) cover most of the upper teeth.
-    teeth_h = min(0.085, 0.55 * opening + 0.02 * shape.tuck) * (1.0 - 0.7 * min(max(shape.round, 0.0), 1.0))
-    lip_edge = np.minimum(below_lip, above_lower)
-    shade = (0.62 + 0.5 * np.abs(depth - 0.45) + 0.6 * np.clip(au - 0.25, 0.0, 0.3)) * (0.55 + 0.45 * smoothstep(0.0, 0.035, lip_edge))
-    warm = 1.0 - smoothstep(0.0, 0.03, lip_edge)  # the inner lip's own red, fading into the cavity
-    t_a = smoothstep(-0.012, 0.0, teeth_h - below_lip) * (1.0 - smoothstep(0.26, 0.36, au)) * min(1.0, opening / 0.03)
-    # Tooth boundaries, closer together towards the corners (the arch turns away): dark seams,
-    # widest at the gum and at the biting edge.
-    seams = np.zeros_like(u)
-    if opening > 0.01:  # no tooth shows otherwise
-        for edge in TOOTH_EDGES:  # a narrow bump at each boundary (a parabola: cheaper than exp)
-            np.maximum(seams, 1.0 - np.square((au - edge) / (0.009 + 0.009 * edge)), out=seams)
-        np.clip(seams, 0.0, 1.0, out=seams)
-    along = np.clip(below_lip / max(teeth_h, 1e-3), 0.0, 1.0)
-    seam_depth = 0.12 + 0.26 * np.square(2.0 * along - 1.0)
-    t_shade = (0.78 + 0.22 * np.cos(np.minimum(au / 0.36, 1.0) * (math.pi / 2))) * (0.72 + 0.28 * smoothstep(0.0, 0.025, below_lip))
-    t_shade = t_shade * (1.0 - seam_depth * seams) * (1.0 - 0.22 * smoothstep(0.75, 1.0, along))
+    teeth_h = min(0.085, 0.55 * opening + 0.02 * tuck) * (1.0 - 0.85 * rnd)
+    # The gum above the upper teeth shows when the upper lip lifts off them (open vowels, f/v).
+    gum_h = (0.018 * float(smoothstep(0.4, 1.0, shape.open)) * (1.0 - rnd) + 0.01 * tuck) * min(1.0, opening / 0.05)
+    # The lower row shows on spread lips (e, i); the tongue in a well-open mouth.
     low_h = 0.04 * float(smoothstep(0.3, 0.8, shape.width)) * float(smoothstep(0.03, 0.08, opening))
-    l_a = smoothstep(-0.008, 0.0, low_h - above_lower) * (1.0 - smoothstep(0.18, 0.27, au)) * (1.0 - t_a) if low_h > 0 else np.zeros_like(u)
-    l_shade = 0.55 * (1.0 - 0.15 * seams) * (0.8 + 0.2 * smoothstep(0.0, 0.02, above_lower))
-    g_a = 0.8 * smoothstep(0.55, 0.85, depth) * (1.0 - smoothstep(0.18, 0.32, au)) * float(smoothstep(0.12, 0.3, opening)) * (1.0 - l_a)
-    lit = (1.0 - 0.35 * (1.0 - smoothstep(0.0, 0.03, below_lip))) * alpha
-    rest = (1.0 - t_a) * (1.0 - g_a) * (1.0 - l_a) * lit
-    weights = np.stack(
-        [shade * (1.0 - warm) * rest, 0.6 * warm * rest, (t_shade * t_a + l_shade * l_a) * (1.0 - g_a) * lit, g_a * lit],
-        axis=-1,
-    ).astype(np.float32)
-    blended = box.astype(np.float32) * (1.0 - alpha)[..., None] + weights @ palette.matrix()
-    np.clip(blended + 0.5, 0, 255, out=blended)
-    box[...] = blended.astype(np.uint8)
+    tongue = float(smoothstep(0.15, 0.35, opening))
+    params = np.array([teeth_h, min(1.0, opening / 0.03), 1.0 if opening > 0.01 else 0.0, low_h, tongue, gum_h, opening], np.float32)
+    _paint_pixels(box, alpha, u, v, v_up, v_low, params, np.asarray(TOOTH_EDGES, np.float32), palette.matrix())
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _step(e0: float, e1: float, x: float) -> float:
+    t = min(max((x - e0) / (e1 - e0), 0.0), 1.0)
+    return t * t * (3.0 - 2.0 * t)
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _paint_pixels(box, alpha, u, v, v_up, v_low, params, tooth_edges, colours):  # type: ignore[no-untyped-def]
+    """Per pixel: weights of four colours (cavity, inner lip, teeth, tongue), then one blend.
+
+    Cavity: dark at the back and the middle, warmer (lip-coloured) near the inner lip edges.
+    Upper teeth: a band under the upper lip, narrower than the mouth, each tooth shaded towards
+    its neighbours and the corners, with a greyer biting edge; the seams between teeth are
+    deepest at the gum and at the biting edge. Lower teeth: a lower, shadowed band over the
+    lower lip. Tongue: a soft hump on the lower lip. A soft shadow under the upper lip keeps its
+    edge from looking cut out.
+    """
+    teeth_h, teeth_open, seamed, low_h, tongue_open, gum_h, opening = params[0], params[1], params[2], params[3], params[4], params[5], params[6]
+    # The tongue: a hump over the lower teeth, its top an arc across the mouth.
+    tongue_w, tongue_h = 0.3, 0.32 * opening
+    h, w = alpha.shape
+    for y in range(h):
+        for x in range(w):
+            a = alpha[y, x]
+            if a <= 0.0:
+                continue
+            below_lip = v[y, x] - v_up[y, x]
+            above_lower = v_low[y, x] - v[y, x]
+            depth = min(max(below_lip / max(v_low[y, x] - v_up[y, x], 1e-4), 0.0), 1.0)
+            au = abs(u[y, x])
+            lip_edge = min(below_lip, above_lower)
+            shade = (0.62 + 0.5 * abs(depth - 0.45) + 0.6 * min(max(au - 0.25, 0.0), 0.3)) * (0.55 + 0.45 * _step(0.0, 0.035, lip_edge))
+            warm = 1.0 - _step(0.0, 0.03, lip_edge)
+            # gum: a band under the upper lip, its lower edge scalloped where the teeth meet it
+            below_gum = below_lip - gum_h
+            t_a = _step(-0.012, 0.0, teeth_h - below_gum) * (1.0 - _step(0.26, 0.36, au)) * teeth_open
+            seams = 0.0
+            if seamed > 0.0:
+                for edge in tooth_edges:  # a narrow bump at each boundary
+                    d = (au - edge) / (0.009 + 0.009 * edge)
+                    seams = max(seams, 1.0 - d * d)
+                seams = min(max(seams, 0.0), 1.0)
+            gum_a = 0.0
+            if gum_h > 0.0:
+                gum_a = (1.0 - _step(-0.004, 0.002, below_gum - 0.006 * seams)) * (1.0 - _step(0.24, 0.34, au)) * teeth_open
+                t_a *= 1.0 - gum_a
+            along = min(max(below_gum / max(teeth_h, 1e-3), 0.0), 1.0)
+            seam_depth = 0.12 + 0.26 * (2.0 * along - 1.0) ** 2
+            t_shade = (0.78 + 0.22 * math.cos(min(au / 0.36, 1.0) * (math.pi / 2))) * (0.72 + 0.28 * _step(0.0, 0.025, below_lip))
+            t_shade *= (1.0 - seam_depth * seams) * (1.0 - 0.22 * _step(0.75, 1.0, along))
+            l_a = 0.0
+            if low_h > 0.0:
+                l_a = _step(-0.008, 0.0, low_h - above_lower) * (1.0 - _step(0.18, 0.27, au)) * (1.0 - t_a)
+            l_shade = 0.55 * (1.0 - 0.15 * seams) * (0.8 + 0.2 * _step(0.0, 0.02, above_lower))
+            g_a = 0.0
+            g_shade = 1.0
+            if tongue_open > 0.0 and au < tongue_w:
+                arc = math.sqrt(1.0 - (au / tongue_w) ** 2)
+                top = tongue_h * arc  # the tongue's top, above the lower lip's inner edge
+                g_a = _step(-0.012, 0.01, top - above_lower) * tongue_open * (1.0 - l_a) * (1.0 - t_a)
+                # in the mouth's shadow: a little light on its top, darker down its sides, towards
+                # the back and along a faint middle groove
+                g_shade = (0.55 + 0.2 * _step(0.0, 0.6, arc)) * (1.0 - 0.1 * math.exp(-((u[y, x] / 0.03) ** 2)))
+                g_shade *= 0.75 + 0.25 * _step(0.0, 0.03, top - above_lower)
+            lit = (1.0 - 0.35 * (1.0 - _step(0.0, 0.03, below_lip))) * a
+            rest = (1.0 - t_a) * (1.0 - g_a) * (1.0 - l_a) * (1.0 - gum_a) * lit
+            w0 = shade * (1.0 - warm) * rest
+            w1 = (0.6 * warm * rest) + 0.85 * gum_a * lit
+            w2 = (t_shade * t_a + l_shade * l_a) * (1.0 - g_a) * lit
+            w3 = g_shade * g_a * lit
+            for c in range(3):
+                value = box[y, x, c] * (1.0 - a) + w0 * colours[0, c] + w1 * colours[1, c] + w2 * colours[2, c] + w3 * colours[3, c]
+                box[y, x, c] = min(max(value + 0.5, 0.0), 255.0)
+
+
+def warm_up() -> None:
+    """Compile the painter now (about a second the first time, then from numba's cache), so that
+    no session's first open mouth waits for it."""
+    box = np.zeros((2, 2, 3), np.uint8)
+    flat = np.zeros((2, 2), np.float32)
+    paint(box, flat + 1.0, flat, flat, flat - 0.1, flat + 0.1, MouthShape(0.5), 0.1, Palette.from_skin(None))

@@ -10,8 +10,10 @@ lips the shared painter (:mod:`.interior`) draws the inside of the mouth.
 
 from __future__ import annotations
 
+import collections
 import functools
 import math
+import threading
 
 import cv2
 import numpy as np
@@ -46,6 +48,8 @@ JAW_SHARE = 0.8  # of the lower lip's drop that the chin follows
 SPREAD = 0.16  # horizontal scale of the lips at width = +-1
 PROTRUDE = 0.05  # lips thicken outwards at round = 1
 ROUND_PULL = 0.32  # corners drawn in at round = 1
+ROUND_LIFT = 0.08  # the upper lip's inner edge rises into an arch at round = 1 (an oval opening)
+ROUND_FLATTEN = 0.7  # share of a smile's curve the lips lose at round = 1
 UPPER_SHARE = 0.15  # of an open reference mouth's gap that the upper lip closes (the jaw does the rest)
 TUCK_LIFT = 0.06  # upper lip lift for f/v, showing the teeth over the lower lip
 
@@ -129,46 +133,98 @@ SPLINE_IDS = sorted(
 _CORNER = np.isin(_MOVING, MOUTH_CORNERS)
 _POS = {int(i): k for k, i in enumerate(_MOVING)}
 _PAIRS = np.array([(_POS[u], _POS[lo]) for u, lo in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER, strict=True) if u != lo])
+_UPPER_INNER = np.array([_POS[i] for i in LIPS_UPPER_INNER])
+_LOWER_INNER = np.array([_POS[i] for i in LIPS_LOWER_INNER])
+_SPLINE = np.array([_POS[i] for i in SPLINE_IDS])
+_UP_MID, _LOW_MID = _POS[UPPER_LIP_INNER_MID], _POS[LOWER_LIP_INNER_MID]
 
 
-def target_landmarks(lm: np.ndarray, shape: MouthShape) -> tuple[dict[int, np.ndarray], MouthFrame]:
-    """Where each moving landmark goes for *shape* (pixels), and the mouth frame used."""
-    frame = MouthFrame(lm)
-    uv = frame.to_uv(lm[_MOVING].astype(np.float64))
-    u, v = uv[:, 0], uv[:, 1]
-    opening = min(max(shape.open, 0.0), 1.2)
-    width = min(max(shape.width, -1.0), 1.0)
-    rnd, tuck = min(max(shape.round, 0.0), 1.0), min(max(shape.tuck, 0.0), 1.0)
+class MouthRig:
+    """Everything about a reference frame's mouth that no shape changes, worked out once.
 
-    # Close the reference's own gap first, so that every target starts from closed lips: the jaw
-    # and lower lip do most of the closing, as they do in speech.
-    closing = np.zeros(len(_MOVING))
-    gaps = np.maximum(v[_PAIRS[:, 1]] - v[_PAIRS[:, 0]], 0.0)
-    closing[_PAIRS[:, 0]] = UPPER_SHARE * gaps
-    closing[_PAIRS[:, 1]] = -(1.0 - UPPER_SHARE) * gaps
-    mid_gap = max(0.0, float(v[_POS[LOWER_LIP_INNER_MID]] - v[_POS[UPPER_LIP_INNER_MID]]))
+    A target landmark's move is linear in the shape's travels: across the lips, ``du`` is
+    ``(SPREAD * width - ROUND_PULL * round)`` times a per-point factor; down, ``dv`` is a
+    per-point base (closing the reference's own gap, so that every shape starts from closed
+    lips: the jaw and lower lip do most of the closing, as they do in speech) plus per-point
+    factors of the lower lip's drop, the upper lip's lift, rounding and the f/v tuck. The rig
+    keeps those factors, the region and the spline's fixed points, and the interior's palette.
+    """
 
-    drop = LOWER_LIP_DROP * opening
-    lift = UPPER_LIP_LIFT * opening + TUCK_LIFT * tuck
-    lens, soft_lens = _lens(u), _lens(u, 0.5)
-    du = (SPREAD * width - ROUND_PULL * rnd) * u * np.minimum(1.0, 0.6 / np.maximum(np.abs(u), 1e-9))
-    dv = np.select(
-        [_GROUP == 0, _GROUP == 1, _GROUP == 2, _GROUP == 3, _GROUP == 4, _GROUP == 5],
-        [
-            closing - lift * lens,
-            closing + (drop - tuck * 0.02) * lens,
-            (UPPER_SHARE * mid_gap - 0.85 * lift - PROTRUDE * rnd) * lens,
-            (-(1.0 - UPPER_SHARE) * mid_gap + 0.95 * drop + PROTRUDE * rnd - 0.02 * tuck) * lens,
-            0.4 * (UPPER_SHARE * mid_gap - 0.85 * lift) * soft_lens,
-            (0.9 * drop - (1.0 - UPPER_SHARE) * mid_gap) * np.clip(1.0 - np.abs(u), 0.3, 1.0),
-        ],
-        # jaw and chin follow the lower lip, less towards the ears
-        (JAW_SHARE * drop - (1.0 - UPPER_SHARE) * mid_gap) * np.clip(1.0 - np.abs(u) / 1.4, 0.2, 1.0),
-    )
-    du = np.select([_GROUP == 4, _GROUP == 5, _GROUP == 6], [0.3 * du, 0.5 * du, 0.0 * du], du)
-    dv[_CORNER] = 0.0
-    xy = frame.to_xy(np.stack([u + du, v + dv], axis=1))
-    return {int(i): xy[k] for k, i in enumerate(_MOVING)}, frame
+    def __init__(self, lm: np.ndarray, image: np.ndarray) -> None:
+        self.frame = frame = MouthFrame(lm)
+        uv = frame.to_uv(lm[_MOVING].astype(np.float64))
+        self.uv = uv
+        u, v = uv[:, 0], uv[:, 1]
+        gaps = np.maximum(v[_PAIRS[:, 1]] - v[_PAIRS[:, 0]], 0.0)
+        closing = np.zeros(len(_MOVING))
+        closing[_PAIRS[:, 0]] = UPPER_SHARE * gaps
+        closing[_PAIRS[:, 1]] = -(1.0 - UPPER_SHARE) * gaps
+        mid_gap = max(0.0, float(v[_LOW_MID] - v[_UP_MID]))
+        self.gap = mid_gap
+        lens, soft_lens = _lens(u), _lens(u, 0.5)
+        lower_skin = np.clip(1.0 - np.abs(u), 0.3, 1.0)
+        jaw = np.clip(1.0 - np.abs(u) / 1.4, 0.2, 1.0)  # jaw and chin follow the lower lip, less towards the ears
+        groups = [_GROUP == g for g in range(7)]
+        up_close, low_close = UPPER_SHARE * mid_gap, -(1.0 - UPPER_SHARE) * mid_gap
+        base = np.select(groups[:6], [closing, closing, up_close * lens, low_close * lens, 0.4 * up_close * soft_lens, low_close * lower_skin], low_close * jaw)
+        # columns: lower-lip drop, upper-lip lift, rounding, tuck (all in mouth widths)
+        factors = np.zeros((len(_MOVING), 4))
+        factors[:, 0] = np.select(groups[:6], [0 * lens, lens, 0 * lens, 0.95 * lens, 0 * lens, 0.9 * lower_skin], JAW_SHARE * jaw)
+        factors[:, 1] = np.select([groups[0], groups[2], groups[4]], [-lens, -0.85 * lens, -0.4 * 0.85 * soft_lens], 0.0)
+        # Rounding (o, u) makes the opening an oval: the lips lose a smile's curve (their sides and
+        # corners, above the closed lips' middle, come down towards it, else drawing the
+        # corners in would steepen the curve into a V) and the upper lip arches up in the middle.
+        closed_v = v + closing
+        unsmile = np.maximum(float(closed_v[_UP_MID]) - closed_v, 0.0) * ROUND_FLATTEN
+        arch = ROUND_LIFT * _lens(u, 0.5)
+        lips = groups[0] | groups[1] | groups[2] | groups[3]
+        factors[:, 2] = np.where(lips, unsmile, 0.0) + np.select([groups[0], groups[2], groups[3], groups[4]], [-arch, -arch - PROTRUDE * lens, PROTRUDE * lens, -0.4 * arch], 0.0)
+        factors[:, 3] = np.select([groups[1], groups[3]], [-0.02 * lens, -0.02 * lens], 0.0)
+        base[_CORNER] = 0.0
+        factors[_CORNER, :2] = 0.0
+        factors[_CORNER, 3] = 0.0
+        self.base_v, self.factors_v = base, factors
+        along = u * np.minimum(1.0, 0.6 / np.maximum(np.abs(u), 1e-9))
+        self.factor_u = along * np.select([groups[4], groups[5], groups[6]], [0.3, 0.5, 0.0], 1.0)
+        self.roi = roi_for(lm, frame, image.shape[:2])
+        y0, y1, x0, x1 = self.roi
+        self.still = lm[STILL_POINTS].astype(np.float64)
+        self.spline_src = np.vstack([lm[SPLINE_IDS].astype(np.float64), self.still])
+        self.ring = _ring(y0, y1, x0, x1)
+        self.palette = Palette.from_skin(_skin_colour(image, lm, frame))
+
+    def targets(self, shape: MouthShape) -> np.ndarray:
+        """(moving landmarks, 2) pixel positions for *shape*, in the order of ``_MOVING``."""
+        opening = min(max(shape.open, 0.0), 1.2)
+        width = min(max(shape.width, -1.0), 1.0)
+        rnd, tuck = min(max(shape.round, 0.0), 1.0), min(max(shape.tuck, 0.0), 1.0)
+        travels = np.array([LOWER_LIP_DROP * opening, UPPER_LIP_LIFT * opening + TUCK_LIFT * tuck, rnd, tuck])
+        uv = self.uv.copy()
+        uv[:, 0] += (SPREAD * width - ROUND_PULL * rnd) * self.factor_u
+        uv[:, 1] += self.base_v + self.factors_v @ travels
+        return self.frame.to_xy(uv)
+
+
+_RIGS: collections.OrderedDict[bytes, MouthRig] = collections.OrderedDict()
+_RIGS_LOCK = threading.Lock()
+MAX_RIGS = 1024  # reference frames whose rigs are kept (a few kB each)
+
+
+def rig_for(lm: np.ndarray, image: np.ndarray) -> MouthRig:
+    """The rig of a reference frame, from a cache keyed by its landmarks and the skin its
+    interior is lit from: worked out once per reference frame, whichever session asks."""
+    key = str(lm.dtype).encode() + lm.tobytes() + _skin_patch(image, lm, MouthFrame(lm)).tobytes()
+    with _RIGS_LOCK:
+        rig = _RIGS.get(key)
+        if rig is not None:
+            _RIGS.move_to_end(key)
+            return rig
+    rig = MouthRig(lm, image)
+    with _RIGS_LOCK:
+        _RIGS[key] = rig
+        while len(_RIGS) > MAX_RIGS:
+            _RIGS.popitem(last=False)
+    return rig
 
 
 def roi_for(lm: np.ndarray, frame: MouthFrame, size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -184,11 +240,12 @@ def roi_for(lm: np.ndarray, frame: MouthFrame, size: tuple[int, int]) -> tuple[i
 
 @functools.lru_cache(maxsize=64)
 def _feather(h: int, w: int) -> np.ndarray:
-    """0 at the region's edge rising smoothly to 1 at FEATHER_PX inside (read-only, cached)."""
+    """(h, w, 2): 0 at the region's edge rising smoothly to 1 at FEATHER_PX inside, for both
+    coordinates of a map (read-only, cached)."""
     yy = np.arange(h, dtype=np.float32)[:, None]
     xx = np.arange(w, dtype=np.float32)[None, :]
     edge = np.minimum(np.minimum(yy, (h - 1) - yy), np.minimum(xx, (w - 1) - xx))
-    out = smoothstep(0.0, FEATHER_PX, edge).astype(np.float32)
+    out = np.repeat(smoothstep(0.0, FEATHER_PX, edge).astype(np.float32)[..., None], 2, axis=2)
     out.flags.writeable = False
     return out
 
@@ -210,80 +267,81 @@ def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> R
     if lm is None:
         return compose_mouth(ref, shape, align)
     image = ref.image
-    frame0 = MouthFrame(lm)
-    gap0 = float(frame0.to_uv(lm[LOWER_LIP_INNER_MID].astype(np.float64))[1] - frame0.to_uv(lm[UPPER_LIP_INNER_MID].astype(np.float64))[1])
-    if shape.is_rest and gap0 < 0.03:
+    rig = rig_for(lm, image)
+    if shape.is_rest and rig.gap < 0.03:
         return None  # lips already closed: silence leaves the frame untouched
-
-    targets, frame = target_landmarks(lm, shape)
-    h, w = image.shape[:2]
-    y0, y1, x0, x1 = roi_for(lm, frame, (h, w))
+    y0, y1, x0, x1 = rig.roi
     if y1 - y0 < 16 or x1 - x0 < 16:
         return None
-    opening_px = float(np.dot(targets[LOWER_LIP_INNER_MID] - targets[UPPER_LIP_INNER_MID], frame.ey))
+    frame = rig.frame
+    targets = rig.targets(shape)
+    opening_px = float((targets[_LOW_MID] - targets[_UP_MID]) @ frame.ey)
     # Inner lips that meet stay a pixel apart, so the spline squeezes any open mouth in the
     # reference into that pixel instead of being asked to map one point to two places.
-    for up, low in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER, strict=True):
-        if up != low:
-            sep = float(np.dot(targets[low] - targets[up], frame.ey))
-            if sep < 1.0:
-                targets[low] = targets[low] + (1.0 - sep) * frame.ey
-    ids = SPLINE_IDS
-    dst = np.array([targets[i] for i in ids] + [lm[i] for i in STILL_POINTS], dtype=np.float64)
-    src = np.array([lm[i] for i in ids] + [lm[i] for i in STILL_POINTS], dtype=np.float64)
+    up, low = _PAIRS[:, 0], _PAIRS[:, 1]
+    sep = (targets[low] - targets[up]) @ frame.ey
+    targets[low] += np.maximum(1.0 - sep, 0.0)[:, None] * frame.ey
+    dst = np.vstack([targets[_SPLINE], rig.still])
     inside = (dst[:, 0] > x0) & (dst[:, 0] < x1 - 1) & (dst[:, 1] > y0) & (dst[:, 1] < y1 - 1)
-    ring = _ring(y0, y1, x0, x1)
-    dst = np.vstack([dst[inside], ring])
-    src = np.vstack([src[inside], ring])
+    dst = np.vstack([dst[inside], rig.ring])
+    src = np.vstack([rig.spline_src[inside], rig.ring])
 
-    # Backward map: for each output pixel, where to sample the reference. Fit in a local frame.
+    # Backward map: for each output pixel, where to sample the reference. Fit in a local frame,
+    # evaluate on a coarse grid, and scale the displacement up (bilinear) to every pixel.
     scale = frame.width
     origin = np.array([x0, y0], dtype=np.float64)
     weights, affine = tps_fit((dst - origin) / scale, (src - origin) / scale)
-    gy = np.arange(0, y1 - y0 + GRID_STEP, GRID_STEP, dtype=np.float64)
-    gx = np.arange(0, x1 - x0 + GRID_STEP, GRID_STEP, dtype=np.float64)
-    grid = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
-    mapped = tps_apply((dst - origin) / scale, weights, affine, grid / scale) * scale + origin
-    mapped = mapped.reshape(len(gy), len(gx), 2).astype(np.float32)
-    full_w, full_h = (len(gx) - 1) * GRID_STEP + 1, (len(gy) - 1) * GRID_STEP + 1
-    maps = cv2.resize(mapped, (full_w, full_h), interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
+    h, w = y1 - y0, x1 - x0
+    grid = _grid(h, w)
+    moved = tps_apply((dst - origin) / scale, weights, affine, grid / scale) * scale - grid
+    gh, gw = -(-h // GRID_STEP), -(-w // GRID_STEP)
+    coarse = moved.reshape(gh, gw, 2).astype(np.float32)
+    displacement = cv2.resize(coarse, (gw * GRID_STEP, gh * GRID_STEP), interpolation=cv2.INTER_LINEAR)[:h, :w]
     # Fade the displacement (not the pixels) out towards the region's edge: no double edges, and
     # exactly the reference at the edge itself.
-    feather = _feather(y1 - y0, x1 - x0)
-    ident_x = np.arange(x0, x1, dtype=np.float32)[None, :]
-    ident_y = np.arange(y0, y1, dtype=np.float32)[:, None]
-    map_x = ident_x + feather * (maps[..., 0] - ident_x)
-    map_y = ident_y + feather * (maps[..., 1] - ident_y)
+    maps = cv2.multiply(displacement, _feather(h, w))
+    cv2.add(maps, _identity(h, w), dst=maps)
+    cv2.add(maps, (float(x0), float(y0), 0.0, 0.0), dst=maps)  # type: ignore[call-overload]  # a scalar per channel
     top = (y0 // align) * align
-    bottom = min(h, -(-y1 // align) * align)
+    bottom = min(image.shape[0], -(-y1 // align) * align)
     band = image[top:bottom].copy()
     warped = band[y0 - top : y1 - top, x0:x1]
-    cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, dst=warped, borderMode=cv2.BORDER_REFLECT)
+    cv2.remap(image, maps, None, cv2.INTER_LINEAR, dst=warped, borderMode=cv2.BORDER_REFLECT)  # type: ignore[call-overload]  # map2 may be None
     if opening_px >= 0.6:
-        _draw_interior(warped, image, lm, targets, frame, shape, (y0, x0), opening_px)
+        _draw_interior(warped, rig, targets, shape, (y0, x0), opening_px)
     return top, band
 
 
-def _poly(points: list[np.ndarray], origin: tuple[int, int]) -> np.ndarray:
-    arr = np.array(points, dtype=np.float64) - np.array([origin[1], origin[0]])
+@functools.lru_cache(maxsize=64)
+def _grid(h: int, w: int) -> np.ndarray:
+    """The coarse grid's points (x, y) for an h x w region: one per GRID_STEP x GRID_STEP cell,
+    at the cell's centre, which is where ``cv2.resize`` puts a coarse pixel when it scales the
+    grid up by GRID_STEP (so that the bilinear upscaling is exact there)."""
+    gy = (np.arange(-(-h // GRID_STEP), dtype=np.float64) + 0.5) * GRID_STEP - 0.5
+    gx = (np.arange(-(-w // GRID_STEP), dtype=np.float64) + 0.5) * GRID_STEP - 0.5
+    out = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
+    out.flags.writeable = False
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _identity(h: int, w: int) -> np.ndarray:
+    """(h, w, 2) float32: each pixel's own (x, y) (read-only, cached)."""
+    out = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=-1)
+    out.flags.writeable = False
+    return out
+
+
+def _poly(points: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
+    arr = points - np.array([origin[1], origin[0]])
     return np.round(arr * 4).astype(np.int32)  # 2 fractional bits for cv2's sub-pixel drawing
 
 
-def _draw_interior(
-    warped: np.ndarray,
-    image: np.ndarray,
-    lm: np.ndarray,
-    targets: dict[int, np.ndarray],
-    frame: MouthFrame,
-    shape: MouthShape,
-    origin: tuple[int, int],
-    opening_px: float,
-) -> None:
+def _draw_interior(warped: np.ndarray, rig: MouthRig, targets: np.ndarray, shape: MouthShape, origin: tuple[int, int], opening_px: float) -> None:
     """The mouth interior between the target inner lips, drawn into *warped* (the uint8 region
     of the output, origin at *origin*) in place by the shared painter (:mod:`.interior`)."""
-    upper = [targets[i] for i in LIPS_UPPER_INNER]
-    lower = [targets[i] for i in LIPS_LOWER_INNER]
-    poly = np.array(upper + lower[::-1])
+    upper, lower = targets[_UPPER_INNER], targets[_LOWER_INNER]
+    poly = np.vstack([upper, lower[::-1]])
     # Work in the polygon's bounding box only (inside the region).
     rh, rw = warped.shape[:2]
     by0 = max(0, int(poly[:, 1].min()) - origin[0] - 2)
@@ -295,31 +353,33 @@ def _draw_interior(
     origin = (origin[0] + by0, origin[1] + bx0)
     h, w = by1 - by0, bx1 - bx0
     mask = np.zeros((h, w), np.uint8)
-    cv2.fillPoly(mask, [_poly(upper + lower[::-1], origin)], (255,), lineType=cv2.LINE_AA, shift=2)
-    if not mask.any():
-        return
+    cv2.fillPoly(mask, [_poly(poly, origin)], (255,), lineType=cv2.LINE_AA, shift=2)
     alpha = mask.astype(np.float32) * np.float32(1.0 / 255.0)
 
     # Mouth coordinates of every pixel of the box: an affine function of (x, y).
+    frame = rig.frame
     ox, oy = (np.array([origin[1], origin[0]], np.float64) - frame.origin) / frame.width
     ex, ey = frame.ex / frame.width, frame.ey / frame.width
     xs = np.arange(w, dtype=np.float32)[None, :]
     ys = np.arange(h, dtype=np.float32)[:, None]
     u = np.float32(ox * frame.ex[0] + oy * frame.ex[1]) + np.float32(ex[0]) * xs + np.float32(ex[1]) * ys
     v = np.float32(ox * frame.ey[0] + oy * frame.ey[1]) + np.float32(ey[0]) * xs + np.float32(ey[1]) * ys
-    up_uv = frame.to_uv(np.array(upper))
-    low_uv = frame.to_uv(np.array(lower))
+    up_uv, low_uv = frame.to_uv(upper), frame.to_uv(lower)
     order_up, order_low = np.argsort(up_uv[:, 0]), np.argsort(low_uv[:, 0])
     v_up = np.interp(u, up_uv[order_up, 0], up_uv[order_up, 1]).astype(np.float32)
     v_low = np.interp(u, low_uv[order_low, 0], low_uv[order_low, 1]).astype(np.float32)
-    palette = Palette.from_skin(_skin_colour(image, lm, frame))
-    interior.paint(warped[by0:by1, bx0:bx1], alpha, u, v, v_up, v_low, shape, opening_px / frame.width, palette)
+    interior.paint(warped[by0:by1, bx0:bx1], alpha, u, v, v_up, v_low, shape, opening_px / frame.width, rig.palette)
 
 
-def _skin_colour(image: np.ndarray, lm: np.ndarray, frame: MouthFrame) -> np.ndarray | None:
-    """Mean colour of the skin between the nose and the upper lip: the face's own lighting."""
+def _skin_patch(image: np.ndarray, lm: np.ndarray, frame: MouthFrame) -> np.ndarray:
+    """The skin between the nose and the upper lip (every other pixel): the face's own lighting."""
     skin_pt = 0.5 * (lm[NOSE_BOTTOM] + lm[UPPER_LIP_OUTER_MID])
     sx, sy = int(skin_pt[0]), int(skin_pt[1])
     r = max(2, int(0.06 * frame.width))
-    skin = image[max(0, sy - r) : sy + r : 2, max(0, sx - r) : sx + r : 2].reshape(-1, 3)
+    return image[max(0, sy - r) : sy + r : 2, max(0, sx - r) : sx + r : 2].reshape(-1, 3)
+
+
+def _skin_colour(image: np.ndarray, lm: np.ndarray, frame: MouthFrame) -> np.ndarray | None:
+    """Mean colour of that skin."""
+    skin = _skin_patch(image, lm, frame)
     return skin.mean(axis=0, dtype=np.float32) if len(skin) else None

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..protocol import FPS, SAMPLE_RATE, AudioFrame
+from . import features, interior
 from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
 from .features import HOP, Features, HopCache
 from .meshwarp import compose_region
@@ -167,3 +168,7 @@ class VisemeEngine(Engine):
 
     def stream(self) -> VisemeStream:
         return VisemeStream(self)
+
+    def warm_up(self) -> None:
+        features.warm_up()
+        interior.warm_up()
