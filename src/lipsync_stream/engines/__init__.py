@@ -1,7 +1,7 @@
 """Lip-sync engines, by name.
 
-The weight-free engines need nothing but numpy; learned ones (``wav2lip``) need the ``[neural]``
-extra and a checkpoint, and are imported only when asked for.
+The weight-free engines need numpy, OpenCV and numba only; learned ones (``wav2lip``) need the
+``[neural]`` extra and a checkpoint, and are imported only when asked for.
 """
 
 from __future__ import annotations
