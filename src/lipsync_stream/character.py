@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from .engines.base import MouthGeometry, ReferenceFrame
+from .engines.mouthbank import InteriorBank
 from .faces import (
     DETECT_MAX_SIDE,
     FaceDetector,
@@ -72,10 +73,13 @@ class Character:
     def __post_init__(self) -> None:
         object.__setattr__(self, "mouths", Landmarks(self.landmarks).mouths())
         object.__setattr__(self, "jpegs", ReferenceJpegs())
+        object.__setattr__(self, "interiors", InteriorBank.from_frames(self.frames, self.landmarks))
 
     mouths: np.ndarray = field(init=False)  # (N, 4) float32 cx, cy, half_width, angle
     #: reference frames encoded once as spliceable JPEGs, shared by the character's sessions
     jpegs: ReferenceJpegs = field(init=False, repr=False, compare=False)
+    #: its own open-mouth interiors, when the video opens its mouth (drawn otherwise)
+    interiors: InteriorBank | None = field(init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -83,7 +87,7 @@ class Character:
     @property
     def nbytes(self) -> int:
         """Memory it holds: frames (mapped), landmarks, and the reference JPEGs encoded so far."""
-        return int(self.frames.nbytes + self.landmarks.nbytes + self.jpegs.nbytes)
+        return int(self.frames.nbytes + self.landmarks.nbytes + self.jpegs.nbytes + (self.interiors.nbytes if self.interiors else 0))
 
     def ref_index(self, k: int) -> int:
         """Reference frame for output frame *k*: 0, 1, ..., N-1, N-2, ..., 1, 0, 1, ..."""
@@ -96,7 +100,7 @@ class Character:
     def reference(self, k: int) -> ReferenceFrame:
         i = self.ref_index(k)
         cx, cy, hw, angle = (float(v) for v in self.mouths[i])
-        return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle), self.landmarks[i], self.boxes[i])
+        return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle), self.landmarks[i], self.boxes[i], self.interiors)
 
 
 # --- decoding with bounded memory ---------------------------------------------------------------

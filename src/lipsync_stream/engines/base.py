@@ -21,11 +21,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..protocol import AudioFrame
+
+if TYPE_CHECKING:
+    from .mouthbank import InteriorBank
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class ReferenceFrame:
     mouth: MouthGeometry
     landmarks: np.ndarray | None = None  # (478, 2) face-mesh points, when the character has them
     box: np.ndarray | None = None  # (y1, y2, x1, x2) face box, when the character has one
+    interiors: InteriorBank | None = None  # the character's own open-mouth interiors, if it has any
 
 
 @dataclass(frozen=True)

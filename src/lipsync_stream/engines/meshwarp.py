@@ -36,9 +36,10 @@ from ..landmarks import (
     UPPER_LIP_OUTER_MID,
     UPPER_LIP_SKIN,
 )
-from . import interior
+from . import interior, mouthbank
 from .base import MouthShape, ReferenceFrame, Region
 from .interior import Palette, smoothstep
+from .mouthbank import InteriorBank
 from .mouthwarp import compose_mouth
 
 # Displacements at full strength, in mouth widths.
@@ -55,6 +56,7 @@ TUCK_LIFT = 0.06  # upper lip lift for f/v, showing the teeth over the lower lip
 
 GRID_STEP = 8  # px between exact spline evaluations; bilinear in between
 FEATHER_PX = 16.0  # displacement fades to zero over this many pixels at the region's edge
+BANK_MIN_OPENING = 0.04  # mouth widths: narrower openings are drawn (a sliver shows no teeth to copy)
 
 _LIP_IDS = sorted(set(LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER))
 
@@ -134,6 +136,7 @@ _CORNER = np.isin(_MOVING, MOUTH_CORNERS)
 _POS = {int(i): k for k, i in enumerate(_MOVING)}
 _PAIRS = np.array([(_POS[u], _POS[lo]) for u, lo in zip(LIPS_UPPER_INNER, LIPS_LOWER_INNER, strict=True) if u != lo])
 _UPPER_INNER = np.array([_POS[i] for i in LIPS_UPPER_INNER])
+_CORNERS = [_POS[i] for i in MOUTH_CORNERS]
 _LOWER_INNER = np.array([_POS[i] for i in LIPS_LOWER_INNER])
 _SPLINE = np.array([_POS[i] for i in SPLINE_IDS])
 _UP_MID, _LOW_MID = _POS[UPPER_LIP_INNER_MID], _POS[LOWER_LIP_INNER_MID]
@@ -308,7 +311,7 @@ def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> R
     warped = band[y0 - top : y1 - top, x0:x1]
     cv2.remap(image, maps, None, cv2.INTER_LINEAR, dst=warped, borderMode=cv2.BORDER_REFLECT)  # type: ignore[call-overload]  # map2 may be None
     if opening_px >= 0.6:
-        _draw_interior(warped, rig, targets, shape, (y0, x0), opening_px)
+        _draw_interior(warped, rig, targets, shape, (y0, x0), opening_px, ref.interiors)
     return top, band
 
 
@@ -337,9 +340,12 @@ def _poly(points: np.ndarray, origin: tuple[int, int]) -> np.ndarray:
     return np.round(arr * 4).astype(np.int32)  # 2 fractional bits for cv2's sub-pixel drawing
 
 
-def _draw_interior(warped: np.ndarray, rig: MouthRig, targets: np.ndarray, shape: MouthShape, origin: tuple[int, int], opening_px: float) -> None:
+def _draw_interior(
+    warped: np.ndarray, rig: MouthRig, targets: np.ndarray, shape: MouthShape, origin: tuple[int, int], opening_px: float, interiors: InteriorBank | None
+) -> None:
     """The mouth interior between the target inner lips, drawn into *warped* (the uint8 region
-    of the output, origin at *origin*) in place by the shared painter (:mod:`.interior`)."""
+    of the output, origin at *origin*) in place: the character's own nearest interior when it
+    has a bank (:mod:`.mouthbank`), else by the shared painter (:mod:`.interior`)."""
     upper, lower = targets[_UPPER_INNER], targets[_LOWER_INNER]
     poly = np.vstack([upper, lower[::-1]])
     # Work in the polygon's bounding box only (inside the region).
@@ -368,7 +374,14 @@ def _draw_interior(warped: np.ndarray, rig: MouthRig, targets: np.ndarray, shape
     order_up, order_low = np.argsort(up_uv[:, 0]), np.argsort(low_uv[:, 0])
     v_up = np.interp(u, up_uv[order_up, 0], up_uv[order_up, 1]).astype(np.float32)
     v_low = np.interp(u, low_uv[order_low, 0], low_uv[order_low, 1]).astype(np.float32)
-    interior.paint(warped[by0:by1, bx0:bx1], alpha, u, v, v_up, v_low, shape, opening_px / frame.width, rig.palette)
+    opening = opening_px / frame.width
+    if interiors is not None and opening >= BANK_MIN_OPENING:
+        # the character's own interior, for this opening and this width against the reference's
+        width = float(np.hypot(*(targets[_CORNERS[1]] - targets[_CORNERS[0]]))) / frame.width
+        span = 0.5 * float(up_uv[:, 0].max() - up_uv[:, 0].min())
+        mouthbank.paint(warped[by0:by1, bx0:bx1], alpha, u, v, v_up, v_low, span, interiors.nearest(opening, width))
+    else:
+        interior.paint(warped[by0:by1, bx0:bx1], alpha, u, v, v_up, v_low, shape, opening, rig.palette)
 
 
 def _skin_patch(image: np.ndarray, lm: np.ndarray, frame: MouthFrame) -> np.ndarray:
