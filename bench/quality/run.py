@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
 
-from espeak import Espeak, Phoneme  # noqa: E402
+from espeak import PHONEME_VISEME, Espeak, Phoneme, resample_to  # noqa: E402
 from hopper_video import make_video  # noqa: E402
 from speech_synth import hum, silence, vowel  # noqa: E402
 
@@ -46,19 +46,6 @@ from lipsync_stream.pipeline import FrameRenderer  # noqa: E402
 from lipsync_stream.prepare import prepare  # noqa: E402
 from lipsync_stream.protocol import FPS, SAMPLE_RATE, AudioFramer, SessionParams, decode_frame  # noqa: E402
 
-# espeak-ng phoneme mnemonics -> the viseme a viewer expects
-PHONEME_VISEME: dict[str, str] = {}
-for _v, _symbols in {
-    "closed": "p b m",
-    "fv": "f v",
-    "a": "a a# A: aI aU V aa A@ a@ 0",
-    "e": "E e eI @ 3: e@ @L @2 3 I2 @5 3:r",
-    "i": "i i: I j",
-    "o": "O: oU OI u: U w O@ U@ O u o@",
-    "sil": "_ _: _! _;",
-}.items():
-    for _s in _symbols.split():
-        PHONEME_VISEME[_s] = _v
 VOICES = ["en-us", "en+m3", "en-us+f3", "en-us+klatt"]
 SENTENCES = [
     "Peter picked a peck of pickled peppers, and bought a bigger map.",
@@ -86,13 +73,7 @@ class Measured:
 
 
 def resample(pcm: np.ndarray, rate: int) -> np.ndarray:
-    import av
-
-    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1).astype(np.int16), format="s16", layout="mono")
-    frame.sample_rate = rate
-    r = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-    out = [f.to_ndarray().reshape(-1) for f in r.resample(frame)] + [f.to_ndarray().reshape(-1) for f in r.resample(None)]
-    return np.concatenate(out).astype(np.int16)
+    return resample_to(pcm, rate, SAMPLE_RATE)
 
 
 def frame_labels(phonemes: list[Phoneme], n_frames: int, lead_in: float) -> list[str]:

@@ -41,6 +41,22 @@ _F2_BAND = (_FREQS >= 900) & (_FREQS <= 3000)
 _MURMUR_BASE = (_FREQS >= 60) & (_FREQS < 600)
 _MURMUR_MID = (_FREQS >= 600) & (_FREQS < 1500)
 _MURMUR_UPPER = (_FREQS >= 1500) & (_FREQS < 3500)
+N_MEL = 24  # log-mel bands (for the viseme recognizer), 100 Hz to 7.6 kHz
+
+
+def _mel_filterbank(n: int = N_MEL, low: float = 100.0, high: float = 7600.0) -> np.ndarray:
+    """(FFT bins, n) triangular filters equally spaced on the mel scale (HTK formula)."""
+    mels = np.linspace(2595.0 * np.log10(1.0 + low / 700.0), 2595.0 * np.log10(1.0 + high / 700.0), n + 2)
+    hz = 700.0 * (10.0 ** (mels / 2595.0) - 1.0)
+    fb = np.zeros((len(_FREQS), n))
+    for i in range(n):
+        rise = (_FREQS - hz[i]) / (hz[i + 1] - hz[i])
+        fall = (hz[i + 2] - _FREQS) / (hz[i + 2] - hz[i + 1])
+        fb[:, i] = np.clip(np.minimum(rise, fall), 0.0, None)
+    return fb
+
+
+_MEL_FB = _mel_filterbank()
 
 
 @dataclass(frozen=True)
@@ -54,6 +70,7 @@ class Features:
     f1_centroid: np.ndarray  # Hz, centre of the LPC envelope's mass in 200-1100 Hz: rises as the jaw opens
     f2_centroid: np.ndarray  # Hz, centre of the envelope's mass in 0.9-3 kHz: follows F2 (low when rounded)
     murmur_db: dict[str, np.ndarray]  # dB of 0.6-1.5 kHz ("mid") and 1.5-3.5 kHz ("upper") over 60-600 Hz
+    mel_db: np.ndarray  # (hops, N_MEL) log-mel band energies, dB
 
     def __len__(self) -> int:
         return len(self.level_db)
@@ -61,14 +78,14 @@ class Features:
     def matrix(self) -> np.ndarray:
         """(hops, fields) float64: every feature of every hop, one row per hop."""
         cols = [self.level_db, self.voicing, *(self.bands_db[b] for b in BANDS), self.centroid, self.f1_centroid, self.f2_centroid, self.murmur_db["mid"], self.murmur_db["upper"]]
-        return np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1)
+        return np.concatenate([np.stack([np.asarray(c, dtype=np.float64) for c in cols], axis=1), np.asarray(self.mel_db, np.float64).reshape(len(cols[0]), N_MEL)], axis=1)
 
     @classmethod
     def from_matrix(cls, m: np.ndarray) -> Features:
         nb = len(BANDS)
         bands = {name: m[:, 2 + i] for i, name in enumerate(BANDS)}
         c = m[:, 2 + nb :]
-        return cls(m[:, 0], m[:, 1], bands, c[:, 0], c[:, 1], c[:, 2], {"mid": c[:, 3], "upper": c[:, 4]})
+        return cls(m[:, 0], m[:, 1], bands, c[:, 0], c[:, 1], c[:, 2], {"mid": c[:, 3], "upper": c[:, 4]}, c[:, 5 : 5 + N_MEL])
 
 
 class HopCache:
@@ -173,4 +190,7 @@ def analyse(signal: np.ndarray, centres: np.ndarray) -> Features:
         "mid": 10.0 * np.log10((power[:, _MURMUR_MID].sum(axis=1) + 1e-10) / base),
         "upper": 10.0 * np.log10((power[:, _MURMUR_UPPER].sum(axis=1) + 1e-10) / base),
     }
-    return Features(level, voicing, bands, centroid, f1c, f2c, murmur)
+    # Row by row: a matrix product's rounding depends on how many rows it is given, and a hop's
+    # features must not depend on which other hops were computed with it (HopCache).
+    mel = 10.0 * np.log10(np.array([row @ _MEL_FB for row in power]).reshape(len(power), N_MEL) + 1e-10)
+    return Features(level, voicing, bands, centroid, f1c, f2c, murmur, mel)

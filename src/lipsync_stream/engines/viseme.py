@@ -1,18 +1,22 @@
 """The viseme engine: speech sounds -> mouth shapes, drawn with a landmark-driven warp.
 
 Per 10 ms hop the front end (:mod:`.features`) gives level, voicing, band energies, where the
-first formant sits and how much energy the front of the spectrum has. Soft rules turn these into
-memberships of a small viseme set:
+formants sit, a nasal murmur measure and a log-mel spectrum. Two listeners share the work, each
+on what it hears best, over the engine's visemes:
 
-- ``sil``: silence (lips closed, relaxed), ``closed``: p/b/m and hums (lips pressed together:
-  a nasal murmur or voice bar has its energy below 300 Hz, a vowel of the same loudness does not),
+- ``sil``: silence (lips closed, relaxed), ``closed``: p/b/m and hums (lips pressed together),
 - ``a`` open, ``e`` mid, ``i`` spread, ``o`` round (o/u/w), ``fv`` lower lip to upper teeth,
 - ``rest``: other consonants (slightly parted, teeth together for s/z/sh).
 
-Each viseme has a target mouth shape; a frame's shape is the membership-weighted mean over hops
-from 40 ms before to 80 ms after the frame's centre, weighted towards the future, so the mouth
-starts moving before the sound (anticipatory coarticulation, within the declared lookahead).
-A closure is never blurred: if any hop inside the frame's own 33 ms is a closure, the lips close.
+Soft rules on the level and the murmur say how much of the frame is silence (exact on any voice:
+below an absolute gate, or far under the loudest recent speech) and where the lips close on a
+hum or a voice bar (a nasal murmur has its energy below 300 Hz, a vowel of the same loudness
+does not). The recognizer (:mod:`.recognizer`, a small network trained here on synthetic speech)
+says which of the others the sound under the frame's centre is, from 100 ms before it to 80 ms
+after (within the declared lookahead): it hears rounding and spreading, which the rules on
+formant positions did not. Each viseme has a target mouth shape; a frame's shape is the
+membership-weighted mean. A closure is never blurred: a closure inside the frame's own 33 ms,
+or a silence right after speech, closes the lips.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from . import features, interior
 from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
 from .features import HOP, Features, HopCache
 from .meshwarp import compose_region
+from .recognizer import CONTEXT, VisemeRecognizer, hop_inputs
 
 VISEMES = ("sil", "closed", "a", "e", "i", "o", "fv", "rest")
 
@@ -51,10 +56,11 @@ _VOWEL_F2 = np.array([1500.0, 2020.0, 2450.0, 1450.0])
 GATE_DB = -50.0  # absolute: below this it is silence
 FLOOR_BELOW_PEAK_DB = 38.0  # relative: this far under the loudest recent speech is silence too
 PEAK_DECAY_DB_PER_FRAME = 0.03
-PAST_S, FUTURE_S, LEAD_S, SPREAD_S = 0.04, 0.08, 0.02, 0.04  # coarticulation window and kernel
-PAST_HOPS, FUTURE_HOPS = round(PAST_S * SAMPLE_RATE / HOP), round(FUTURE_S * SAMPLE_RATE / HOP)
-LOOKAHEAD_SAMPLES = 1280  # 80 ms after the frame's end: FUTURE_S past its centre plus half a hop window
-CONTEXT_SAMPLES = 960  # 60 ms before the frame's start
+LEAD_S, SPREAD_S = 0.02, 0.04  # the rules' kernel over hops: where the mouth listens most
+CLOSURE_PAST_S = 0.04  # speech this recent before a silence makes the silence a closure
+PAST_HOPS, FUTURE_HOPS = -int(CONTEXT[0]), int(CONTEXT[-1])  # the recognizer's: 100 ms before the centre, 80 after
+LOOKAHEAD_SAMPLES = 1280  # 80 ms after the frame's end: FUTURE_HOPS past its centre plus half a hop window
+CONTEXT_SAMPLES = 1600  # 100 ms before the frame's start
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -129,23 +135,27 @@ class VisemeStream(EngineStream):
         self.peak_db = max(float(f.level_db[inside].max()), self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
         floor_db = max(GATE_DB, self.peak_db - FLOOR_BELOW_PEAK_DB)
         m = memberships(f, floor_db)
-        closed_m = m[:, 0] + m[:, 1]  # silence or a lip closure
-        if closed_m.min() > 0.98:
+        # The rules say how much of the frame is silence (from the level: exact on any voice);
+        # the recognizer which shape the sound under the frame's centre needs.
+        w = _bump(offsets, LEAD_S, SPREAD_S)
+        silent = float((w * m[:, 0]).sum() / w.sum())
+        heard = self.engine.recognizer.memberships(hop_inputs(f, self.peak_db).reshape(1, -1))[0]
+        frame_m = (1.0 - silent) * heard
+        frame_m[0] += silent
+        if (m[:, 0] + m[:, 1]).min() > 0.98:
             shape = MouthShape()
         else:
-            w = _bump(offsets, LEAD_S, SPREAD_S)
-            params = (w[:, None] * m).sum(axis=0) / w.sum() @ _TARGET_MATRIX
+            params = frame_m @ _TARGET_MATRIX
             shape = MouthShape(float(params[0]), float(params[1]), float(params[2]), float(params[3]))
         # A closure inside the frame: a hum or m, or a silence that follows speech (a stop's closure,
         # or the end of a phrase). Silence before the first sound is not one: the lips may part early.
-        past = offsets < -0.5 / FPS
+        past = (offsets < -0.5 / FPS) & (offsets >= -CLOSURE_PAST_S)
         after_speech = float((1.0 - m[past, 0]).max()) if past.any() else 0.0
-        closure = max(float(m[inside, 1].max()), float(m[inside, 0].max()) * after_speech)
+        closure = max(float(m[inside, 1].max()), float(m[inside, 0].max()) * after_speech, float(frame_m[1]))
         if closure > 0.5:
             # Lips meet: no blur across a closure, but keep the spread/rounding it is coarticulated with.
             shape = MouthShape(0.0, shape.width * 0.5, shape.round * 0.5, 0.0)
-        centre_hop = int(np.argmin(np.abs(offsets)))
-        return FrameAnalysis(shape, VISEMES[int(np.argmax(m[centre_hop]))], closure)
+        return FrameAnalysis(shape, VISEMES[int(np.argmax(frame_m))], closure)
 
     def mouth(self, frame: AudioFrame, ref: ReferenceFrame) -> MouthShape:
         return self.analyse(frame).shape
@@ -165,6 +175,9 @@ class VisemeEngine(Engine):
     name = "viseme"
     lookahead_samples = LOOKAHEAD_SAMPLES
     context_samples = CONTEXT_SAMPLES
+
+    def __init__(self) -> None:
+        self.recognizer = VisemeRecognizer()
 
     def stream(self) -> VisemeStream:
         return VisemeStream(self)

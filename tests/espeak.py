@@ -12,6 +12,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# espeak-ng phoneme mnemonics -> the viseme a viewer expects
+PHONEME_VISEME: dict[str, str] = {}
+for _v, _symbols in {
+    "closed": "p b m",
+    "fv": "f v",
+    "a": "a a# A: aI aU V aa A@ a@ 0 VR aI2 aI@ aI3",
+    "e": "E e eI @ 3: e@ @L @2 3 I2 @5 3:r",
+    "i": "i i: I j i@ i@3 IR",
+    "o": "O: oU OI u: U w O@ U@ O u o@ O2 0U",
+    "sil": "_ _: _! _;",
+}.items():
+    for _s in _symbols.split():
+        PHONEME_VISEME[_s] = _v
+
+
+def resample_to(pcm: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """int16 mono *pcm* at *rate* resampled to *target* Hz (PyAV's resampler)."""
+    import av
+
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1).astype(np.int16), format="s16", layout="mono")
+    frame.sample_rate = rate
+    r = av.AudioResampler(format="s16", layout="mono", rate=target)
+    out = [f.to_ndarray().reshape(-1) for f in r.resample(frame)] + [f.to_ndarray().reshape(-1) for f in r.resample(None)]
+    return np.concatenate(out).astype(np.int16)
+
+
 _EVENT_PHONEME = 7
 _EVENT_LIST_TERMINATED = 0
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
