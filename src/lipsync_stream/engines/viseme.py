@@ -1,7 +1,7 @@
 """The viseme engine: speech sounds -> mouth shapes, drawn with a landmark-driven warp.
 
-Per 10 ms hop the front end (:mod:`.features`) gives level, voicing, band energies, where the
-formants sit, a nasal murmur measure and a log-mel spectrum. Two listeners share the work, each
+Per 10 ms hop the front end (:mod:`.features`) gives level, voicing, band energies, a nasal
+murmur measure and a log-mel spectrum. Two listeners share the work, each
 on what it hears best, over the engine's visemes:
 
 - ``sil``: silence (lips closed, relaxed), ``closed``: p/b/m and hums (lips pressed together),
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..protocol import FPS, SAMPLE_RATE, AudioFrame
-from . import features, interior
+from . import interior
 from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
 from .features import HOP, Features, HopCache
 from .meshwarp import compose_region
@@ -41,17 +41,14 @@ TARGETS: dict[str, MouthShape] = {
     "sil": MouthShape(0.0, 0.0),
     "closed": MouthShape(0.0, 0.0),
     "a": MouthShape(0.95, 0.15),
-    "e": MouthShape(0.5, 0.45),
-    "i": MouthShape(0.25, 0.9),
+    "e": MouthShape(0.5, 0.75),
+    "i": MouthShape(0.25, 1.0),
     "o": MouthShape(0.45, -0.7, round=1.0),
     "fv": MouthShape(0.12, 0.1, tuck=1.0),
     "rest": MouthShape(0.22, 0.2),
 }
 _TARGET_MATRIX = np.array([[t.open, t.width, t.round, t.tuck] for t in (TARGETS[v] for v in VISEMES)], dtype=np.float64)
 
-# Prototype envelope centroids (Hz) of the vowel visemes a, e, i, o.
-_VOWEL_F1 = np.array([760.0, 540.0, 320.0, 560.0])
-_VOWEL_F2 = np.array([1500.0, 2020.0, 2450.0, 1450.0])
 
 GATE_DB = -50.0  # absolute: below this it is silence
 FLOOR_BELOW_PEAK_DB = 38.0  # relative: this far under the loudest recent speech is silence too
@@ -71,36 +68,18 @@ def _bump(x: np.ndarray, centre: float, width: float) -> np.ndarray:
     return np.exp(-(((x - centre) / width) ** 2))
 
 
-def memberships(f: Features, floor_db: float) -> np.ndarray:
-    """(hops, len(VISEMES)) soft memberships, rows summing to 1."""
+def silence_and_hum(f: Features, floor_db: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per hop, 0..1: how silent it is (under the floor), and how much of it is a hum or a
+    nasal murmur with the lips closed (its energy below 600 Hz: nothing in 1.5-3.5 kHz or, for
+    a short m in running speech, a weak first-formant band while 0.6-1.5 kHz still carries some).
+    """
     b = f.bands_db
     speech = _sigmoid((f.level_db - floor_db) / 2.0)
     voiced = _sigmoid((f.voicing - 0.6) / 0.08)
-    # A hum or nasal murmur (lips closed) has its energy below 600 Hz: nothing in 1.5-3.5 kHz, or
-    # (a short m in running speech) a weak first-formant band while 0.6-1.5 kHz still carries some.
     mouth_db = np.maximum(b["f1"], b["f2"]) - b["low"]
     upper, mid = f.murmur_db["upper"], f.murmur_db["mid"]
     hum = voiced * np.maximum(_sigmoid((-32.0 - upper) / 3.0), _sigmoid((-5.0 - mouth_db) / 1.5) * _sigmoid((-17.0 - upper) / 2.0) * _sigmoid((mid + 22.0) / 3.0))
-    sibilant = _sigmoid((np.maximum(b["hiss"], b["high"]) - b["f1"] - 6.0) / 2.0) * _sigmoid((f.centroid - 3000.0) / 400.0)
-    quiet = _sigmoid((floor_db + 24.0 - f.level_db) / 2.0)  # weak sounds: f, v, th, h, stop releases
-    flat = _bump(b["hiss"] - b["f1"], 0.0, 7.0)
-    fv = quiet * flat * (1.0 - sibilant) * (1.0 - hum)
-    vowel = voiced * (1.0 - hum) * (1.0 - sibilant) * (1.0 - quiet)
-
-    # Vowel quality from where the envelope's mass sits: F1 (jaw) and F2 (front/back, rounding).
-    f1c, f2c = f.f1_centroid[:, None], f.f2_centroid[:, None]
-    vowels = np.exp(-(((f1c - _VOWEL_F1) / 110.0) ** 2) - ((f2c - _VOWEL_F2) / 220.0) ** 2) + 1e-3
-    vowels /= vowels.sum(axis=1, keepdims=True)
-
-    consonant = np.clip(1.0 - hum - vowel - fv, 0.0, 1.0)
-    m = np.zeros((len(f), len(VISEMES)))
-    m[:, 0] = 1.0 - speech
-    m[:, 1] = speech * hum
-    m[:, 2:6] = (speech * vowel)[:, None] * vowels
-    m[:, 6] = speech * fv
-    m[:, 7] = speech * consonant
-    m /= m.sum(axis=1, keepdims=True) + 1e-12
-    return m
+    return 1.0 - speech, speech * hum
 
 
 @dataclass(frozen=True)
@@ -134,15 +113,15 @@ class VisemeStream(EngineStream):
         inside = np.abs(offsets) <= 0.5 / FPS
         self.peak_db = max(float(f.level_db[inside].max()), self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
         floor_db = max(GATE_DB, self.peak_db - FLOOR_BELOW_PEAK_DB)
-        m = memberships(f, floor_db)
+        quiet, hum = silence_and_hum(f, floor_db)
         # The rules say how much of the frame is silence (from the level: exact on any voice);
         # the recognizer which shape the sound under the frame's centre needs.
         w = _bump(offsets, LEAD_S, SPREAD_S)
-        silent = float((w * m[:, 0]).sum() / w.sum())
+        silent = float((w * quiet).sum() / w.sum())
         heard = self.engine.recognizer.memberships(hop_inputs(f, self.peak_db).reshape(1, -1))[0]
         frame_m = (1.0 - silent) * heard
         frame_m[0] += silent
-        if (m[:, 0] + m[:, 1]).min() > 0.98:
+        if (quiet + hum).min() > 0.98:
             shape = MouthShape()
         else:
             params = frame_m @ _TARGET_MATRIX
@@ -150,8 +129,8 @@ class VisemeStream(EngineStream):
         # A closure inside the frame: a hum or m, or a silence that follows speech (a stop's closure,
         # or the end of a phrase). Silence before the first sound is not one: the lips may part early.
         past = (offsets < -0.5 / FPS) & (offsets >= -CLOSURE_PAST_S)
-        after_speech = float((1.0 - m[past, 0]).max()) if past.any() else 0.0
-        closure = max(float(m[inside, 1].max()), float(m[inside, 0].max()) * after_speech, float(frame_m[1]))
+        after_speech = float((1.0 - quiet[past]).max()) if past.any() else 0.0
+        closure = max(float(hum[inside].max()), float(quiet[inside].max()) * after_speech, float(frame_m[1]))
         if closure > 0.5:
             # Lips meet: no blur across a closure, but keep the spread/rounding it is coarticulated with.
             shape = MouthShape(0.0, shape.width * 0.5, shape.round * 0.5, 0.0)
@@ -183,5 +162,4 @@ class VisemeEngine(Engine):
         return VisemeStream(self)
 
     def warm_up(self) -> None:
-        features.warm_up()
         interior.warm_up()
