@@ -39,7 +39,7 @@ def _seconds_or_none(text: str) -> float | None:
 
 
 def _add_key_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--api-key", default=os.environ.get("LIPSYNC_STREAM_API_KEY"), help="API key for a --server that asks for one (default: $LIPSYNC_STREAM_API_KEY)")
+    p.add_argument("--api-key", metavar="KEY", default=os.environ.get("LIPSYNC_STREAM_API_KEY"), help="API key for a --server that asks for one (default: $LIPSYNC_STREAM_API_KEY)")
 
 
 def default_workers(engine: str) -> int:
@@ -64,9 +64,9 @@ def is_loopback(host: str) -> bool:
 def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_NAMES, help="lip-sync engine (default: %(default)s; wav2lip needs the [neural] extra and --model)")
     p.add_argument("--model", type=Path, default=None, metavar="CKPT", help="learned engines: the checkpoint (a Wav2Lip .pth)")
-    p.add_argument("--device", default="auto", help="learned engines: cpu, cuda, cuda:N, or auto (a GPU when torch sees one; default)")
-    p.add_argument("--jpeg-quality", type=int, default=85, help="JPEG quality of frames, 1-100 (default: %(default)s)")
-    p.add_argument("--cache-dir", type=Path, default=None, help=f"downloads, decoded characters and landmarks (default: $LIPSYNC_STREAM_CACHE, else {default_cache_dir()})")
+    p.add_argument("--device", metavar="DEVICE", default="auto", help="learned engines: cpu, cuda, cuda:N, or auto (a GPU when torch sees one; default)")
+    p.add_argument("--jpeg-quality", metavar="1-100", type=int, default=85, help="JPEG quality of frames, 1-100 (default: %(default)s)")
+    p.add_argument("--cache-dir", metavar="DIR", type=Path, default=None, help=f"downloads, decoded characters and landmarks (default: $LIPSYNC_STREAM_CACHE, else {default_cache_dir()})")
 
 
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -87,14 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = _command(sub, "serve", "run the websocket server")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    s.add_argument("--host", metavar="ADDRESS", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     s.add_argument("--port", type=int, default=8765, help="port (default: %(default)s)")
     s.add_argument("--asset-root", type=Path, action="append", default=[], metavar="DIR", help="directory clients may name characters in (repeatable)")
     _add_server_options(s)
-    s.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest client message (default: %(default)s)")
+    s.add_argument("--max-message-bytes", metavar="BYTES", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest client message (default: %(default)s)")
     s.add_argument("--max-session-length", type=_seconds_or_none, default=3600.0, metavar="SECONDS", help="longest session; 0 = no limit (default: %(default)s)")
     s.add_argument("--max-idle-time", type=_seconds_or_none, default=300.0, metavar="SECONDS", help="longest silence from a client; 0 = no limit (default: %(default)s)")
-    s.add_argument("--workers", type=int, default=None, help="server processes sharing the port (SO_REUSEPORT) and the character cache (default: one per CPU core, at most 4, for the weight-free engines; 1 for learned engines, one model per process)")
+    s.add_argument("--workers", metavar="N", type=int, default=None, help="server processes sharing the port (SO_REUSEPORT) and the character cache (default: one per CPU core, at most 4, for the weight-free engines; 1 for learned engines, one model per process)")
     s.add_argument("--allow-private-urls", action="store_true", help="let clients name http(s) URLs on loopback, link-local and private addresses (off: SSRF guard)")
     s.add_argument("--lead", type=float, default=DEFAULT_LEAD, metavar="SECONDS", help="how far frames may run ahead of real time (default: %(default)s)")
     s.add_argument("--max-sessions", type=int, default=None, metavar="N", help="sessions at once, all workers together; more are refused with 'capacity' (default: CPU cores x the engine's sessions per core: 8 for viseme, 12 for energy)")
@@ -102,8 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-keys", type=Path, default=None, metavar="FILE", help="keys file made with `lipsync-stream keys add`: every session then needs a key or a session token")
     s.add_argument("--no-auth", action="store_true", help="serve anyone who can reach the port, also on a non-loopback address")
     s.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN", help="a web origin (https://app.example.com) whose pages may open sessions, besides the server's own page (repeatable)")
-    s.add_argument("--certfile", type=Path, default=None, help="TLS certificate (PEM): serve wss:// and https:// on the port")
-    s.add_argument("--keyfile", type=Path, default=None, help="TLS private key (PEM), if not in --certfile")
+    s.add_argument("--certfile", metavar="FILE", type=Path, default=None, help="TLS certificate (PEM): serve wss:// and https:// on the port")
+    s.add_argument("--keyfile", metavar="FILE", type=Path, default=None, help="TLS private key (PEM), if not in --certfile")
     s.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve /metrics on this port of 127.0.0.1 instead of the main port")
 
     k = _command(sub, "keys", "manage the API keys a server accepts (a file of names and key hashes)")
@@ -123,13 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     src = pl.add_mutually_exclusive_group(required=True)
     src.add_argument("audio", type=Path, nargs="?", help="audio file to speak")
     src.add_argument("--mic", action="store_true", help="speak into the microphone (16 kHz mono)")
-    pl.add_argument("--server", default=None, help="ws:// URL of a running server (default: start one in this process)")
-    pl.add_argument("--character", default=DEFAULT_CHARACTER, help="video_reference_url (default: the embedded character)")
+    pl.add_argument("--server", metavar="URL", default=None, help="ws:// URL of a running server (default: start one in this process)")
+    pl.add_argument("--character", metavar="REF", default=DEFAULT_CHARACTER, help="video_reference_url (default: the embedded character)")
     pl.add_argument("--buffer", type=int, default=6, metavar="FRAMES", help="frames to queue before playing, like minimumChunkSize (default: %(default)s)")
     pl.add_argument("--no-sound", action="store_true", help="no sound device: keep time with a silent clock")
     pl.add_argument("--handle-silence", action="store_true", help="let the server make idle frames instead of sending silence")
     pl.add_argument("--seconds", type=float, default=None, help="stop after this long")
-    pl.add_argument("--stats-json", type=Path, default=None, help="write what was measured (frames, fps, audio/video skew) here")
+    pl.add_argument("--stats-json", metavar="FILE", type=Path, default=None, help="write what was measured (frames, fps, audio/video skew) here")
     _add_key_option(pl)
     _add_server_options(pl)
 
@@ -137,18 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("video", type=Path, help="any video FFmpeg reads, with one face")
     pr.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="directory to write NAME.mp4, NAME.pkl, NAME.landmarks.npz")
     pr.add_argument("--name", default=None, help="file name stem (default: the directory's name)")
-    pr.add_argument("--max-seconds", type=float, default=30.0, help="use at most this much of the video (default: %(default)s)")
+    pr.add_argument("--max-seconds", metavar="SECONDS", type=float, default=30.0, help="use at most this much of the video (default: %(default)s)")
 
     for name, helptext in [("render", "render an audio file to an MP4 through a server"), ("demo", "the default character speaking the bundled sentence, to an MP4")]:
         r = _command(sub, name, helptext)
         if name == "render":
             r.add_argument("audio", type=Path, help="wav, mp3, flac, ogg, ... (resampled to 16 kHz mono)")
-            r.add_argument("-o", "--output", type=Path, required=True, help="MP4 to write")
+            r.add_argument("-o", "--output", type=Path, required=True, metavar="FILE", help="MP4 to write")
         else:
-            r.add_argument("-o", "--output", type=Path, default=Path("demo.mp4"), help="MP4 to write (default: %(default)s)")
-        r.add_argument("--character", default=DEFAULT_CHARACTER, help="video_reference_url: URL, file:// URL or path (default: the embedded character)")
-        r.add_argument("--faces", default=None, help="face_det_results: a Wav2Lip-style pickle (default: detect faces)")
-        r.add_argument("--server", default=None, help="ws:// URL of a running server (default: start one in this process)")
+            r.add_argument("-o", "--output", type=Path, default=Path("demo.mp4"), metavar="FILE", help="MP4 to write (default: %(default)s)")
+        r.add_argument("--character", metavar="REF", default=DEFAULT_CHARACTER, help="video_reference_url: URL, file:// URL or path (default: the embedded character)")
+        r.add_argument("--faces", metavar="FILE", default=None, help="face_det_results: a Wav2Lip-style pickle (default: detect faces)")
+        r.add_argument("--server", metavar="URL", default=None, help="ws:// URL of a running server (default: start one in this process)")
         r.add_argument("--realtime", action="store_true", help="ask for real-time pacing instead of rendering as fast as possible")
         _add_key_option(r)
         _add_server_options(r)

@@ -224,9 +224,11 @@ class FaceDetector:
     """
 
     def __init__(self, min_confidence: float = 0.5) -> None:
-        from .mediapipe_models import solutions
+        from .mediapipe_models import native_noise_filtered, solutions
 
-        self._detector = solutions().face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
+        with native_noise_filtered():
+            self._detector = solutions().face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
+            self._detector.process(np.zeros((64, 64, 3), np.uint8))  # the graph starts on its first image
 
     def __enter__(self) -> FaceDetector:
         return self

@@ -52,9 +52,11 @@ class FaceMesher:
     """MediaPipe FaceMesh in video mode (it tracks between frames). One per thread."""
 
     def __init__(self, video: bool = True) -> None:
-        from .mediapipe_models import solutions
+        from .mediapipe_models import native_noise_filtered, solutions
 
-        self._mesh = solutions().face_mesh.FaceMesh(static_image_mode=not video, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5, min_tracking_confidence=0.5)
+        with native_noise_filtered():
+            self._mesh = solutions().face_mesh.FaceMesh(static_image_mode=not video, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5, min_tracking_confidence=0.5)
+            self._mesh.process(np.zeros((64, 64, 3), np.uint8))  # the graph starts on its first image
 
     def __enter__(self) -> FaceMesher:
         return self

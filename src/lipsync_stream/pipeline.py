@@ -36,18 +36,23 @@ def encode_jpeg(image: np.ndarray, quality: int = DEFAULT_JPEG_QUALITY) -> bytes
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage, summed over frames."""
+    """Seconds spent per stage, summed over frames: the stages of the ``lipsync_stage_seconds``
+    metric, by the same names."""
 
     frames: int = 0
-    features: float = 0.0  # audio features (part of `mouth`, for engines that report it)
-    mouth: float = 0.0  # audio features and the engine's mapping to a mouth shape
-    compose: float = 0.0
+    features: float = 0.0  # the engine's audio front end (engines that report it)
+    engine: float = 0.0  # the rest of the mouth: rules and recognizer, or waiting for the shared model
+    compose: float = 0.0  # drawing the face region
     encode: float = 0.0  # JPEG (or raw copy) and message packing
     send: float = 0.0  # handing the message to the websocket (measured by the server)
 
+    def stages(self) -> dict[str, float]:
+        return {"features": self.features, "engine": self.engine, "compose": self.compose, "encode": self.encode, "send": self.send}
+
     @property
     def total(self) -> float:
-        return self.mouth + self.compose + self.encode
+        """Rendering time (sending excluded)."""
+        return self.features + self.engine + self.compose + self.encode
 
 
 class FrameRenderer:
@@ -179,8 +184,9 @@ class FrameRenderer:
         t3 = time.perf_counter()
         times = self.times
         times.frames += 1
+        features = self.stream.feature_seconds - times.features  # this frame's share of t1 - t0
         times.features = self.stream.feature_seconds
-        times.mouth += t1 - t0
+        times.engine += max(0.0, t1 - t0 - features)
         times.compose += t2 - t1
         times.encode += t3 - t2
         return message

@@ -387,20 +387,10 @@ class LipsyncServer:
                 pass
 
     async def _serve_session(self, ws: ServerConnection, sid: str, place: _Place) -> None:
-        try:
-            first = await asyncio.wait_for(ws.recv(), self.config.first_message_timeout)
-        except TimeoutError:
-            await self._fail(ws, sid, ErrorKind.BAD_REQUEST, f"no first message within {self.config.first_message_timeout:g} s")
+        handshake = await self._handshake(ws, sid, place)
+        if handshake is None:
             return
-        try:
-            params, key = self._authorize(ws, parse_first_message(first))
-        except ProtocolError as exc:
-            if exc.kind is ErrorKind.UNAUTHORIZED:
-                await self._slow_down(str(ws.remote_address[0]))
-            await self._fail(ws, sid, exc.kind, exc.detail)
-            return
-        if not place.active and not await self._take_place(ws, sid, place):
-            return
+        params, key = handshake
         if key is not None:
             self.key_sessions[key.name] += 1
             self.metrics.key_sessions.labels(key.name).inc()
@@ -412,6 +402,25 @@ class LipsyncServer:
             if key is not None:
                 self.key_sessions[key.name] -= 1
                 self.metrics.key_sessions_active.labels(key.name).dec()
+
+    async def _handshake(self, ws: ServerConnection, sid: str, place: _Place) -> tuple[SessionParams, ApiKey | None] | None:
+        """The first message, who sent it, and a place among the sessions; None: refused (the
+        client was told why)."""
+        try:
+            first = await asyncio.wait_for(ws.recv(), self.config.first_message_timeout)
+        except TimeoutError:
+            await self._fail(ws, sid, ErrorKind.BAD_REQUEST, f"no first message within {self.config.first_message_timeout:g} s")
+            return None
+        try:
+            params, key = self._authorize(ws, parse_first_message(first))
+        except ProtocolError as exc:
+            if exc.kind is ErrorKind.UNAUTHORIZED:
+                await self._slow_down(str(ws.remote_address[0]))
+            await self._fail(ws, sid, exc.kind, exc.detail)
+            return None
+        if not place.active and not await self._take_place(ws, sid, place):
+            return None
+        return params, key
 
     async def _run_session(self, ws: ServerConnection, sid: str, params: SessionParams, key: ApiKey | None) -> None:
         loop = asyncio.get_running_loop()
@@ -432,137 +441,19 @@ class LipsyncServer:
             await self._fail(ws, sid, ErrorKind.CAPACITY, str(exc))
             return
         try:
-            await self._stream(ws, sid, session, renderer, key)
+            await _SessionStream(self, ws, sid, session, renderer, key).run()
         finally:
             renderer.close()
             if renderer.held_frames:
                 self.metrics.held_frames.inc(renderer.held_frames)
 
-    async def _stream(self, ws: ServerConnection, sid: str, session: Session, renderer: FrameRenderer, key: ApiKey | None) -> None:
-        """Read the client's messages and send its frames until the session ends."""
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()  # set by the reader: a message came (or the connection ended)
-        room = asyncio.Event()  # set by the writer after each frame: there may be room to read again
-
-        async def read() -> None:
-            try:
-                while True:
-                    while session.reading_paused:
-                        # Flow control: unread, the client's messages wait in the TCP buffers and
-                        # its sends block, so a long file sent at once costs bounded memory here.
-                        room.clear()
-                        await room.wait()
-                    try:
-                        message = await ws.recv()
-                    except ConnectionClosedOK:
-                        return
-                    skips = session.skips
-                    session.receive(message, loop.time())
-                    if session.skips != skips:  # SKIP: the model's queue drops this session's frames too
-                        renderer.skip()
-                    if isinstance(message, bytes):
-                        self.metrics.audio_seconds.inc(len(message) / BYTES_PER_SECOND)
-                        if key is not None:
-                            self.metrics.key_audio_seconds.labels(key.name).inc(len(message) / BYTES_PER_SECOND)
-                    wake.set()
-            finally:
-                wake.set()
-
-        # Frames being rendered, oldest first. A learned engine keeps several frames of an offline
-        # session in flight, so that they go through the shared model in one batch; real-time
-        # frames go one at a time (paced, each checked for lateness just before the model), and
-        # the weight-free engines draw one at a time. Frames always go out in order.
-        depth = self.config.learned_frames_in_flight if self.engine.learned and not session.params.realtime else 1
-        in_flight: collections.deque[tuple[asyncio.Future[bytes], Render, float]] = collections.deque()
-
-        async def render(step: Render) -> bytes:
-            # Silence on a mouth at rest is the reference frame: no thread needed.
-            message = renderer.render_cheap(step.frame)
-            if message is not None:
-                self.metrics.silent_frames.inc()
-                return message
-            if self.engine.learned:
-                play = session.play_time(step.frame.index)
-                late = play is not None and loop.time() > play - LEARNED_MARGIN
-                return await renderer.render_learned(step.frame, self.executor, late)
-            return await loop.run_in_executor(self.executor, renderer.render, step.frame)
-
-        async def deliver() -> bool:
-            """Send the oldest frame in flight; False when that failed (the session then fails)."""
-            task, step, started = in_flight.popleft()
-            try:
-                message = await task
-            except Exception as exc:
-                log.exception("[%s] rendering frame %d failed", sid, step.frame.index, exc_info=exc)
-                session.fail(ErrorKind.INTERNAL, f"rendering frame {step.frame.index} failed: {type(exc).__name__}")
-                return False
-            self.metrics.render_time.observe(time.perf_counter() - started)
-            sending = time.perf_counter()
-            try:
-                await asyncio.wait_for(ws.send(message), self.config.send_timeout)
-            except TimeoutError:
-                session.fail(ErrorKind.LIMIT, f"the client took no frame for {self.config.send_timeout:g} s (it is not reading); closing")
-                return False
-            renderer.times.send += time.perf_counter() - sending
-            self.metrics.frames.inc()
-            self.metrics.frame_latency.observe(max(0.0, loop.time() - step.audio_at))
-            room.set()
-            return True
-
-        reader = asyncio.create_task(read(), name=f"{sid}-reader")
-        try:
-            while True:
-                wake.clear()
-                if reader.done():
-                    if reader.exception() is not None:
-                        raise reader.exception()  # type: ignore[misc]
-                    if session.state is State.STREAMING:
-                        log.info("[%s] client closed the connection after %d frames", sid, session.frames_released)
-                        return
-                step = session.next_step(loop.time())
-                if isinstance(step, Render):
-                    in_flight.append((asyncio.ensure_future(render(step)), step, time.perf_counter()))
-                    if len(in_flight) >= depth:
-                        await deliver()
-                elif isinstance(step, Wait):
-                    if in_flight:  # what is rendering goes out before any waiting
-                        await deliver()
-                        continue
-                    timeout = None if step.until is None else max(0.0, step.until - loop.time())
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), timeout)
-                elif isinstance(step, Finish):
-                    while in_flight:
-                        if not await deliver():
-                            await self._fail(ws, sid, ErrorKind.INTERNAL, "the last frames could not be sent", drain=False)
-                            return
-                    await ws.send("DONE")
-                    await ws.close()
-                    self._log_done(sid, session, renderer)
-                    return
-                elif isinstance(step, Fail):
-                    await self._fail(ws, sid, step.kind, step.detail, drain=False)  # the reader still reads
-                    return
-        finally:
-            for task, _step, _started in in_flight:
-                task.cancel()
-            for task, _step, _started in in_flight:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-            t = renderer.times
-            for stage, seconds in (("features", t.features), ("engine", t.mouth - t.features), ("compose", t.compose), ("encode", t.encode), ("send", t.send)):
-                self.metrics.stage_seconds.labels(stage).inc(max(0.0, seconds))
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await reader
-
     def _log_done(self, sid: str, session: Session, renderer: FrameRenderer) -> None:
         t = renderer.times
         n = max(1, t.frames)
         log.info(
-            "[%s] done: %d frames (%d idle), %.2f s of audio in (at most %.1f s waiting), %.2f s skipped; per frame %.1f ms (engine %.1f, compose %.1f, encode %.1f)",
+            "[%s] done: %d frames (%d idle), %.2f s of audio in (at most %.1f s waiting), %.2f s skipped; per frame %.1f ms (features %.1f, engine %.1f, compose %.1f, encode %.1f)",
             sid, t.frames, session.idle_frames, session.samples_received / SAMPLE_RATE, session.peak_pending_samples / SAMPLE_RATE, session.samples_skipped / SAMPLE_RATE,
-            1000 * t.total / n, 1000 * t.mouth / n, 1000 * t.compose / n, 1000 * t.encode / n,
+            1000 * t.total / n, 1000 * t.features / n, 1000 * t.engine / n, 1000 * t.compose / n, 1000 * t.encode / n,
         )
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -609,6 +500,137 @@ class LipsyncServer:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
         self.engine.close()
+
+
+class _SessionStream:
+    """One session's connection after its handshake: a reader task that hands the client's
+    messages to the sans-I/O session, and a writer loop that asks the session what to do next,
+    renders frames (several in flight for a learned engine's offline session) and sends them in
+    order, until the session finishes or fails."""
+
+    def __init__(self, server: LipsyncServer, ws: ServerConnection, sid: str, session: Session, renderer: FrameRenderer, key: ApiKey | None) -> None:
+        self.server, self.ws, self.sid, self.session, self.renderer, self.key = server, ws, sid, session, renderer, key
+        self.loop = asyncio.get_running_loop()
+        self.wake = asyncio.Event()  # set by the reader: a message came (or the connection ended)
+        self.room = asyncio.Event()  # set by the writer after each frame: there may be room to read again
+        # Frames being rendered, oldest first. A learned engine keeps several frames of an offline
+        # session in flight, so that they go through the shared model in one batch; real-time
+        # frames go one at a time (paced, each checked for lateness just before the model), and
+        # the weight-free engines draw one at a time. Frames always go out in order.
+        engine = server.engine
+        self.depth = server.config.learned_frames_in_flight if engine.learned and not session.params.realtime else 1
+        self.in_flight: collections.deque[tuple[asyncio.Future[bytes], Render, float]] = collections.deque()
+
+    async def read(self) -> None:
+        """The reader: every message to the session, pausing while the session says so."""
+        session, metrics = self.session, self.server.metrics
+        try:
+            while True:
+                while session.reading_paused:
+                    # Flow control: unread, the client's messages wait in the TCP buffers and
+                    # its sends block, so a long file sent at once costs bounded memory here.
+                    self.room.clear()
+                    await self.room.wait()
+                try:
+                    message = await self.ws.recv()
+                except ConnectionClosedOK:
+                    return
+                skips = session.skips
+                session.receive(message, self.loop.time())
+                if session.skips != skips:  # SKIP: the model's queue drops this session's frames too
+                    self.renderer.skip()
+                if isinstance(message, bytes):
+                    metrics.audio_seconds.inc(len(message) / BYTES_PER_SECOND)
+                    if self.key is not None:
+                        metrics.key_audio_seconds.labels(self.key.name).inc(len(message) / BYTES_PER_SECOND)
+                self.wake.set()
+        finally:
+            self.wake.set()
+
+    async def render(self, step: Render) -> bytes:
+        renderer, server = self.renderer, self.server
+        # Silence on a mouth at rest is the reference frame: no thread needed.
+        message = renderer.render_cheap(step.frame)
+        if message is not None:
+            server.metrics.silent_frames.inc()
+            return message
+        if server.engine.learned:
+            play = self.session.play_time(step.frame.index)
+            late = play is not None and self.loop.time() > play - LEARNED_MARGIN
+            return await renderer.render_learned(step.frame, server.executor, late)
+        return await self.loop.run_in_executor(server.executor, renderer.render, step.frame)
+
+    async def deliver(self) -> bool:
+        """Send the oldest frame in flight; False when that failed (the session then fails)."""
+        server, session = self.server, self.session
+        task, step, started = self.in_flight.popleft()
+        try:
+            message = await task
+        except Exception as exc:
+            log.exception("[%s] rendering frame %d failed", self.sid, step.frame.index, exc_info=exc)
+            session.fail(ErrorKind.INTERNAL, f"rendering frame {step.frame.index} failed: {type(exc).__name__}")
+            return False
+        server.metrics.render_time.observe(time.perf_counter() - started)
+        sending = time.perf_counter()
+        try:
+            await asyncio.wait_for(self.ws.send(message), server.config.send_timeout)
+        except TimeoutError:
+            session.fail(ErrorKind.LIMIT, f"the client took no frame for {server.config.send_timeout:g} s (it is not reading); closing")
+            return False
+        self.renderer.times.send += time.perf_counter() - sending
+        server.metrics.frames.inc()
+        server.metrics.frame_latency.observe(max(0.0, self.loop.time() - step.audio_at))
+        self.room.set()
+        return True
+
+    async def run(self) -> None:
+        """The writer loop, with the reader running beside it."""
+        server, session, ws, sid = self.server, self.session, self.ws, self.sid
+        reader = asyncio.create_task(self.read(), name=f"{sid}-reader")
+        try:
+            while True:
+                self.wake.clear()
+                if reader.done():
+                    if reader.exception() is not None:
+                        raise reader.exception()  # type: ignore[misc]
+                    if session.state is State.STREAMING:
+                        log.info("[%s] client closed the connection after %d frames", sid, session.frames_released)
+                        return
+                step = session.next_step(self.loop.time())
+                if isinstance(step, Render):
+                    self.in_flight.append((asyncio.ensure_future(self.render(step)), step, time.perf_counter()))
+                    if len(self.in_flight) >= self.depth:
+                        await self.deliver()
+                elif isinstance(step, Wait):
+                    if self.in_flight:  # what is rendering goes out before any waiting
+                        await self.deliver()
+                        continue
+                    timeout = None if step.until is None else max(0.0, step.until - self.loop.time())
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), timeout)
+                elif isinstance(step, Finish):
+                    while self.in_flight:
+                        if not await self.deliver():
+                            await server._fail(ws, sid, ErrorKind.INTERNAL, "the last frames could not be sent", drain=False)
+                            return
+                    await ws.send("DONE")
+                    await ws.close()
+                    server._log_done(sid, session, self.renderer)
+                    return
+                elif isinstance(step, Fail):
+                    await server._fail(ws, sid, step.kind, step.detail, drain=False)  # the reader still reads
+                    return
+        finally:
+            for task, _step, _started in self.in_flight:
+                task.cancel()
+            for task, _step, _started in self.in_flight:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            for stage, seconds in self.renderer.times.stages().items():
+                server.metrics.stage_seconds.labels(stage).inc(max(0.0, seconds))
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await reader
 
 
 @contextlib.asynccontextmanager
