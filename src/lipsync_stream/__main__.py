@@ -1,3 +1,5 @@
+"""``python -m lipsync_stream``: the command line."""
+
 from .cli import main
 
 raise SystemExit(main())

@@ -61,6 +61,7 @@ class ApiKey:
 
 
 def digest_of(key: str) -> bytes:
+    """The SHA-256 of a key, the only form a keys file holds."""
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
@@ -96,6 +97,7 @@ def parse_keys(text: str, source: str = "keys file") -> list[ApiKey]:
 
 
 def read_keys(path: Path) -> list[ApiKey]:
+    """The keys of a keys file; a malformed line is an error naming its line number."""
     try:
         return parse_keys(path.read_text(encoding="utf-8"), str(path))
     except FileNotFoundError:
@@ -131,6 +133,7 @@ def add_key(path: Path, name: str, max_sessions: int | None = None, max_session_
 
 
 def remove_key(path: Path, name: str) -> bool:
+    """Remove the key called *name* from a keys file; False when there was none."""
     keys = read_keys(path)
     kept = [k for k in keys if k.name != name]
     if len(kept) == len(keys):
@@ -288,6 +291,7 @@ class FailureThrottle:
 
 
 def normal_origin(origin: str) -> str:
+    """An origin as browsers send it (scheme://host[:port], lower case, no default port)."""
     return origin.strip().rstrip("/").lower()
 
 

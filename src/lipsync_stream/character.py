@@ -65,6 +65,7 @@ class CharacterBusy(CharacterError):
 
 @dataclass(frozen=True)
 class Character:
+    """A loaded character: its frames (memory-mapped), face boxes and landmarks, shared by sessions."""
     key: str
     frames: np.ndarray  # (N, 512, 512, 3) uint8 BGR, read-only
     boxes: np.ndarray  # (N, 4) int32 y1, y2, x1, x2 in 512 space
@@ -351,6 +352,7 @@ def landmarks_path_for(video: Path) -> Path:
 
 
 def load_default_character() -> Character:
+    """The embedded default character: a portrait animated with breathing, sway and a blink."""
     video, landmarks = default_character_files()
     return make_character(DEFAULT_CHARACTER, np.stack(decode_video(video)), Landmarks.load(landmarks, MAX_FRAMES).points)
 

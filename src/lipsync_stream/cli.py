@@ -81,6 +81,7 @@ def _command(sub: Any, name: str, helptext: str) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lipsync-stream`` command line: one subcommand per job."""
     parser = argparse.ArgumentParser(prog="lipsync-stream", description="Real-time lip-sync streaming server (LipsyncStream protocol).")
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, help="how much to log (default: %(default)s); also after the command")
     parser.add_argument("--version", action="version", version=f"lipsync-stream {__version__}")
@@ -355,6 +356,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (2 for a usage mistake, with one line saying which)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))

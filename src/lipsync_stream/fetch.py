@@ -90,6 +90,7 @@ def system_resolver(host: str, port: int) -> list[str]:
 
 
 def default_cache_dir() -> Path:
+    """``$LIPSYNC_STREAM_CACHE``, else ``lipsync-stream`` in ``$XDG_CACHE_HOME`` (``~/.cache``)."""
     env = os.environ.get("LIPSYNC_STREAM_CACHE")
     if env:
         return Path(env)
@@ -99,6 +100,7 @@ def default_cache_dir() -> Path:
 
 @dataclass
 class FetchConfig:
+    """Where characters may come from and how much of them: URL rules, size and time limits, the cache."""
     asset_roots: list[Path] = field(default_factory=list)
     cache_dir: Path = field(default_factory=default_cache_dir)
     max_download_bytes: int = 512 * 1024 * 1024

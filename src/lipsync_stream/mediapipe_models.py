@@ -55,6 +55,7 @@ def native_noise_filtered() -> Iterator[None]:
 
 
 def solutions() -> ModuleType:
+    """``mediapipe.python.solutions``, imported with its glog and protobuf warnings off."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with warnings.catch_warnings():

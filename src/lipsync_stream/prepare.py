@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Prepared:
+    """What ``prepare`` wrote: the character's files and what it measured."""
     video: Path
     faces: Path
     landmarks: Path

@@ -261,6 +261,7 @@ def first_message(params: SessionParams) -> str:
 
 
 class Control(str, enum.Enum):
+    """The client's text messages besides the first: end of audio, and skipping what is queued."""
     DONE = "DONE"
     SKIP = "SKIP"
 

@@ -73,6 +73,7 @@ LEARNED_MARGIN = 0.1
 
 @dataclass
 class ServerConfig:
+    """Everything ``serve`` can be told: address, engine, limits, access, TLS, caches."""
     host: str = "127.0.0.1"
     port: int = 8765
     asset_roots: list[Path] = field(default_factory=list)
@@ -647,6 +648,7 @@ async def running_server(config: ServerConfig | None = None) -> AsyncIterator[tu
 
 
 def bound_port(ws_server: Server) -> int:
+    """The TCP port a started server listens on (port 0 asks the system for a free one)."""
     return int(next(iter(ws_server.sockets)).getsockname()[1])
 
 

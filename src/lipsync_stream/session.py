@@ -88,6 +88,7 @@ Step = Render | Wait | Finish | Fail
 
 
 class State(enum.Enum):
+    """Where a session is: streaming, draining what is left after DONE, or closed."""
     STREAMING = "streaming"
     DRAINING = "draining"  # DONE received: sending what is left
     CLOSED = "closed"

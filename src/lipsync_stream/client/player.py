@@ -318,4 +318,5 @@ class Player:
 
 
 def write_stats(path: Path, stats: PlayStats) -> None:
+    """Write what ``play`` measured (frames, rates, audio/video skew) as JSON."""
     path.write_text(json.dumps(stats.summary(), indent=2))

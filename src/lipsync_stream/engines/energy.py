@@ -49,6 +49,7 @@ def analyse(window: np.ndarray, frame_len: int) -> tuple[float, dict[str, float]
 
 
 class EnergyStream(EngineStream):
+    """One session's loudness tracker and smoothed mouth."""
     def __init__(self, engine: EnergyEngine) -> None:
         self._engine = engine
         self._peak_db = -20.0
@@ -93,6 +94,7 @@ class EnergyStream(EngineStream):
 
 
 class EnergyEngine(Engine):
+    """``--engine energy``: loudness and four band energies open the mouth; needs no landmarks."""
     name = "energy"
     lookahead_samples = 534  # one frame: the analysis window reaches half a window past the frame
     context_samples = 0

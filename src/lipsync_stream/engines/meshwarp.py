@@ -81,6 +81,7 @@ def tps_fit(src: np.ndarray, dst: np.ndarray, reg: float = 1e-3) -> tuple[np.nda
 
 
 def tps_apply(src: np.ndarray, weights: np.ndarray, affine: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """The spline fitted on *src* (:func:`tps_fit`) evaluated at *pts* (float32 inside: it is on the per-frame path)."""
     p32, s32 = pts.astype(np.float32), src.astype(np.float32)
     d2 = (p32 * p32).sum(1)[:, None] + (s32 * s32).sum(1)[None, :] - 2.0 * (p32 @ s32.T)
     np.maximum(d2, 1e-12, out=d2)

@@ -92,6 +92,7 @@ class FrameAnalysis:
 
 
 class VisemeStream(EngineStream):
+    """One session's loudness tracker and hop cache; the same audio always gives the same shapes."""
     def __init__(self, engine: VisemeEngine) -> None:
         self.engine = engine
         self.peak_db = -20.0
@@ -151,6 +152,7 @@ class VisemeStream(EngineStream):
 
 
 class VisemeEngine(Engine):
+    """``--engine viseme`` (the default): rules and the recognizer hear the viseme, the mesh warp draws it."""
     name = "viseme"
     lookahead_samples = LOOKAHEAD_SAMPLES
     context_samples = CONTEXT_SAMPLES

@@ -20,6 +20,7 @@ ENGINE_ERRORS = (NeuralUnavailable, CheckpointError)
 
 
 def require_torch() -> None:
+    """Raise a clear error (how to install the ``[neural]`` extra) when PyTorch is missing."""
     try:
         import torch  # noqa: F401
     except ImportError:

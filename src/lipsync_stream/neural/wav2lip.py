@@ -58,6 +58,7 @@ def _up(cin: int, cout: int, residuals: int, stride: int = 2, padding: int = 1, 
 
 
 class Wav2Lip(nn.Module):
+    """The 96x96 Wav2Lip generator: audio and face encoders, a face decoder with skip connections."""
     def __init__(self) -> None:
         super().__init__()
         self.face_encoder_blocks = nn.ModuleList(
