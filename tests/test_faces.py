@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from lipsync_stream.character import load_default_character
-from lipsync_stream.faces import FaceError, boxes_from_face_det_results, detect_face, detect_faces, face_det_results, load_face_det_results, safe_unpickle
+from lipsync_stream.faces import FaceDetector, FaceError, boxes_from_face_det_results, detect_faces, face_det_results, load_face_det_results, safe_unpickle
+
+
+def detect_one(image: np.ndarray) -> tuple[int, int, int, int] | None:
+    with FaceDetector() as detector:
+        return detector.detect(image)
+
 
 
 class RunsCode:
@@ -69,11 +75,11 @@ def test_face_det_results_are_validated(obj: object, message: str) -> None:
 
 def test_detector_finds_the_default_face_and_not_a_wall() -> None:
     character = load_default_character()
-    box = detect_face(character.frames[0])
+    box = detect_one(character.frames[0])
     assert box is not None
     y1, y2, x1, x2 = box
     assert x1 < 254 < x2 and y1 < 303 < y2  # the mouth is inside the face box
-    assert detect_face(np.full((300, 300, 3), 128, np.uint8)) is None
+    assert detect_one(np.full((300, 300, 3), 128, np.uint8)) is None
 
 
 def test_video_without_a_face_is_an_error() -> None:

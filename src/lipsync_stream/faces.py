@@ -256,12 +256,6 @@ class FaceDetector:
         return y1, y2, x1, x2
 
 
-def detect_face(image: np.ndarray) -> tuple[int, int, int, int] | None:
-    """One-off detection (creates a detector; use :class:`FaceDetector` for many frames)."""
-    with FaceDetector() as detector:
-        return detector.detect(image)
-
-
 def sample_indices(n: int, stride: int) -> list[int]:
     """The frames detection runs on: every *stride*-th, and the last."""
     return sorted(set(range(0, n, max(1, stride))) | {n - 1})

@@ -143,6 +143,7 @@ class InferenceService(Generic[In, Out]):
             self._queue.clear()
             self._cond.notify_all()
         self._thread.join(5.0)
+        log.info("%s service stopped: %s", self.name, describe(self.stats))
 
     # --- the thread -----------------------------------------------------------------------------
 
