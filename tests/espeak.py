@@ -27,6 +27,15 @@ for _v, _symbols in {
         PHONEME_VISEME[_s] = _v
 
 
+#: the quality harness's voices and sentences; the viseme recognizer is trained on none of these voices
+HARNESS_VOICES = ["en-us", "en+m3", "en-us+f3", "en-us+klatt"]
+HARNESS_SENTENCES = [
+    "Peter picked a peck of pickled peppers, and bought a bigger map.",
+    "I see two blue boats far away on the ocean.",
+    "Five very fine violins arrived in March.",
+]
+
+
 def resample_to(pcm: np.ndarray, rate: int, target: int) -> np.ndarray:
     """int16 mono *pcm* at *rate* resampled to *target* Hz (PyAV's resampler)."""
     import av

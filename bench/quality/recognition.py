@@ -25,16 +25,14 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
 sys.path.insert(0, str(HERE.parents[1] / "src"))
-from espeak import PHONEME_VISEME, Espeak, Phoneme, resample_to  # noqa: E402
+from espeak import HARNESS_SENTENCES, HARNESS_VOICES, PHONEME_VISEME, Espeak, Phoneme, resample_to  # noqa: E402
 
 from lipsync_stream.engines import get_engine  # noqa: E402
 from lipsync_stream.protocol import FPS, SAMPLE_RATE, AudioFramer  # noqa: E402
 
-VOICES = ["en-us", "en+m3", "en-us+f3", "en-us+klatt"]
+VOICES = HARNESS_VOICES
 SENTENCES = [
-    "Peter picked a peck of pickled peppers, and bought a bigger map.",
-    "I see two blue boats far away on the ocean.",
-    "Five very fine violins arrived in March.",
+    *HARNESS_SENTENCES,
     "Who knew you would choose the blue shoes?",
     "We keep three sheep and feed each of them beans.",
     "Bob moved the boxes over to the brown house.",

@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
 
-from espeak import PHONEME_VISEME, Espeak, Phoneme, resample_to  # noqa: E402
+from espeak import HARNESS_SENTENCES, HARNESS_VOICES, PHONEME_VISEME, Espeak, Phoneme, resample_to  # noqa: E402
 from hopper_video import make_video  # noqa: E402
 from speech_synth import hum, silence, vowel  # noqa: E402
 
@@ -46,12 +46,7 @@ from lipsync_stream.pipeline import FrameRenderer  # noqa: E402
 from lipsync_stream.prepare import prepare  # noqa: E402
 from lipsync_stream.protocol import FPS, SAMPLE_RATE, AudioFramer, SessionParams, decode_frame  # noqa: E402
 
-VOICES = ["en-us", "en+m3", "en-us+f3", "en-us+klatt"]
-SENTENCES = [
-    "Peter picked a peck of pickled peppers, and bought a bigger map.",
-    "I see two blue boats far away on the ocean.",
-    "Five very fine violins arrived in March.",
-]
+VOICES, SENTENCES = HARNESS_VOICES, HARNESS_SENTENCES
 CLOSED_GAP = 0.06  # inner-lip opening (mouth widths) under which the lips count as closed
 
 
