@@ -11,7 +11,10 @@
 Speed does not depend on the weights, so a random-weight checkpoint in the public layout is made
 when none is given.
 
-    .venv/bin/python bench/neural.py [--model CKPT] [--device cpu|cuda] [--batches 1 8 32] [--sessions 1 2]
+    .venv/bin/python bench/neural.py [--engine wav2lip|musetalk] [--model CKPT|DIR] [--device cpu|cuda] [--batches 1 8 32] [--sessions 1 2]
+
+``--engine musetalk`` builds a random-weight model folder of the published sizes (3.4 GB of UNet)
+when no --model is given; ``--sessions 0`` skips the server part (slow on a CPU).
 
 A GPU run: ``--device cuda --batches 1 8 32 64 128 --sessions 16 64`` (needs a CUDA build of torch
 and onnxruntime-gpu).
@@ -136,7 +139,33 @@ async def realtime_session(url: str, pcm: bytes, latencies: list[float]) -> int:
         return frames
 
 
-def sessions_table(ckpt: Path, device: str, counts: list[int], tmp: Path) -> None:
+def musetalk_table(model_dir: Path, device: str, batches: list[int]) -> None:
+    """MuseTalk's model function alone: whisper, UNet and VAE decode per batch of frames (each
+    frame's reference latents already kept, as they are after a character's first frames)."""
+    import os
+
+    import torch
+
+    from lipsync_stream.neural.musetalk import FACE_SIZE, MuseTalkFiles, MuseTalkItem, MuseTalkRunner
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    runner = MuseTalkRunner(MuseTalkFiles.find(model_dir), device)
+    audio = load_audio(sample_speech())[:32000].astype(np.float32) / 32768.0
+    face = np.random.default_rng(0).integers(0, 255, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    params = sum(p.numel() for m in (runner.unet, runner.vae, runner.encoder) for p in m.parameters())
+    print(f"MuseTalk 1.5 (published sizes, random weights: {params / 1e6:.0f} M parameters), device {device} ({runner.dtype}); torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    print()
+    print("| batch | ms/frame | frames/s | of which whisper | UNet + VAE decode |")
+    print("|---:|---:|---:|---:|---:|")
+    for b in batches:
+        items = [MuseTalkItem(audio, 8000 + 533 * k, face, ("bench",)) for k in range(b)]
+        runner(items[:1])  # latents kept, warm
+        t_all = timed(lambda items=items: runner(items), repeats=2)
+        t_audio = timed(lambda items=items: runner.audio_tokens(items), repeats=2)
+        print(f"| {b} | {1000 * t_all / b:.0f} | {b / t_all:.2f} | {1000 * t_audio / b:.0f} | {1000 * (t_all - t_audio) / b:.0f} |")
+
+
+def sessions_table(ckpt: Path, device: str, counts: list[int], tmp: Path, engine: str = "wav2lip") -> None:
     import httpx
 
     speech = load_audio(sample_speech())
@@ -145,7 +174,7 @@ def sessions_table(ckpt: Path, device: str, counts: list[int], tmp: Path) -> Non
     print(f"| real-time sessions | frames | p50 latency (ms) | p99 latency (ms) | frames that kept the last mouth | device {device} |")
     print("|---:|---:|---:|---:|---:|---|")
     for n in counts:
-        server = ServerProcess(["--engine", "wav2lip", "--model", str(ckpt), "--device", device, "--max-sessions", str(max(counts)), "--cache-dir", str(tmp / "cache")])
+        server = ServerProcess(["--engine", engine, "--model", str(ckpt), "--device", device, "--max-sessions", str(max(counts)), "--cache-dir", str(tmp / "cache")])
         try:
             latencies: list[float] = []
 
@@ -163,7 +192,8 @@ def sessions_table(ckpt: Path, device: str, counts: list[int], tmp: Path) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=None, help="a Wav2Lip checkpoint (default: random weights in the public layout)")
+    parser.add_argument("--engine", choices=["wav2lip", "musetalk"], default="wav2lip")
+    parser.add_argument("--model", type=Path, default=None, help="a Wav2Lip checkpoint or a MuseTalk model directory (default: random weights in the public layout and sizes)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 2])
@@ -171,6 +201,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         ckpt = args.model
+        if args.engine == "musetalk":
+            if ckpt is None:
+                sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+                from musetalk_models import make_model_dir
+
+                ckpt = make_model_dir(tmp / "musetalk", published_sizes=True)
+            musetalk_table(ckpt, args.device, args.batches)
+            if args.sessions != [0]:
+                sessions_table(ckpt, args.device, args.sessions, tmp, "musetalk")
+            return
         if ckpt is None:
             import torch
 

@@ -14,7 +14,7 @@ from .energy import EnergyEngine
 from .viseme import VisemeEngine
 
 ENGINES: dict[str, type[Engine]] = {VisemeEngine.name: VisemeEngine, EnergyEngine.name: EnergyEngine}
-LEARNED_ENGINES = {"wav2lip": "lipsync_stream.neural.engine:Wav2LipEngine"}
+LEARNED_ENGINES = {"wav2lip": "lipsync_stream.neural.engine:Wav2LipEngine", "musetalk": "lipsync_stream.neural.engine:MuseTalkEngine"}
 ENGINE_NAMES = sorted([*ENGINES, *LEARNED_ENGINES])
 DEFAULT_ENGINE = VisemeEngine.name
 

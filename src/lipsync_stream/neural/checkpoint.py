@@ -39,15 +39,15 @@ def _reason(exc: BaseException) -> str:
     return (lines[0].split(". ")[0].rstrip(".") if lines else type(exc).__name__)[:200]
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file, ``module.`` prefixes removed (memory-mapped, on the CPU)."""
     path = Path(path)
     try:
         size = path.stat().st_size
     except OSError as exc:
         raise CheckpointError(f"cannot read the checkpoint {path}: {exc.strerror or exc}") from None
-    if size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path.name} is {size} bytes; a checkpoint for this model is far smaller (at most {MAX_CHECKPOINT_BYTES})")
+    if size > max_bytes:
+        raise CheckpointError(f"{path.name} is {size} bytes; a checkpoint for this model is far smaller (at most {max_bytes})")
     if _is_torchscript(path):
         raise CheckpointError(f"{path.name} is a TorchScript archive (a program, not weights); save the weights with torch.save(model.state_dict(), ...)")
     try:
@@ -82,7 +82,7 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) 
     model.load_state_dict(dict(state), strict=True)
 
 
-def load_checkpoint(model: nn.Module, path: Path) -> nn.Module:
+def load_checkpoint(model: nn.Module, path: Path, max_bytes: int = MAX_CHECKPOINT_BYTES) -> nn.Module:
     """*model* with the weights of *path*, in evaluation mode."""
-    load_into(model, read_state_dict(path), Path(path).name)
+    load_into(model, read_state_dict(path, max_bytes), Path(path).name)
     return model.eval()

@@ -1,10 +1,12 @@
-"""The Wav2Lip engine: the learned mouth, served to every session by one batched model.
+"""The learned engines (Wav2Lip, MuseTalk): a mouth from a model served to every session in batches.
 
-Per frame, on the event loop: the frame's 16 mel frames (:mod:`..engines.melspec`, 200 ms from
+Wav2Lip, per frame, on the event loop: the frame's 16 mel frames (:mod:`..engines.melspec`, 200 ms from
 the frame's start: hence this engine's lookahead) and the 96x96 crop of the reference face
 (:mod:`..composite`). The shared :class:`~.service.InferenceService` runs the model on batches
 of all sessions' frames; the generated face is pasted back through the lower-face mask in a
-worker thread. Frames of silence, or near it, show the reference frame as it is (no model call).
+worker thread. MuseTalk (:mod:`.musetalk`): the audio around the frame and the 256x256 face go
+to the service, which runs whisper, the UNet and the VAE in its thread. Frames of silence, or
+near it, show the reference frame as it is (no model call).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from ..composite import crop_input, face_box, paste_face
@@ -24,6 +27,8 @@ from ..engines.interior import smoothstep
 from ..protocol import AudioFrame, frame_length
 from . import CheckpointError
 from .checkpoint import load_checkpoint
+from .musetalk import CLIP_FRAMES, CLIP_LEFT, WHISPER_RATE, MuseTalkFiles, MuseTalkItem, MuseTalkRunner
+from .musetalk import FACE_SIZE as MUSETALK_FACE
 from .service import InferenceService
 from .wav2lip import FACE_SIZE, OnnxWav2LipRunner, Wav2Lip, Wav2LipRunner
 
@@ -49,30 +54,36 @@ FLOOR_BELOW_PEAK_DB = 38.0  # relative floor: this far under the loudest recent 
 PEAK_DECAY_DB_PER_FRAME = 0.03
 
 
-class Wav2LipStream(EngineStream):
-    """One session's use of the engine: its inputs, and pasting its outputs back."""
+class QuietGate:
+    """How much of a learned mouth to show, from the loudness of the audio the model hears:
+    none under a floor (absolute, or far under the loudest recent speech), all of it
+    QUIET_RANGE_DB above. A model draws something for breath and room noise too; under the floor
+    the reference's own closed lips show instead, and no model time is spent."""
 
-    def __init__(self, engine: Wav2LipEngine) -> None:
-        self.engine = engine
+    def __init__(self) -> None:
         self.peak_db = -20.0
 
-    def mouth(self, frame: AudioFrame, ref: ReferenceFrame) -> LearnedMouth:
-        """The model's input (16 mel frames from the frame's start, the masked face crop) and how
-        much of its mouth to show: none in near-silence, where the lips stay closed."""
-        assert ref.box is not None, "the wav2lip engine needs the character's face boxes"
-        ctx = self.engine.context_samples
-        heard = frame.window[ctx : ctx + melspec.SPAN_SAMPLES].astype(np.float32)
-        level_db = 10.0 * float(np.log10(np.mean(heard * heard) / 32768.0**2 + 1e-12))
+    def strength(self, heard: np.ndarray) -> float:
+        samples = heard.astype(np.float32)
+        level_db = 10.0 * float(np.log10(np.mean(samples * samples) / 32768.0**2 + 1e-12))
         self.peak_db = max(level_db, self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
         floor_db = max(GATE_DB, self.peak_db - FLOOR_BELOW_PEAK_DB)
-        strength = float(smoothstep(floor_db, floor_db + QUIET_RANGE_DB, level_db))
-        if strength <= 0.0:
-            return LearnedMouth(None, 0.0)
-        mel = melspec.frame_mel(frame.window, frame.start, frame.index)
-        return LearnedMouth((mel, crop_input(ref.image, face_box(ref.box), FACE_SIZE)), strength)
+        return float(smoothstep(floor_db, floor_db + QUIET_RANGE_DB, level_db))
+
+    def silent(self) -> None:
+        """A frame of digital silence went by (the peak decays as it would)."""
+        self.peak_db = max(self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
+
+
+class LearnedStream(EngineStream):
+    """What every learned engine's stream does alike: silence shows the reference frame, and a
+    generated face is pasted back through the lower-face mask at the gate's strength."""
+
+    def __init__(self) -> None:
+        self.gate = QuietGate()
 
     def silent(self) -> bool:
-        self.peak_db = max(self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
+        self.gate.silent()
         return True  # digital silence: the reference frame as it is
 
     def draw(self, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any = None) -> Region | None:
@@ -80,6 +91,25 @@ class Wav2LipStream(EngineStream):
             return None  # the reference's own closed lips
         assert ref.box is not None
         return paste_face(ref, face_box(ref.box), generated, mouth.strength)
+
+
+class Wav2LipStream(LearnedStream):
+    """One session's use of the Wav2Lip engine."""
+
+    def __init__(self, engine: Wav2LipEngine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def mouth(self, frame: AudioFrame, ref: ReferenceFrame) -> LearnedMouth:
+        """The model's input (16 mel frames from the frame's start, the masked face crop) and how
+        much of its mouth to show: none in near-silence, where the lips stay closed."""
+        assert ref.box is not None, "the wav2lip engine needs the character's face boxes"
+        ctx = self.engine.context_samples
+        strength = self.gate.strength(frame.window[ctx : ctx + melspec.SPAN_SAMPLES])
+        if strength <= 0.0:
+            return LearnedMouth(None, 0.0)
+        mel = melspec.frame_mel(frame.window, frame.start, frame.index)
+        return LearnedMouth((mel, crop_input(ref.image, face_box(ref.box), FACE_SIZE)), strength)
 
 
 class Wav2LipEngine(Engine):
@@ -115,6 +145,72 @@ class Wav2LipEngine(Engine):
 
     def stream(self) -> Wav2LipStream:
         return Wav2LipStream(self)
+
+    def close(self) -> None:
+        self.service.stop()
+
+
+class MuseTalkStream(LearnedStream):
+    """One session's use of the MuseTalk engine."""
+
+    def __init__(self, engine: MuseTalkEngine) -> None:
+        super().__init__()
+        self.engine = engine
+
+    def mouth(self, frame: AudioFrame, ref: ReferenceFrame) -> LearnedMouth:
+        """The audio around the frame and the reference face (256x256 crop of its box, with
+        MuseTalk's margin below the chin), and how much of the generated mouth to show."""
+        assert ref.box is not None, "the musetalk engine needs the character's face boxes"
+        ctx = self.engine.context_samples
+        strength = self.gate.strength(frame.window[ctx : ctx + frame_length(frame.index)])
+        if strength <= 0.0:
+            return LearnedMouth(None, 0.0)
+        key, face = self.engine.face(ref)
+        item = MuseTalkItem(frame.window.astype(np.float32) / 32768.0, ctx, face, key)
+        return LearnedMouth(item, strength)
+
+
+class MuseTalkEngine(Engine):
+    """``--engine musetalk --model DIR``: MuseTalk 1.5 as published (UNet, VAE, whisper-tiny)."""
+
+    name = "musetalk"
+    learned = True
+    # The frame's 10 encoder frames reach 6 x 20 ms past its start, and the encoder's convolutions
+    # a little further; before it, half a second gives whisper's attention some context.
+    lookahead_samples = (CLIP_FRAMES - CLIP_LEFT) * 16000 // WHISPER_RATE + 480 - frame_length(0)
+    context_samples = 8000
+    sessions_per_core = 1
+
+    def __init__(self, model: Path | None = None, device: str = "auto", max_batch: int = 16, max_wait: float = 0.005) -> None:
+        if model is None:
+            raise CheckpointError("the musetalk engine needs its model directory: --model DIR (musetalkV15/, sd-vae/, whisper/ as MuseTalk publishes them)")
+        self.device = pick_device(device)
+        if self.device == "cpu":
+            import torch
+
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        runner = MuseTalkRunner(MuseTalkFiles.find(Path(model)), self.device)
+        log.info("musetalk: %s loaded on %s", model, self.device)
+        self.service: InferenceService[MuseTalkItem, np.ndarray] = InferenceService(runner, max_batch=max_batch, max_wait=max_wait, name="musetalk")
+        self._faces: dict[tuple[Any, ...], np.ndarray] = {}
+
+    def face(self, ref: ReferenceFrame) -> tuple[tuple[Any, ...], np.ndarray]:
+        """The reference frame's 256x256 face crop and a key naming it (its pixels' fingerprint:
+        a frame of another character at the same place in memory is another key)."""
+        assert ref.box is not None
+        box = face_box(ref.box)
+        key = (ref.index, box, hash(ref.image[::16, ::16].tobytes()))
+        face = self._faces.get(key)
+        if face is None:
+            y1, y2, x1, x2 = box
+            face = cv2.resize(ref.image[y1:y2, x1:x2], (MUSETALK_FACE, MUSETALK_FACE), interpolation=cv2.INTER_LANCZOS4)
+            if len(self._faces) >= 4096:
+                self._faces.clear()
+            self._faces[key] = face
+        return key, face
+
+    def stream(self) -> MuseTalkStream:
+        return MuseTalkStream(self)
 
     def close(self) -> None:
         self.service.stop()

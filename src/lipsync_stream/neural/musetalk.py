@@ -1,0 +1,201 @@
+"""MuseTalk 1.5: a learned mouth whose code (MIT) and weights may be used in products.
+
+MuseTalk inpaints the lower half of a 256x256 face in the latent space of Stable Diffusion's VAE
+(``sd-vae-ft-mse``), in one UNet step at timestep 0, conditioned through cross-attention on
+whisper-tiny's encoder features of the audio around the frame. Per frame:
+
+- the face crop (256x256, RGB scaled to -1..1) is encoded twice: with its lower half blacked out
+  and whole; the two latents (4x32x32 each) are the UNet's 8 input channels. They depend only on
+  the reference frame, so they are computed once per reference frame and kept;
+- the audio: whisper-tiny's feature extractor (80 log-mel bands, 30 s windows) and its encoder,
+  every hidden state (the embedding and each layer: 5 x 384 at 50 per second); for the frame
+  starting at time t, the 10 encoder frames from ``floor(50 t) - 4`` on, flattened to 50 tokens of
+  384, plus a sinusoidal position encoding, are the cross-attention context;
+- the UNet's 4x32x32 output is decoded by the VAE into the generated 256x256 face.
+
+This module loads the files as MuseTalk publishes them (:class:`MuseTalkFiles`) and runs batches
+(:class:`MuseTalkRunner`, the model function of the shared inference service). diffusers and
+transformers come from the ``[musetalk]`` extra; every weight file is read without running code
+(``weights_only`` or safetensors).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import CheckpointError, NeuralUnavailable
+from .checkpoint import load_checkpoint
+
+FACE_SIZE = 256
+WHISPER_RATE = 50  # encoder frames per second
+CLIP_FRAMES = 10  # encoder frames per video frame: 2 x (2 left + 1 + 2 right) at MuseTalk's 25 fps
+CLIP_LEFT = 4  # of which before the frame's start
+WHISPER_DIM = 384
+#: unet.pth of MuseTalk 1.5 is 3.4 GB in float32
+MAX_UNET_BYTES = 8 * 1024**3
+LATENT_CACHE = 1024  # reference frames whose latents are kept (32 kB each)
+
+#: the published layout, relative to --model DIR
+LAYOUT = {
+    "unet config": "musetalkV15/musetalk.json",
+    "unet weights": "musetalkV15/unet.pth",
+    "vae config": "sd-vae/config.json",
+    "whisper config": "whisper/config.json",
+    "whisper preprocessor": "whisper/preprocessor_config.json",
+}
+VAE_WEIGHTS = ("sd-vae/diffusion_pytorch_model.safetensors", "sd-vae/diffusion_pytorch_model.bin")
+WHISPER_WEIGHTS = ("whisper/model.safetensors", "whisper/pytorch_model.bin")
+
+
+def require_musetalk() -> None:
+    """Raise a clear error when diffusers or transformers (the ``[musetalk]`` extra) is missing."""
+    try:
+        import diffusers  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError:
+        raise NeuralUnavailable("the musetalk engine needs diffusers and transformers: pip install 'lipsync-stream[neural,musetalk]'") from None
+
+
+@dataclass(frozen=True)
+class MuseTalkFiles:
+    """The files of a MuseTalk model directory, each checked to be there."""
+
+    root: Path
+    unet_config: Path
+    unet_weights: Path
+    vae_dir: Path
+    whisper_dir: Path
+
+    @classmethod
+    def find(cls, root: Path) -> MuseTalkFiles:
+        root = Path(root)
+        if not root.is_dir():
+            raise CheckpointError(f"--model for musetalk is a directory laid out as MuseTalk publishes it (musetalkV15/, sd-vae/, whisper/); {root} is not one")
+        for what, rel in LAYOUT.items():
+            if not (root / rel).is_file():
+                raise CheckpointError(f"{root}: the {what} {rel} is missing (MuseTalk's layout: musetalkV15/musetalk.json and unet.pth, sd-vae/, whisper/)")
+        for what, names in (("VAE weights", VAE_WEIGHTS), ("whisper weights", WHISPER_WEIGHTS)):
+            if not any((root / n).is_file() for n in names):
+                raise CheckpointError(f"{root}: the {what} are missing ({' or '.join(names)})")
+        return cls(root, root / LAYOUT["unet config"], root / LAYOUT["unet weights"], root / "sd-vae", root / "whisper")
+
+
+def position_encoding(length: int = CLIP_FRAMES * 5, dim: int = WHISPER_DIM) -> torch.Tensor:
+    """(length, dim) sinusoidal position encoding (sin on even, cos on odd features), as MuseTalk adds to its audio tokens."""
+    position = torch.arange(length, dtype=torch.float32)[:, None]
+    div = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(length, dim)
+    pe[:, 0::2] = torch.sin(position * div)
+    pe[:, 1::2] = torch.cos(position * div)
+    return pe
+
+
+@dataclass(frozen=True)
+class MuseTalkItem:
+    """One frame's request: its audio and its reference face.
+
+    ``audio``: float32 samples (16 kHz) from some time before the frame to after it;
+    ``offset``: where the frame starts in ``audio``, in samples; ``face``: the 256x256 BGR crop
+    of the reference frame; ``face_key``: names that crop, so that its latents are kept.
+    """
+
+    audio: np.ndarray
+    offset: int
+    face: np.ndarray
+    face_key: tuple[Any, ...]
+
+
+class MuseTalkRunner:
+    """The model function for the inference service: batches of items -> 256x256 BGR faces."""
+
+    def __init__(self, files: MuseTalkFiles, device: str = "cpu") -> None:
+        require_musetalk()
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import WhisperFeatureExtractor, WhisperModel
+
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        try:
+            config = json.loads(files.unet_config.read_text())
+            unet: Any = UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")})
+        except (ValueError, TypeError) as exc:
+            raise CheckpointError(f"{files.unet_config.name} is not a UNet2DConditionModel configuration: {exc}") from None
+        if unet.config.in_channels != 8 or unet.config.out_channels != 4:
+            raise CheckpointError(f"{files.unet_config.name}: a MuseTalk UNet takes 8 channels and gives 4, this one {unet.config.in_channels} and {unet.config.out_channels}")
+        cross_dim = int(unet.config.cross_attention_dim)
+        self.unet: Any = load_checkpoint(unet, files.unet_weights, MAX_UNET_BYTES)
+        try:
+            self.vae: Any = AutoencoderKL.from_pretrained(str(files.vae_dir)).eval()
+            whisper = WhisperModel.from_pretrained(str(files.whisper_dir))
+            self.features = WhisperFeatureExtractor.from_pretrained(str(files.whisper_dir))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{files.root}: cannot load the VAE or whisper: {str(exc).splitlines()[0]}") from None
+        self.encoder: Any = whisper.get_encoder().eval()
+        if self.encoder.config.d_model != cross_dim:
+            raise CheckpointError(f"{files.root}: whisper gives {self.encoder.config.d_model}-wide features, the UNet attends to {cross_dim}")
+        self.scale = float(self.vae.config.scaling_factor)
+        self.pe = position_encoding(CLIP_FRAMES * (self.encoder.config.encoder_layers + 1), self.encoder.config.d_model)
+        for module in (self.unet, self.vae, self.encoder):
+            module.to(self.device, self.dtype)
+        self.pe = self.pe.to(self.device, self.dtype)
+        self._latents: collections.OrderedDict[tuple[Any, ...], torch.Tensor] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def _to_vae(self, faces: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(faces[..., ::-1])).to(self.device).permute(0, 3, 1, 2)
+        return (x.to(self.dtype) / 127.5 - 1.0).contiguous()
+
+    def reference_latents(self, items: Sequence[MuseTalkItem]) -> torch.Tensor:
+        """(B, 8, 32, 32): masked and whole face latents, computed once per reference face."""
+        with self._lock:
+            missing = {it.face_key: it.face for it in items if it.face_key not in self._latents}
+        if missing:
+            faces = self._to_vae(np.stack(list(missing.values())))
+            masked = faces.clone()
+            masked[:, :, FACE_SIZE // 2 :] = -1.0  # the lower half black (0 in 0..1)
+            with torch.inference_mode():
+                # the distribution's mean: the published code samples it, which only adds noise
+                lat = self.vae.encode(torch.cat([masked, faces])).latent_dist.mean * self.scale
+            n = len(missing)
+            with self._lock:
+                for k, key in enumerate(missing):
+                    self._latents[key] = torch.cat([lat[k], lat[n + k]])
+                while len(self._latents) > LATENT_CACHE:
+                    self._latents.popitem(last=False)
+        with self._lock:
+            return torch.stack([self._latents[it.face_key] for it in items])
+
+    def audio_tokens(self, items: Sequence[MuseTalkItem]) -> torch.Tensor:
+        """(B, 50, 384): each frame's window of every encoder layer's features, position-encoded."""
+        features = self.features([it.audio for it in items], sampling_rate=16000, return_tensors="pt").input_features
+        with torch.inference_mode():
+            states = self.encoder(features.to(self.device, self.dtype), output_hidden_states=True).hidden_states
+        stacked = torch.stack(states, dim=2)  # (B, 1500, layers + 1, dim)
+        tokens = []
+        for b, it in enumerate(items):
+            first = math.floor(it.offset / 16000 * WHISPER_RATE) - CLIP_LEFT
+            clip = torch.zeros((CLIP_FRAMES,) + stacked.shape[2:], dtype=stacked.dtype, device=stacked.device)
+            lo, hi = max(first, 0), min(first + CLIP_FRAMES, stacked.shape[1])
+            if hi > lo:
+                clip[lo - first : hi - first] = stacked[b, lo:hi]
+            tokens.append(clip.reshape(-1, stacked.shape[-1]))
+        return torch.stack(tokens) + self.pe
+
+    def __call__(self, items: Sequence[MuseTalkItem]) -> list[np.ndarray]:
+        latents = self.reference_latents(items)
+        tokens = self.audio_tokens(items)
+        with torch.inference_mode():
+            predicted = self.unet(latents, 0, encoder_hidden_states=tokens).sample
+            images = self.vae.decode(predicted / self.scale).sample
+        pixels = ((images.float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return [np.ascontiguousarray(p[..., ::-1]) for p in pixels]

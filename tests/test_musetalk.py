@@ -1,0 +1,80 @@
+"""The MuseTalk engine: the published folder layout loads (random weights, tiny configurations of
+the same classes) and runs end to end through the server; bad folders are refused by name."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from musetalk_models import TINY_UNET, make_model_dir  # noqa: E402
+
+from lipsync_stream.character import load_default_character  # noqa: E402
+from lipsync_stream.client import decode_image, stream_audio  # noqa: E402
+from lipsync_stream.fetch import FetchConfig  # noqa: E402
+from lipsync_stream.neural import CheckpointError  # noqa: E402
+from lipsync_stream.neural.musetalk import FACE_SIZE, MuseTalkFiles, MuseTalkItem, MuseTalkRunner  # noqa: E402
+from lipsync_stream.protocol import SessionParams, frames_for_samples  # noqa: E402
+from lipsync_stream.server import ServerConfig, running_server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model_dir(tmp_path_factory.mktemp("musetalk") / "models")
+
+
+def test_a_folder_missing_a_file_is_refused_naming_it(model_dir: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(model_dir, tmp_path / "m")
+    (copy / "whisper" / "preprocessor_config.json").unlink()
+    with pytest.raises(CheckpointError, match="whisper/preprocessor_config.json"):
+        MuseTalkFiles.find(copy)
+    with pytest.raises(CheckpointError, match="is not one"):
+        MuseTalkFiles.find(copy / "musetalkV15" / "unet.pth")
+
+
+def test_weights_of_another_layout_are_refused_by_name(model_dir: Path, tmp_path: Path) -> None:
+    copy = shutil.copytree(model_dir, tmp_path / "m")
+    other = dict(TINY_UNET, block_out_channels=[16, 32])
+    from diffusers import UNet2DConditionModel
+
+    torch.save(UNet2DConditionModel(**{k: v for k, v in other.items() if not k.startswith("_")}).state_dict(), copy / "musetalkV15" / "unet.pth")
+    with pytest.raises(CheckpointError, match="layout"):
+        MuseTalkRunner(MuseTalkFiles.find(copy))
+
+
+def test_batched_output_equals_one_at_a_time(model_dir: Path, speech: np.ndarray) -> None:
+    runner = MuseTalkRunner(MuseTalkFiles.find(model_dir))
+    face = np.random.default_rng(0).integers(0, 255, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    audio = speech[8000:20000].astype(np.float32) / 32768.0
+    items = [MuseTalkItem(audio, offset, face, ("face",)) for offset in (4000, 8000)]
+    together = runner(items)
+    alone = [runner([it])[0] for it in items]
+    assert together[0].shape == (FACE_SIZE, FACE_SIZE, 3) and together[0].dtype == np.uint8
+    for a, b in zip(together, alone, strict=True):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 2
+    assert not np.array_equal(together[0], together[1])  # different audio, different mouth
+
+
+async def test_sessions_speak_the_protocol_through_musetalk(model_dir: Path, tmp_path: Path, speech: np.ndarray) -> None:
+    config = ServerConfig(port=0, engine="musetalk", model=model_dir, device="cpu", max_sessions=2)
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    async with running_server(config) as (app, url):
+        pcm = speech[8000:16000]
+        frames = [f async for f in stream_audio(url, pcm, SessionParams(realtime=False))]
+        assert [f.index for f in frames] == list(range(frames_for_samples(len(pcm))))
+        assert b"".join(f.audio or b"" for f in frames) == pcm.tobytes()
+        character = load_default_character()
+        k = 8
+        ref = character.frames[character.ref_index(k)].astype(int)
+        lm = character.landmarks[character.ref_index(k)]
+        y, x = int(lm[14, 1]), int(lm[14, 0])
+        image = decode_image(frames[k]).astype(int)
+        assert np.abs(image[y - 5 : y + 5, x - 20 : x + 20] - ref[y - 5 : y + 5, x - 20 : x + 20]).mean() > 5  # the model drew the mouth
+        assert np.abs(image[:120] - ref[:120]).mean() < 2  # the rest is the character
+        assert app.engine.service.stats.items >= len(frames) // 2
