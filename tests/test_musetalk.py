@@ -78,3 +78,22 @@ async def test_sessions_speak_the_protocol_through_musetalk(model_dir: Path, tmp
         assert np.abs(image[y - 5 : y + 5, x - 20 : x + 20] - ref[y - 5 : y + 5, x - 20 : x + 20]).mean() > 5  # the model drew the mouth
         assert np.abs(image[:120] - ref[:120]).mean() < 2  # the rest is the character
         assert app.engine.service.stats.items >= len(frames) // 2
+
+
+def test_face_latents_are_kept_on_disk_and_used_by_the_next_process(model_dir: Path, tmp_path: Path, speech: np.ndarray) -> None:
+    face = np.random.default_rng(1).integers(0, 255, (FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
+    item = MuseTalkItem(speech[8000:20000].astype(np.float32) / 32768.0, 4000, face, ("a face",))
+    first = MuseTalkRunner(MuseTalkFiles.find(model_dir), cache_dir=tmp_path)
+    out = first([item])[0]
+    assert len(list(tmp_path.glob("musetalk-latents/*/*.npy"))) == 1
+    second = MuseTalkRunner(MuseTalkFiles.find(model_dir), cache_dir=tmp_path)
+
+    def no_encoding(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("the VAE encoded a face whose latents were on disk")
+
+    second.vae.encode = no_encoding
+    assert np.abs(second([item])[0].astype(int) - out.astype(int)).max() <= 1
+    # a damaged file is encoded again, not trusted
+    next(tmp_path.glob("musetalk-latents/*/*.npy")).write_bytes(b"not an array")
+    third = MuseTalkRunner(MuseTalkFiles.find(model_dir), cache_dir=tmp_path)
+    assert np.abs(third([item])[0].astype(int) - out.astype(int)).max() <= 1

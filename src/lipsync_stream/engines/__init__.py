@@ -7,6 +7,7 @@ The weight-free engines need numpy, OpenCV and numba only; learned ones (``wav2l
 from __future__ import annotations
 
 import importlib
+import inspect
 from pathlib import Path
 
 from .base import CLOSED, Engine, EngineStream, MouthGeometry, MouthShape, ReferenceFrame
@@ -33,11 +34,13 @@ def engine_class(name: str) -> type[Engine]:
     return cls
 
 
-def get_engine(name: str = DEFAULT_ENGINE, model: Path | None = None, device: str = "auto") -> Engine:
-    """An engine instance by name; learned engines load *model* on *device* (``auto``: a GPU if any)."""
+def get_engine(name: str = DEFAULT_ENGINE, model: Path | None = None, device: str = "auto", cache_dir: Path | None = None) -> Engine:
+    """An engine instance by name; learned engines load *model* on *device* (``auto``: a GPU if
+    any), and those that keep work on disk (MuseTalk's face latents) keep it under *cache_dir*."""
     cls = engine_class(name)
     if cls.learned:
-        return cls(model=model, device=device)  # type: ignore[call-arg]
+        extra = {"cache_dir": cache_dir} if "cache_dir" in inspect.signature(cls.__init__).parameters else {}
+        return cls(model=model, device=device, **extra)  # type: ignore[call-arg]
     if model is not None:
         raise ValueError(f"the {name} engine takes no model; --model is for learned engines ({', '.join(LEARNED_ENGINES)})")
     engine = cls()

@@ -24,6 +24,7 @@ from ..composite import crop_input, face_box, paste_face
 from ..engines import melspec
 from ..engines.base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
 from ..engines.interior import smoothstep
+from ..fetch import default_cache_dir
 from ..protocol import AudioFrame, frame_length
 from . import CheckpointError
 from .checkpoint import load_checkpoint
@@ -181,7 +182,7 @@ class MuseTalkEngine(Engine):
     context_samples = 8000
     sessions_per_core = 1
 
-    def __init__(self, model: Path | None = None, device: str = "auto", max_batch: int = 16, max_wait: float = 0.005) -> None:
+    def __init__(self, model: Path | None = None, device: str = "auto", max_batch: int = 16, max_wait: float = 0.005, cache_dir: Path | None = None) -> None:
         if model is None:
             raise CheckpointError("the musetalk engine needs its model directory: --model DIR (musetalkV15/, sd-vae/, whisper/ as MuseTalk publishes them)")
         self.device = pick_device(device)
@@ -189,7 +190,7 @@ class MuseTalkEngine(Engine):
             import torch
 
             torch.set_num_threads(max(1, os.cpu_count() or 1))
-        runner = MuseTalkRunner(MuseTalkFiles.find(Path(model)), self.device)
+        runner = MuseTalkRunner(MuseTalkFiles.find(Path(model)), self.device, cache_dir if cache_dir is not None else default_cache_dir())
         log.info("musetalk: %s loaded on %s", model, self.device)
         self.service: InferenceService[MuseTalkItem, np.ndarray] = InferenceService(runner, max_batch=max_batch, max_wait=max_wait, name="musetalk")
         self._faces: dict[tuple[Any, ...], np.ndarray] = {}

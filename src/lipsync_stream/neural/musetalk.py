@@ -6,7 +6,8 @@ whisper-tiny's encoder features of the audio around the frame. Per frame:
 
 - the face crop (256x256, RGB scaled to -1..1) is encoded twice: with its lower half blacked out
   and whole; the two latents (4x32x32 each) are the UNet's 8 input channels. They depend only on
-  the reference frame, so they are computed once per reference frame and kept;
+  the reference frame, so they are computed once per reference frame and kept, in memory and in
+  the cache directory (named by the VAE's weights and the face's pixels);
 - the audio: whisper-tiny's feature extractor (80 log-mel bands, 30 s windows) and its encoder,
   every hidden state (the embedding and each layer: 5 x 384 at 50 per second); for the frame
   starting at time t, the 10 encoder frames from ``floor(50 t) - 4`` on, flattened to 50 tokens of
@@ -22,8 +23,11 @@ transformers come from the ``[musetalk]`` extra; every weight file is read witho
 from __future__ import annotations
 
 import collections
+import hashlib
 import json
+import logging
 import math
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +39,8 @@ import torch
 
 from . import CheckpointError, NeuralUnavailable
 from .checkpoint import load_checkpoint
+
+log = logging.getLogger(__name__)
 
 FACE_SIZE = 256
 WHISPER_RATE = 50  # encoder frames per second
@@ -118,7 +124,7 @@ class MuseTalkItem:
 class MuseTalkRunner:
     """The model function for the inference service: batches of items -> 256x256 BGR faces."""
 
-    def __init__(self, files: MuseTalkFiles, device: str = "cpu") -> None:
+    def __init__(self, files: MuseTalkFiles, device: str = "cpu", cache_dir: Path | None = None) -> None:
         require_musetalk()
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import WhisperFeatureExtractor, WhisperModel
@@ -150,6 +156,15 @@ class MuseTalkRunner:
         self.pe = self.pe.to(self.device, self.dtype)
         self._latents: collections.OrderedDict[tuple[Any, ...], torch.Tensor] = collections.OrderedDict()
         self._lock = threading.Lock()
+        # Latents on disk, named by the VAE's weights and the face's pixels: a restarted server,
+        # or another worker, does not encode a character's faces again.
+        self.latent_dir: Path | None = None
+        if cache_dir is not None:
+            weights = next(files.root / n for n in VAE_WEIGHTS if (files.root / n).is_file())
+            stat = weights.stat()
+            vae_id = hashlib.sha256(f"{weights.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+            self.latent_dir = Path(cache_dir) / "musetalk-latents" / vae_id
+            self.latent_dir.mkdir(parents=True, exist_ok=True)
 
     def _to_vae(self, faces: np.ndarray) -> torch.Tensor:
         x = torch.from_numpy(np.ascontiguousarray(faces[..., ::-1])).to(self.device).permute(0, 3, 1, 2)
@@ -159,6 +174,8 @@ class MuseTalkRunner:
         """(B, 8, 32, 32): masked and whole face latents, computed once per reference face."""
         with self._lock:
             missing = {it.face_key: it.face for it in items if it.face_key not in self._latents}
+        for key in [k for k in missing if self._load_latents(k, missing[k])]:
+            del missing[key]
         if missing:
             faces = self._to_vae(np.stack(list(missing.values())))
             masked = faces.clone()
@@ -167,13 +184,48 @@ class MuseTalkRunner:
                 # the distribution's mean: the published code samples it, which only adds noise
                 lat = self.vae.encode(torch.cat([masked, faces])).latent_dist.mean * self.scale
             n = len(missing)
-            with self._lock:
-                for k, key in enumerate(missing):
-                    self._latents[key] = torch.cat([lat[k], lat[n + k]])
-                while len(self._latents) > LATENT_CACHE:
-                    self._latents.popitem(last=False)
+            for k, (key, face) in enumerate(missing.items()):
+                latents = torch.cat([lat[k], lat[n + k]])
+                self._keep(key, latents)
+                self._save_latents(face, latents)
         with self._lock:
             return torch.stack([self._latents[it.face_key] for it in items])
+
+    def _keep(self, key: tuple[Any, ...], latents: torch.Tensor) -> None:
+        with self._lock:
+            self._latents[key] = latents
+            while len(self._latents) > LATENT_CACHE:
+                self._latents.popitem(last=False)
+
+    def _latent_path(self, face: np.ndarray) -> Path | None:
+        if self.latent_dir is None:
+            return None
+        return self.latent_dir / (hashlib.sha256(np.ascontiguousarray(face).tobytes()).hexdigest()[:32] + ".npy")
+
+    def _load_latents(self, key: tuple[Any, ...], face: np.ndarray) -> bool:
+        path = self._latent_path(face)
+        if path is None or not path.is_file():
+            return False
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            return False  # a damaged file: encode again (and write it anew)
+        if array.shape != (8, FACE_SIZE // 8, FACE_SIZE // 8):
+            return False
+        self._keep(key, torch.from_numpy(array).to(self.device, self.dtype))
+        return True
+
+    def _save_latents(self, face: np.ndarray, latents: torch.Tensor) -> None:
+        path = self._latent_path(face)
+        if path is None:
+            return
+        twin = path.with_name(f"{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.npy")
+        try:
+            np.save(twin, latents.float().cpu().numpy())
+            os.replace(twin, path)
+        except OSError as exc:
+            log.warning("musetalk: cannot keep latents in %s: %s", path.parent, exc.strerror or exc)
+            twin.unlink(missing_ok=True)
 
     def audio_tokens(self, items: Sequence[MuseTalkItem]) -> torch.Tensor:
         """(B, 50, 384): each frame's window of every encoder layer's features, position-encoded."""
