@@ -188,3 +188,49 @@ def test_version_and_log_level_after_the_command(capsys: pytest.CaptureFixture[s
     assert build_parser().parse_args(["serve", "--log-level", "WARNING"]).log_level == "WARNING"
     assert build_parser().parse_args(["--log-level", "ERROR", "serve"]).log_level == "ERROR"
     assert build_parser().parse_args(["serve"]).log_level == "INFO"
+
+
+def test_sigterm_drains_every_worker_then_closes_running_sessions_with_going_away(tmp_path: Path, speech: np.ndarray) -> None:
+    import asyncio
+    import json
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    from websockets.asyncio.client import connect
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "lipsync_stream", "serve", "--port", str(port), "--workers", "2", "--drain-timeout", "1", "--cache-dir", str(tmp_path / "c")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+
+        async def session() -> tuple[str, int | None, float]:
+            async with connect(f"ws://127.0.0.1:{port}/LipsyncStream") as ws:
+                await ws.send(json.dumps({"realtime": True}))
+                await ws.send(speech[:16000].tobytes())
+                await ws.recv()  # the session runs
+                proc.send_signal(signal.SIGTERM)
+                sent = time.monotonic()
+                texts = [m async for m in ws if isinstance(m, str)]
+                return texts[-1], ws.close_code, time.monotonic() - sent
+
+        last, code, waited = asyncio.run(session())
+        assert json.loads(last)["error"] == "going_away" and code == 1001
+        assert 0.8 < waited < 8  # it had its drain time, not more
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=20)

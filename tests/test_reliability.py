@@ -387,3 +387,55 @@ async def test_a_refused_session_hears_why_at_once_even_while_it_streams(server:
         [f async for f in stream_audio(url, np.tile(speech, 2)[: 16000 * 10], SessionParams(video_reference_url="nowhere.mp4"))]
     assert info.value.kind == "character_error"
     assert loop.time() - started < 3.0  # it took the close timeout (10 s) when nobody read the audio
+
+
+async def test_healthz_says_full_and_draining_and_a_drain_lets_sessions_finish_then_closes_the_rest(tmp_path: Path, speech: np.ndarray) -> None:
+    """SIGTERM's drain: /healthz answers 503 (a load balancer sends the next session elsewhere),
+    new sessions hear `capacity`, a session that ends within the drain timeout ends normally, and
+    one still running after it is closed with `going_away` (1001)."""
+    config = ServerConfig(port=0, max_sessions=2)
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    async with running_server(config) as (app, url):
+        http_url = url.replace("ws://", "http://").rsplit("/", 1)[0] + "/healthz"
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(http_url)).text == "ok\n"
+            endless = await connect(url)
+            await endless.send(json.dumps({"realtime": True}))
+            await endless.send(speech[:16000].tobytes())  # one second, then nothing: it would idle for minutes
+            short = connect(url)
+            ws_short = await short
+            await ws_short.send(json.dumps({"realtime": False}))
+            await wait_until(lambda: app.active_sessions == 2)
+            response = await client.get(http_url)
+            assert response.status_code == 503 and response.text == "full\n"
+
+            async def messages(ws: Any) -> list[Any]:
+                return [m async for m in ws]
+
+            endless_messages = asyncio.create_task(messages(endless))  # a client reads all along
+            drain = asyncio.create_task(app.drain(timeout=1.5))
+            await wait_until(lambda: app.draining)
+            response = await client.get(http_url)
+            assert response.status_code == 503 and response.text == "draining\n"
+            with pytest.raises(ServerError) as refused:
+                [f async for f in stream_audio(url, speech[:8000], SessionParams(realtime=False))]
+            assert refused.value.kind == "capacity" and refused.value.http_status == 503
+
+            # the short session finishes inside the drain: every frame, then DONE
+            pcm = speech[:8000]
+            await ws_short.send(pcm.tobytes())
+            await ws_short.send("DONE")
+            frames = [m async for m in ws_short if isinstance(m, bytes)]
+            assert len(frames) == frames_for_samples(len(pcm))
+            assert ws_short.close_code == 1000
+
+            assert await drain == 1  # the endless one was closed, with why
+            texts = [m for m in await endless_messages if isinstance(m, str)]
+            assert json.loads(texts[-1])["error"] == "going_away" and endless.close_code == 1001
+
+
+async def wait_until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)

@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--certfile", metavar="FILE", type=Path, default=None, help="TLS certificate (PEM): serve wss:// and https:// on the port")
     s.add_argument("--keyfile", metavar="FILE", type=Path, default=None, help="TLS private key (PEM), if not in --certfile")
     s.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve /metrics on this port of 127.0.0.1 instead of the main port")
+    s.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS", help="on SIGTERM: stop taking sessions (/healthz: 503 draining) and let running ones finish this long, then close them (default: %(default)s)")
 
     k = _command(sub, "keys", "manage the API keys a server accepts (a file of names and key hashes)")
     ksub = k.add_subparsers(dest="keys_command", required=True)
@@ -349,7 +350,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         args.host, args.port, list(args.asset_root), args.engine, args.jpeg_quality, limits,
         max_sessions=args.max_sessions, max_loads=max(1, args.max_loads), api_keys=args.api_keys,
         allowed_origins=list(args.allowed_origin), certfile=args.certfile, keyfile=args.keyfile, metrics_port=args.metrics_port,
-        model=args.model, device=args.device,
+        model=args.model, device=args.device, drain_timeout=max(0.0, args.drain_timeout),
     )  # fmt: skip
     config.fetch = FetchConfig(asset_roots=list(args.asset_root), cache_dir=args.cache_dir or default_cache_dir(), allow_private_urls=args.allow_private_urls)
     return config

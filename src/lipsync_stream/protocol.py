@@ -69,6 +69,7 @@ class ErrorKind(str, enum.Enum):
     CAPACITY = "capacity"
     UNAUTHORIZED = "unauthorized"
     INTERNAL = "internal_error"
+    GOING_AWAY = "going_away"  # the server is shutting down (after its drain timeout)
 
     @property
     def close_code(self) -> int:
@@ -84,6 +85,7 @@ _CLOSE_CODES = {
     ErrorKind.CAPACITY: 1013,  # try again later
     ErrorKind.UNAUTHORIZED: 1008,
     ErrorKind.INTERNAL: 1011,
+    ErrorKind.GOING_AWAY: 1001,
 }
 
 

@@ -81,6 +81,7 @@ class ServerConfig:
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     limits: Limits = field(default_factory=Limits)
     first_message_timeout: float = 10.0
+    drain_timeout: float = 30.0  # on SIGTERM: how long running sessions may go on before they are closed
     send_timeout: float = 10.0  # a client that takes no frame for this long is not reading: closed
     character_memory_bytes: int = 2 * 1024**3
     fetch: FetchConfig | None = None
@@ -149,12 +150,19 @@ class LipsyncServer:
         self.tokens = TokenIssuer(c.token_secret, c.fetch_config().cache_dir / "tokens")
         self.throttle = FailureThrottle()
         self.key_sessions: collections.Counter[str] = collections.Counter()
+        self.draining = False
+        self.open_connections: dict[ServerConnection, str] = {}
 
     # --- HTTP side -------------------------------------------------------------------------------
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = _path_of(request)
         if path == "/healthz":
+            # Readiness for a load balancer: a draining or full replica sends the next session elsewhere.
+            if self.draining:
+                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+            if self.active_sessions >= self.max_sessions:
+                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "full\n")
             return connection.respond(http.HTTPStatus.OK, "ok\n")
         if request.method == "OPTIONS" and path == TOKEN_PATH:
             return self._preflight(connection, request.headers)
@@ -162,6 +170,8 @@ class LipsyncServer:
             return connection.respond(http.HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not served here\n")
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path in WEBSOCKET_PATHS and upgrade:
+            if self.draining:
+                return self._refuse(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, ErrorKind.CAPACITY, "the server is shutting down; connect again to reach another replica")
             return await self._check_upgrade(connection, request)
         if path == "/metrics" and self.config.metrics_port is None:
             response = connection.respond(http.HTTPStatus.OK, "")
@@ -308,6 +318,7 @@ class LipsyncServer:
         sid = f"s{next(self._ids)}"
         started = time.monotonic()
         log.info("[%s] connected from %s", sid, ws.remote_address)
+        self.open_connections[ws] = sid
         # A connection takes one of max_sessions places once it may start a session: at once on
         # an open server or with a key on the upgrade; else when its session token is good. Until
         # then it waits among at most max_waiting others, so keyless clients cannot fill the places.
@@ -335,11 +346,15 @@ class LipsyncServer:
             await self._fail(ws, sid, ErrorKind.INTERNAL, "the server failed while serving this session; see its log")
         finally:
             self._leave(place)
+            self.open_connections.pop(ws, None)
             log.info("[%s] ended after %.1f s", sid, time.monotonic() - started)
 
     async def _take_place(self, ws: ServerConnection, sid: str, place: _Place) -> bool:
         """One of the max_sessions places for this connection, or the capacity error (False)."""
         self._leave(place)  # a waiting connection moves up
+        if self.draining:
+            await self._fail(ws, sid, ErrorKind.CAPACITY, "the server is shutting down; connect again to reach another replica")
+            return False
         if self.active_sessions >= self.max_sessions:
             await self._fail(ws, sid, ErrorKind.CAPACITY, f"the server is at capacity ({self.max_sessions} sessions); try again later")
             return False
@@ -497,6 +512,21 @@ class LipsyncServer:
     async def _no_sessions(ws: ServerConnection) -> None:
         await ws.close()
 
+    async def drain(self, timeout: float) -> int:
+        """Stop taking sessions (``/healthz`` answers 503 ``draining``, new connections hear
+        ``capacity``), let the running ones finish for up to *timeout* seconds, then close the
+        rest with a ``going_away`` error (close code 1001). Returns how many were closed."""
+        self.draining = True
+        log.info("draining: %d sessions running, at most %g s more", len(self.open_connections), timeout)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.open_connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        left = list(self.open_connections.items())
+        await asyncio.gather(*(self._fail(ws, sid, ErrorKind.GOING_AWAY, f"the server is shutting down (its sessions had {timeout:g} s to finish)", drain=False) for ws, sid in left))
+        if left:
+            log.info("drained: closed %d sessions that were still running", len(left))
+        return len(left)
+
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
         self.store.close()
@@ -653,7 +683,8 @@ def bound_port(ws_server: Server) -> int:
 
 
 async def serve_forever(config: ServerConfig) -> None:
-    """Run until SIGINT/SIGTERM, then stop accepting and let sessions end."""
+    """Run until SIGINT/SIGTERM, then drain: stop accepting, let sessions finish for up to
+    ``config.drain_timeout`` seconds, close the rest (a second signal stops at once)."""
     import signal
 
     app = LipsyncServer(config)
@@ -671,7 +702,13 @@ async def serve_forever(config: ServerConfig) -> None:
         if config.metrics_port is not None:
             log.info("metrics at http://%s:%d/metrics", config.metrics_host, config.metrics_port)
         await stop.wait()
-        log.info("shutting down")
+        log.info("shutting down: draining for at most %g s (a second signal stops at once)", config.drain_timeout)
+        stop.clear()
+        drained = asyncio.ensure_future(app.drain(config.drain_timeout))
+        interrupted = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({drained, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (drained, interrupted):
+            task.cancel()
     app.close()
 
 
