@@ -417,6 +417,7 @@ async def test_healthz_says_full_and_draining_and_a_drain_lets_sessions_finish_t
             await wait_until(lambda: app.draining)
             response = await client.get(http_url)
             assert response.status_code == 503 and response.text == "draining\n"
+            assert (await client.get(http_url.replace("/healthz", "/livez"))).status_code == 200  # alive, not ready
             with pytest.raises(ServerError) as refused:
                 [f async for f in stream_audio(url, speech[:8000], SessionParams(realtime=False))]
             assert refused.value.kind == "capacity" and refused.value.http_status == 503

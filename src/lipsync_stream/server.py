@@ -157,6 +157,8 @@ class LipsyncServer:
 
     async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path = _path_of(request)
+        if path == "/livez":
+            return connection.respond(http.HTTPStatus.OK, "alive\n")  # liveness: the event loop answers
         if path == "/healthz":
             # Readiness for a load balancer: a draining or full replica sends the next session elsewhere.
             if self.draining:
