@@ -21,7 +21,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2
     && useradd --system --create-home --home-dir /home/lipsync --uid 10001 lipsync \
     && mkdir /cache && chown lipsync /cache
 COPY --from=build /opt/lipsync-stream /opt/lipsync-stream
-ENV PATH=/opt/lipsync-stream/bin:$PATH LIPSYNC_STREAM_CACHE=/cache
+# numba keeps its compiled kernels in the cache too (site-packages is not writable by the user)
+ENV PATH=/opt/lipsync-stream/bin:$PATH LIPSYNC_STREAM_CACHE=/cache NUMBA_CACHE_DIR=/cache/numba
 USER lipsync
 EXPOSE 8765
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s \
