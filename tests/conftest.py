@@ -58,3 +58,29 @@ async def wait_until_idle(app: LipsyncServer, seconds: float) -> None:
     while app.active_sessions and loop.time() < deadline:
         await asyncio.sleep(0.05)
     assert app.active_sessions == 0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, timeout: float = 60.0) -> None:
+    """Until *url* (a server's /healthz) answers 200; fails after *timeout* seconds."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} never answered 200")

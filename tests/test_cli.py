@@ -8,6 +8,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from conftest import free_port, wait_healthy
 
 from lipsync_stream.audio import save_wav
 from lipsync_stream.character import default_character_files
@@ -107,12 +108,8 @@ def test_render_of_a_file_longer_than_the_old_120_s_limit(tmp_path: Path, speech
 
 def test_serve_runs_one_worker_per_core_by_default_and_one_for_learned_engines(tmp_path: Path, speech: np.ndarray) -> None:
     import os
-    import socket
     import subprocess
     import sys
-    import time
-
-    import httpx
 
     from lipsync_stream.cli import default_workers
     from lipsync_stream.client import stream_audio
@@ -120,19 +117,11 @@ def test_serve_runs_one_worker_per_core_by_default_and_one_for_learned_engines(t
 
     assert default_workers("wav2lip") == 1
     assert default_workers("viseme") == max(1, min(4, os.cpu_count() or 1))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "lipsync_stream", "serve", "--port", str(port), "--cache-dir", str(tmp_path / "c")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_healthy(f"http://127.0.0.1:{port}/healthz")
 
         async def session() -> int:
             return len([f async for f in stream_audio(f"ws://127.0.0.1:{port}/LipsyncStream", speech[:8000], SessionParams(realtime=False))])
@@ -194,27 +183,17 @@ def test_sigterm_drains_every_worker_then_closes_running_sessions_with_going_awa
     import asyncio
     import json
     import signal
-    import socket
     import subprocess
     import sys
     import time
 
-    import httpx
     from websockets.asyncio.client import connect
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     cmd = [sys.executable, "-m", "lipsync_stream", "serve", "--port", str(port), "--workers", "2", "--drain-timeout", "1", "--cache-dir", str(tmp_path / "c")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_healthy(f"http://127.0.0.1:{port}/healthz")
 
         async def session() -> tuple[str, int | None, float]:
             async with connect(f"ws://127.0.0.1:{port}/LipsyncStream") as ws:
