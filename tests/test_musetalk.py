@@ -97,3 +97,12 @@ def test_face_latents_are_kept_on_disk_and_used_by_the_next_process(model_dir: P
     next(tmp_path.glob("musetalk-latents/*/*.npy")).write_bytes(b"not an array")
     third = MuseTalkRunner(MuseTalkFiles.find(model_dir), cache_dir=tmp_path)
     assert np.abs(third([item])[0].astype(int) - out.astype(int)).max() <= 1
+
+
+def test_whisper_input_of_a_short_clip_equals_the_extractors_30_s_window(model_dir: Path, speech: np.ndarray) -> None:
+    runner = MuseTalkRunner(MuseTalkFiles.find(model_dir))
+    clips = [speech[8000:18400].astype(np.float32) / 32768.0, np.zeros(9000, np.float32), speech[20000:29999].astype(np.float32) / 32768.0]
+    ours = runner.input_features(clips)
+    theirs = runner.features(clips, sampling_rate=16000, return_tensors="np").input_features
+    assert ours.shape == theirs.shape == (3, 80, 3000)
+    assert np.abs(ours - theirs).max() < 1e-4
