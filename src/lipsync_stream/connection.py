@@ -3,7 +3,8 @@
 - A message over the size limit is refused by websockets from its frame header (bounded memory)
   with a bare close 1009; the protocol asks for ``{"error": "message_too_big", ...}`` first, so
   the JSON error is sent just ahead of that close.
-- ``POST /startAudioToVideoSession`` (a JSON body) trades an API key for a session token.
+- ``POST /startAudioToVideoSession`` (a JSON body) trades an API key for a session token;
+- ``POST /webrtc/offer`` (an SDP offer and first-message fields) starts a WebRTC session.
   websockets parses GET requests without bodies only, so a connection whose first bytes are
   ``POST `` is answered here, as a small HTTP/1.1 exchange, before websockets sees anything;
   the connection then closes, which websockets takes as a handshake that never happened.
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import http
+import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -26,9 +28,13 @@ from .protocol import ErrorKind, error_message
 MAX_POST_HEAD = 16 * 1024
 MAX_POST_BODY = 64 * 1024
 TOKEN_PATH = "/startAudioToVideoSession"
+WEBRTC_PATH = "/webrtc/offer"
+POST_PATHS = (TOKEN_PATH, WEBRTC_PATH)
 
-#: (path with query, lower-cased headers, body, peer address) -> (status, JSON body, extra headers, delay in s)
-PostHandler = Callable[[str, dict[str, str], bytes, str], tuple[int, dict[str, Any], dict[str, str], float]]
+#: (status, JSON body, extra headers, delay in s)
+PostResult = tuple[int, dict[str, Any], dict[str, str], float]
+#: (path with query, lower-cased headers, body, peer address) -> the answer, now or later
+PostHandler = Callable[[str, dict[str, str], bytes, str], PostResult | Awaitable[PostResult]]
 
 
 class Connection(ServerConnection):
@@ -43,6 +49,7 @@ class Connection(ServerConnection):
         self._sniffing = True  # until the first bytes tell a POST from a websocket upgrade
         self._posting = False
         self._continued = False
+        self._pending: asyncio.Future[PostResult] | None = None
         protocol = self.protocol
         fail = protocol.fail
 
@@ -94,8 +101,8 @@ class Connection(ServerConnection):
             self._answer(http.HTTPStatus.BAD_REQUEST, "malformed request line")
             return
         target = parts[1]
-        if target.split("?", 1)[0] != TOKEN_PATH or self._post is None:
-            self._answer(http.HTTPStatus.NOT_FOUND, f"POST is served at {TOKEN_PATH} only")
+        if target.split("?", 1)[0] not in POST_PATHS or self._post is None:
+            self._answer(http.HTTPStatus.NOT_FOUND, f"POST is served at {' and '.join(POST_PATHS)} only")
             return
         if "transfer-encoding" in headers:
             self._answer(http.HTTPStatus.LENGTH_REQUIRED, "send the JSON body with a Content-Length")
@@ -115,7 +122,21 @@ class Connection(ServerConnection):
             return
         self._posting = False
         peer = self.transport.get_extra_info("peername")
-        status, obj, extra, delay = self._post(target, headers, bytes(body[: int(length)]), str(peer[0]) if peer else "")
+        result = self._post(target, headers, bytes(body[: int(length)]), str(peer[0]) if peer else "")
+        if inspect.isawaitable(result):
+            self._pending = asyncio.ensure_future(result)
+            self._pending.add_done_callback(self._answered)
+        else:
+            self._reply(result)
+
+    def _answered(self, task: asyncio.Future[PostResult]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self._send_http(500, {"error": "internal_error", "detail": "the request failed; see the server's log"}, {})
+            return
+        self._reply(task.result())
+
+    def _reply(self, result: PostResult) -> None:
+        status, obj, extra, delay = result
         asyncio.get_running_loop().call_later(delay, self._send_http, status, obj, extra)
 
     def _answer(self, status: http.HTTPStatus, detail: str) -> None:

@@ -21,7 +21,7 @@ import os
 import ssl
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -36,7 +36,7 @@ from websockets.http11 import Request, Response
 from . import auth
 from .auth import ApiKey, FailureThrottle, KeyRing, TokenError, TokenIssuer
 from .character import CharacterBusy, CharacterError, CharacterStore
-from .connection import TOKEN_PATH, Connection
+from .connection import TOKEN_PATH, WEBRTC_PATH, Connection, PostResult
 from .engines import DEFAULT_ENGINE, engine_class, get_engine
 from .fetch import FetchConfig, Fetcher
 from .logsafe import shown
@@ -166,7 +166,7 @@ class LipsyncServer:
             if self.active_sessions >= self.max_sessions:
                 return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "full\n")
             return connection.respond(http.HTTPStatus.OK, "ok\n")
-        if request.method == "OPTIONS" and path == TOKEN_PATH:
+        if request.method == "OPTIONS" and path in (TOKEN_PATH, WEBRTC_PATH):
             return self._preflight(connection, request.headers)
         if request.method != "GET":
             return connection.respond(http.HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} is not served here\n")
@@ -246,7 +246,25 @@ class LipsyncServer:
                 params = dataclasses.replace(params, max_session_length=key.max_session_seconds if asked is None else min(asked, key.max_session_seconds))
         return params, key
 
-    def token_request(self, target: str, headers: dict[str, str], body: bytes, peer: str) -> tuple[int, dict[str, object], dict[str, str], float]:
+    def post_request(self, target: str, headers: dict[str, str], body: bytes, peer: str) -> PostResult | Awaitable[PostResult]:
+        """The two POST endpoints: session tokens now, WebRTC offers when answered."""
+        if target.split("?", 1)[0] == WEBRTC_PATH:
+            return self.webrtc_offer(headers, body, peer)
+        return self.token_request(target, headers, body, peer)
+
+    async def webrtc_offer(self, headers: dict[str, str], body: bytes, peer: str) -> PostResult:
+        """``POST /webrtc/offer`` (:mod:`.webrtc`): the session runs in :meth:`handler`."""
+        extra = self._cors_headers(headers)
+        if self.draining:
+            return 503, {"error": "capacity", "detail": "the server is shutting down; connect again to reach another replica"}, extra, 0.0
+        try:
+            from .webrtc import answer_offer
+        except ImportError:
+            return 501, {"error": "bad_request", "detail": "this server has no WebRTC: pip install 'lipsync-stream[webrtc]'"}, extra, 0.0
+        status, obj = await answer_offer(body, peer, self.handler)
+        return status, obj, extra, 0.0
+
+    def token_request(self, target: str, headers: dict[str, str], body: bytes, peer: str) -> PostResult:
         """``POST /startAudioToVideoSession``: JSON with ``apiKey`` and first-message fields ->
         ``{"session_token": ...}`` (status, JSON body, extra headers, seconds to wait first)."""
         extra = self._cors_headers(headers)
@@ -496,7 +514,7 @@ class LipsyncServer:
                     max_size=c.limits.max_message_bytes,
                     # Messages waiting unread (flow control): then the TCP connection is no longer read.
                     max_queue=4,
-                    create_connection=functools.partial(Connection, post=self.token_request),  # type: ignore[arg-type]
+                    create_connection=functools.partial(Connection, post=self.post_request),  # type: ignore[arg-type]
                     reuse_port=c.reuse_port or None,
                     ssl=tls,
                 )

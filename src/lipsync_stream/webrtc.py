@@ -1,0 +1,245 @@
+"""WebRTC out: the same sessions, with the picture as a video track instead of JPEG messages.
+
+``POST /webrtc/offer`` with ``{"sdp", "type", "session": {first-message fields}}`` answers with
+the server's SDP. The client sends speech as an audio track (resampled here to 16 kHz PCM16) and
+``DONE``/``SKIP`` on a data channel; the server sends a 512x512, 30 fps video track (VP8 or H.264,
+as negotiated) and an audio track carrying exactly the audio each frame was lip-synced to, both
+timestamped from the frame index so that a browser plays them in sync; errors, ``DONE`` and the
+close arrive on the data channel.
+
+The session itself is the server's usual one: :class:`PeerSession` looks like a websocket to
+:meth:`LipsyncServer.handler` (``recv``/``send``/``close``), so pacing, limits, engines and
+errors are the same code. Frames are rendered raw (``isJPG: false``): there is no JPEG to decode.
+Built on aiortc (the ``[webrtc]`` extra). It uses no STUN or TURN server unless given: a client
+on another network needs one (and a reachable address).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from websockets.exceptions import ConnectionClosedOK
+
+from .protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE, decode_frame
+
+log = logging.getLogger(__name__)
+
+WEBRTC_PATH = "/webrtc/offer"
+VIDEO_CLOCK = 90_000  # RTP video clock
+AUDIO_CHUNK = SAMPLE_RATE // 50  # 20 ms
+_CLOSED = object()
+
+
+class FrameTrack(MediaStreamTrack):
+    """The session's frames as video: each frame at index x 1/30 s."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: asyncio.Queue[Any] = asyncio.Queue(maxsize=8)
+
+    async def recv(self) -> av.VideoFrame:
+        item = await self.frames.get()
+        if item is _CLOSED:
+            self.stop()
+            raise MediaStreamError
+        index, image = item
+        frame = av.VideoFrame.from_ndarray(image, format="bgr24")
+        frame.pts = index * VIDEO_CLOCK // 30
+        frame.time_base = Fraction(1, VIDEO_CLOCK)
+        return frame
+
+
+class SyncedAudioTrack(MediaStreamTrack):
+    """The audio each frame was lip-synced to, in 20 ms frames timed by the sample count."""
+
+    kind = "audio"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pcm = bytearray()
+        self.more = asyncio.Event()
+        self.samples = 0
+        self.ended = False
+
+    def push(self, pcm: bytes) -> None:
+        self.pcm += pcm
+        self.more.set()
+
+    async def recv(self) -> av.AudioFrame:
+        while len(self.pcm) < 2 * AUDIO_CHUNK:
+            if self.ended:
+                self.stop()
+                raise MediaStreamError
+            self.more.clear()
+            await self.more.wait()
+        chunk = np.frombuffer(bytes(self.pcm[: 2 * AUDIO_CHUNK]), "<i2").reshape(1, -1)
+        del self.pcm[: 2 * AUDIO_CHUNK]
+        frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self.samples
+        frame.time_base = Fraction(1, SAMPLE_RATE)
+        self.samples += AUDIO_CHUNK
+        return frame
+
+    def end(self) -> None:
+        self.ended = True
+        self.more.set()
+
+
+class PeerSession:
+    """One WebRTC peer, as the server's session code sees a websocket: messages in (the first
+    message, then speech as PCM16 and the data channel's text), frame messages out."""
+
+    def __init__(self, pc: RTCPeerConnection, first_message: str, peer: str) -> None:
+        self.pc = pc
+        self.remote_address = (peer, 0)
+        self.api_key: Any = None
+        self.inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.inbox.put_nowait(first_message)
+        self.video = FrameTrack()
+        self.audio = SyncedAudioTrack()
+        self.channel: Any = None
+        self.close_code: int | None = None
+        self.transport = self  # for abort()
+        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- what the session code calls -------------------------------------------------------------
+
+    async def recv(self) -> str | bytes:
+        item = await self.inbox.get()
+        if item is _CLOSED:
+            self.inbox.put_nowait(_CLOSED)
+            raise ConnectionClosedOK(None, None)
+        return item  # type: ignore[no-any-return]
+
+    def __aiter__(self) -> AsyncIterator[str | bytes]:
+        return self._messages()
+
+    async def _messages(self) -> AsyncIterator[str | bytes]:
+        with contextlib.suppress(ConnectionClosedOK):
+            while True:
+                yield await self.recv()
+
+    async def send(self, message: str | bytes) -> None:
+        if isinstance(message, str):
+            self._send_text(message)
+            if message == "DONE":
+                self.audio.end()
+            return
+        frame = decode_frame(message)
+        image = np.frombuffer(frame.image, np.uint8).reshape(FRAME_HEIGHT, FRAME_WIDTH, 3)
+        await self.video.frames.put((frame.index, image))
+        if frame.audio:
+            self.audio.push(frame.audio)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.close_code is not None:
+            return
+        self.close_code = code
+        self._send_text(json.dumps({"closed": code, "reason": reason}))
+        await asyncio.sleep(0.1)  # the data channel's last messages go out first
+        await self.shutdown()
+
+    def abort(self) -> None:
+        self._spawn(self.shutdown())
+
+    # --- the peer connection ---------------------------------------------------------------------
+
+    def _send_text(self, text: str) -> None:
+        if self.channel is not None and self.channel.readyState == "open":
+            self.channel.send(text)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def attach_tracks(self) -> None:
+        """Our video and audio on the offer's video and audio transceivers (after the offer)."""
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video":
+                transceiver.sender.replaceTrack(self.video)
+                transceiver.direction = "sendonly"
+            elif transceiver.kind == "audio":
+                transceiver.sender.replaceTrack(self.audio)
+                transceiver.direction = "sendrecv"
+
+    def listen(self) -> None:
+        pc = self.pc
+
+        @pc.on("datachannel")
+        def on_channel(channel: Any) -> None:
+            self.channel = channel
+
+            @channel.on("message")
+            def on_message(message: Any) -> None:
+                if isinstance(message, str):
+                    self.inbox.put_nowait(message)
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "audio":
+                self._spawn(self._speech(track))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                self.inbox.put_nowait(_CLOSED)
+
+    async def _speech(self, track: Any) -> None:
+        """The client's audio track -> 16 kHz mono PCM16 messages for the session."""
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await track.recv()
+                for out in self._resampler.resample(frame):
+                    data = out.to_ndarray().astype("<i2").tobytes()
+                    if data:
+                        self.inbox.put_nowait(data)
+
+    async def shutdown(self) -> None:
+        self.audio.end()
+        with contextlib.suppress(asyncio.QueueFull):
+            self.video.frames.put_nowait(_CLOSED)
+        self.inbox.put_nowait(_CLOSED)
+        await self.pc.close()
+
+
+async def answer_offer(body: bytes, peer: str, handler: Callable[[Any], Any], ice_servers: list[Any] | None = None) -> tuple[int, dict[str, Any]]:
+    """``POST /webrtc/offer``: the answer's (status, JSON body); the session runs in *handler*."""
+    try:
+        obj = json.loads(body)
+        sdp, kind, fields = obj["sdp"], obj["type"], obj.get("session", {})
+        if not isinstance(sdp, str) or kind != "offer" or not isinstance(fields, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return 400, {"error": "bad_request", "detail": 'the body must be {"sdp": ..., "type": "offer", "session": {first-message fields}}'}
+    # Raw frames (the video encoder takes pixels), paced at real time (a video track plays as it comes).
+    first = json.dumps({**fields, "isJPG": False, "syncAudio": True, "realtime": True})
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
+    session = PeerSession(pc, first, peer)
+    session.listen()
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        if not any(t.kind == "video" for t in pc.getTransceivers()):
+            raise ValueError("the offer has no video to receive: add a recvonly video transceiver")
+        session.attach_tracks()
+        await pc.setLocalDescription(await pc.createAnswer())
+    except (ValueError, RuntimeError) as exc:
+        await pc.close()
+        return 400, {"error": "bad_request", "detail": f"cannot answer this offer: {exc}"}
+    session._spawn(handler(session))
+    log.info("webrtc peer %s: answered", peer)
+    return 200, {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
