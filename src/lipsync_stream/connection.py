@@ -16,6 +16,7 @@ import asyncio
 import http
 import inspect
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,6 +25,8 @@ from websockets.frames import CloseCode
 from websockets.protocol import State
 
 from .protocol import ErrorKind, error_message
+
+log = logging.getLogger(__name__)
 
 MAX_POST_HEAD = 16 * 1024
 MAX_POST_BODY = 64 * 1024
@@ -131,6 +134,8 @@ class Connection(ServerConnection):
 
     def _answered(self, task: asyncio.Future[PostResult]) -> None:
         if task.cancelled() or task.exception() is not None:
+            if not task.cancelled():
+                log.error("POST failed", exc_info=task.exception())
             self._send_http(500, {"error": "internal_error", "detail": "the request failed; see the server's log"}, {})
             return
         self._reply(task.result())
