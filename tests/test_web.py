@@ -153,3 +153,31 @@ def test_the_buttons_share_one_font(browser, base_url: str) -> None:  # type: ig
     sizes = page.evaluate("[...document.querySelectorAll('button, label.button')].map(e => getComputedStyle(e).fontSize + ' ' + getComputedStyle(e).fontFamily)")
     assert len(set(sizes)) == 1, sizes
     page.close()
+
+
+@needs_chromium
+def test_the_page_over_webrtc_shows_the_talking_character(browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """?transport=webrtc: the demo sentence goes as an audio track, the character comes back as a
+    video track (loopback only: both ends are told to offer loopback candidates)."""
+    pytest.importorskip("aiortc")
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    config = ServerConfig(port=0)
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    args = [*CHROMIUM_ARGS, "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns"]
+    with ServerThread(config) as server:
+        base = server.url.replace("ws://", "http://").rsplit("/", 1)[0]
+        webrtc_browser = browser.browser_type.launch(executable_path=CHROMIUM, args=args)
+        try:
+            page = webrtc_browser.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base + "/?demo=1&transport=webrtc")
+            page.wait_for_function("window.lipsyncStats.framesShown > 60 || window.lipsyncStats.error !== null", timeout=60000)
+            assert page.evaluate("window.lipsyncStats.error") is None
+            page.wait_for_function("window.lipsyncStats.done", timeout=60000)
+            stats = page.evaluate("window.lipsyncStats")
+        finally:
+            webrtc_browser.close()
+    assert stats["framesShown"] > 60 and not errors

@@ -295,8 +295,17 @@ async function speak(getAudio) {
   }
 }
 
+function speakOrStream(getAudio) {
+  if (!useWebRtc) return speak(getAudio);
+  return webrtcSpeak(getAudio).catch((e) => {
+    stats.error = String(e);
+    setStatus(String(e));
+    setButtons(false);
+  });
+}
+
 function demo() {
-  return speak(async () => (await fetch("sample.flac")).arrayBuffer());
+  return speakOrStream(async () => (await fetch("sample.flac")).arrayBuffer());
 }
 
 buttons.demo.onclick = demo;
@@ -305,7 +314,7 @@ buttons.sound.onclick = tryStartAudio;
 fileInput.onchange = async () => {
   const file = fileInput.files[0];
   fileInput.value = "";
-  if (file) await speak(() => file.arrayBuffer());
+  if (file) await speakOrStream(() => file.arrayBuffer());
 };
 buttons.mic.onclick = async () => {
   try {
@@ -333,5 +342,89 @@ buttons.mic.onclick = async () => {
     setStatus("microphone: " + e);
   }
 };
+
+// ?transport=webrtc: the speech goes as an audio track, the picture and its audio come back as
+// tracks of one stream (the browser keeps them in sync from their RTP timestamps); DONE, errors
+// and the close come on a data channel. window.lipsyncStats also gets the video's bitrate.
+const useWebRtc = params.get("transport") === "webrtc";
+
+async function webrtcSpeak(getAudio) {
+  setButtons(true);
+  tryStartAudio();
+  Object.assign(stats, { framesShown: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null, bitrateKbps: 0 });
+  const c = audioContext();
+  const decoded = await c.decodeAudioData(await getAudio());
+  const speech = c.createMediaStreamDestination();
+  const source = c.createBufferSource();
+  source.buffer = decoded;
+  source.connect(speech);
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  const channel = pc.createDataChannel("control");
+  pc.addTrack(speech.stream.getAudioTracks()[0], speech.stream);
+  pc.addTransceiver("video", { direction: "recvonly" });
+  const video = document.getElementById("video");
+  canvas.style.display = "none";
+  video.style.display = "block";
+  const shown = new MediaStream();
+  video.srcObject = shown;
+  pc.ontrack = (ev) => {
+    if (ev.track.kind === "video" || ev.transceiver.direction !== "sendonly") shown.addTrack(ev.track);
+    video.play().catch(() => {});
+  };
+  const countFrame = () => {
+    stats.framesShown++;
+    video.requestVideoFrameCallback(countFrame);
+  };
+  video.requestVideoFrameCallback(countFrame);
+  channel.onmessage = (ev) => {
+    if (ev.data === "DONE") {
+      stats.done = true;
+      setStatus("done");
+      setButtons(false);
+      return;
+    }
+    try {
+      const obj = JSON.parse(ev.data);
+      if (obj.error) {
+        stats.error = `${obj.error}: ${obj.detail}`;
+        setStatus(stats.error);
+      }
+    } catch (e) {}
+  };
+  channel.onopen = () => {
+    source.onended = () => setTimeout(() => channel.readyState === "open" && channel.send("DONE"), 300);
+    source.start();
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  // The server takes the whole offer at once (no trickle): wait for every candidate.
+  await new Promise((resolve) => {
+    if (pc.iceGatheringState === "complete") return resolve();
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && resolve();
+  });
+  const fields = await firstMessage({ video_reference_url: document.getElementById("character").value.trim() || "default" });
+  const res = await fetch("webrtc/offer", {
+    method: "POST",
+    headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer", session: fields }),
+  });
+  const answer = await res.json();
+  if (!res.ok) throw new Error(`${answer.error}: ${answer.detail}`);
+  await pc.setRemoteDescription(answer);
+  let lastBytes = 0;
+  setInterval(async () => {
+    for (const report of (await pc.getStats()).values()) {
+      if (report.type === "inbound-rtp" && report.kind === "video") {
+        stats.bitrateKbps = ((report.bytesReceived - lastBytes) * 8) / 1000;
+        stats.framesReceived = report.framesDecoded || 0;
+        lastBytes = report.bytesReceived;
+        statsEl.textContent = `WebRTC   frames ${stats.framesShown}   video ${stats.bitrateKbps.toFixed(0)} kbit/s`;
+      }
+    }
+  }, 1000);
+  buttons.stop.onclick = () => {
+    pc.close();
+    setButtons(false);
+  };
+}
 
 if (params.get("demo") === "1") demo();
