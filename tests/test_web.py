@@ -181,3 +181,34 @@ def test_the_page_over_webrtc_shows_the_talking_character(browser, tmp_path: Pat
         finally:
             webrtc_browser.close()
     assert stats["framesShown"] > 60 and not errors
+
+
+@needs_chromium
+def test_the_microphone_over_webrtc(browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Chromium's fake microphone (a beep) as a WebRTC audio track: frames come back; Stop ends the
+    session with DONE."""
+    pytest.importorskip("aiortc")
+    import aioice.ice
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
+    config = ServerConfig(port=0)
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    args = [*CHROMIUM_ARGS, "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
+            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    with ServerThread(config) as server:
+        base = server.url.replace("ws://", "http://").rsplit("/", 1)[0]
+        webrtc_browser = browser.browser_type.launch(executable_path=CHROMIUM, args=args)
+        try:
+            context = webrtc_browser.new_context(permissions=["microphone"])
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(base + "/?transport=webrtc")
+            page.click("#mic")
+            page.wait_for_function("window.lipsyncStats.framesShown > 30 || window.lipsyncStats.error !== null", timeout=60000)
+            assert page.evaluate("window.lipsyncStats.error") is None
+            page.click("#stop")
+            page.wait_for_function("window.lipsyncStats.done", timeout=30000)
+        finally:
+            webrtc_browser.close()
+    assert not errors

@@ -317,6 +317,13 @@ fileInput.onchange = async () => {
   if (file) await speakOrStream(() => file.arrayBuffer());
 };
 buttons.mic.onclick = async () => {
+  if (useWebRtc) {
+    return webrtcMicrophone().catch((e) => {
+      stats.error = String(e);
+      setStatus("microphone: " + e);
+      setButtons(false);
+    });
+  }
   try {
     const c = audioContext();
     await c.audioWorklet.addModule("pcm-worklet.js");
@@ -349,18 +356,42 @@ buttons.mic.onclick = async () => {
 const useWebRtc = params.get("transport") === "webrtc";
 
 async function webrtcSpeak(getAudio) {
-  setButtons(true);
-  tryStartAudio();
-  Object.assign(stats, { framesShown: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null, bitrateKbps: 0 });
+  // A file or the demo sentence, played by Web Audio into the track; DONE once it has played.
   const c = audioContext();
   const decoded = await c.decodeAudioData(await getAudio());
   const speech = c.createMediaStreamDestination();
   const source = c.createBufferSource();
   source.buffer = decoded;
   source.connect(speech);
+  await webrtcSession(speech.stream, (channel) => {
+    source.onended = () => setTimeout(() => channel.readyState === "open" && channel.send("DONE"), 300);
+    source.start();
+  });
+}
+
+async function webrtcMicrophone() {
+  // The microphone's own track; Stop sends DONE.
+  const media = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: true } });
+  await webrtcSession(media, (channel) => {
+    buttons.stop.onclick = () => {
+      media.getTracks().forEach((t) => t.stop());
+      if (channel.readyState === "open") channel.send("DONE");
+    };
+    setStatus("listening…");
+  });
+}
+
+async function webrtcSession(speechStream, onOpen) {
+  setButtons(true);
+  tryStartAudio();
+  Object.assign(stats, { framesShown: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null, bitrateKbps: 0 });
   const pc = new RTCPeerConnection({ iceServers: [] });
+  buttons.stop.onclick = () => {
+    pc.close();
+    setButtons(false);
+  }; // until onOpen says otherwise (the microphone: Stop sends DONE)
   const channel = pc.createDataChannel("control");
-  pc.addTrack(speech.stream.getAudioTracks()[0], speech.stream);
+  pc.addTrack(speechStream.getAudioTracks()[0], speechStream);
   pc.addTransceiver("video", { direction: "recvonly" });
   const video = document.getElementById("video");
   canvas.style.display = "none";
@@ -391,10 +422,7 @@ async function webrtcSpeak(getAudio) {
       }
     } catch (e) {}
   };
-  channel.onopen = () => {
-    source.onended = () => setTimeout(() => channel.readyState === "open" && channel.send("DONE"), 300);
-    source.start();
-  };
+  channel.onopen = () => onOpen(channel);
   await pc.setLocalDescription(await pc.createOffer());
   // The server takes the whole offer at once (no trickle): wait for every candidate.
   await new Promise((resolve) => {
@@ -421,10 +449,6 @@ async function webrtcSpeak(getAudio) {
       }
     }
   }, 1000);
-  buttons.stop.onclick = () => {
-    pc.close();
-    setButtons(false);
-  };
 }
 
 if (params.get("demo") === "1") demo();
