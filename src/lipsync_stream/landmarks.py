@@ -48,6 +48,25 @@ CHIN_SKIN = [200, 199, 175]  # down the chin
 FACE_OVAL = [10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377, 152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109]
 
 
+class MouthFrame:
+    """The mouth's own coordinates: origin between the corners, x along them, unit = mouth width."""
+
+    def __init__(self, lm: np.ndarray) -> None:
+        left, right = lm[MOUTH_CORNERS[0]].astype(np.float64), lm[MOUTH_CORNERS[1]].astype(np.float64)
+        d = right - left
+        self.width = max(float(np.hypot(*d)), 8.0)
+        self.ex = d / self.width
+        self.ey = np.array([-self.ex[1], self.ex[0]])
+        self.origin = 0.5 * (left + right)
+
+    def to_uv(self, p: np.ndarray) -> np.ndarray:
+        q = (p - self.origin) / self.width
+        return np.stack([q @ self.ex, q @ self.ey], axis=-1)
+
+    def to_xy(self, uv: np.ndarray) -> np.ndarray:
+        return self.origin + self.width * (uv[..., :1] * self.ex + uv[..., 1:] * self.ey)
+
+
 class FaceMesher:
     """MediaPipe FaceMesh in video mode (it tracks between frames). One per thread."""
 

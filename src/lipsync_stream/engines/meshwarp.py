@@ -35,6 +35,7 @@ from ..landmarks import (
     UPPER_LIP_INNER_MID,
     UPPER_LIP_OUTER_MID,
     UPPER_LIP_SKIN,
+    MouthFrame,
 )
 from . import interior, mouthbank
 from .base import MouthShape, ReferenceFrame, Region
@@ -87,25 +88,6 @@ def tps_apply(src: np.ndarray, weights: np.ndarray, affine: np.ndarray, pts: np.
     np.maximum(d2, 1e-12, out=d2)
     kernel = d2 * np.log(d2)
     return kernel @ weights.astype(np.float32) + affine[0] + pts @ affine[1:]
-
-
-class MouthFrame:
-    """The mouth's own coordinates: origin between the corners, x along them, unit = mouth width."""
-
-    def __init__(self, lm: np.ndarray) -> None:
-        left, right = lm[MOUTH_CORNERS[0]].astype(np.float64), lm[MOUTH_CORNERS[1]].astype(np.float64)
-        d = right - left
-        self.width = max(float(np.hypot(*d)), 8.0)
-        self.ex = d / self.width
-        self.ey = np.array([-self.ex[1], self.ex[0]])
-        self.origin = 0.5 * (left + right)
-
-    def to_uv(self, p: np.ndarray) -> np.ndarray:
-        q = (p - self.origin) / self.width
-        return np.stack([q @ self.ex, q @ self.ey], axis=-1)
-
-    def to_xy(self, uv: np.ndarray) -> np.ndarray:
-        return self.origin + self.width * (uv[..., :1] * self.ex + uv[..., 1:] * self.ey)
 
 
 def _lens(u: np.ndarray, power: float = 0.75) -> np.ndarray:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..landmarks import LIPS_LOWER_INNER, LIPS_UPPER_INNER, LOWER_LIP_INNER_MID, MOUTH_CORNERS, UPPER_LIP_INNER_MID
+from ..landmarks import LIPS_LOWER_INNER, LIPS_UPPER_INNER, LOWER_LIP_INNER_MID, UPPER_LIP_INNER_MID, MouthFrame
 
 MIN_OPENING = 0.06  # mouth widths between the inner lips: less shows too little inside to keep
 OPENING_BINS = np.array([0.06, 0.12, 0.18, 0.26, 0.36, 0.5])  # cell edges; above the last: the last cell
@@ -63,9 +63,9 @@ class InteriorBank:
         its mouth never opens. Reads only the frames it keeps (a dozen at most)."""
         if len(frames) < 2:
             return None
-        geometry = [_mouth_frame(lm) for lm in landmarks]
-        widths = np.array([g[2] for g in geometry])
-        openings = np.array([_to_uv(lm[[UPPER_LIP_INNER_MID, LOWER_LIP_INNER_MID]], g)[:, 1] @ (-1.0, 1.0) for lm, g in zip(landmarks, geometry, strict=True)])
+        frames_uv = [MouthFrame(lm) for lm in landmarks]
+        widths = np.array([f.width for f in frames_uv])
+        openings = np.array([f.to_uv(lm[[UPPER_LIP_INNER_MID, LOWER_LIP_INNER_MID]].astype(np.float64))[:, 1] @ (-1.0, 1.0) for lm, f in zip(landmarks, frames_uv, strict=True)])
         relative = widths / max(float(np.median(widths)), 1e-6)
         candidates = np.nonzero(openings >= MIN_OPENING)[0]
         best: dict[tuple[int, int], tuple[float, int]] = {}
@@ -76,7 +76,7 @@ class InteriorBank:
             distance = abs(openings[i] - 0.5 * (o_lo + o_hi)) + 0.5 * abs(relative[i] - 1.0)
             if cell not in best or distance < best[cell][0]:
                 best[cell] = (distance, int(i))
-        kept = [_extract(int(i), frames[i], landmarks[i], geometry[i], float(openings[i]), float(relative[i])) for _, i in sorted(best.values(), key=lambda t: t[1])]
+        kept = [_extract(int(i), frames[i], landmarks[i], frames_uv[i], float(openings[i]), float(relative[i])) for _, i in sorted(best.values(), key=lambda t: t[1])]
         interiors = [k for k in kept if k is not None]
         return cls(interiors) if interiors else None
 
@@ -106,34 +106,17 @@ def paint(box: np.ndarray, alpha: np.ndarray, u: np.ndarray, v: np.ndarray, v_up
     box[...] = np.clip(box * (1.0 - a) + sampled * a + 0.5, 0, 255).astype(np.uint8)
 
 
-def _mouth_frame(lm: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(origin, unit x axis, width) of the mouth: origin between the corners."""
-    left, right = lm[MOUTH_CORNERS[0]].astype(np.float64), lm[MOUTH_CORNERS[1]].astype(np.float64)
-    d = right - left
-    width = max(float(np.hypot(*d)), 8.0)
-    return 0.5 * (left + right), d / width, width
-
-
-def _to_uv(points: np.ndarray, geometry: tuple[np.ndarray, np.ndarray, float]) -> np.ndarray:
-    origin, ex, width = geometry
-    ey = np.array([-ex[1], ex[0]])
-    q = (points.astype(np.float64) - origin) / width
-    return np.stack([q @ ex, q @ ey], axis=-1)
-
-
-def _extract(index: int, image: np.ndarray, lm: np.ndarray, geometry: tuple[np.ndarray, np.ndarray, float], opening: float, width: float) -> Interior | None:
+def _extract(index: int, image: np.ndarray, lm: np.ndarray, frame: MouthFrame, opening: float, width: float) -> Interior | None:
     """Frame *index*'s interior resampled into the mouth's frame, or None if it leaves the picture."""
-    upper = _to_uv(lm[LIPS_UPPER_INNER], geometry)
-    lower = _to_uv(lm[LIPS_LOWER_INNER], geometry)
+    upper = frame.to_uv(lm[LIPS_UPPER_INNER].astype(np.float64))
+    lower = frame.to_uv(lm[LIPS_LOWER_INNER].astype(np.float64))
     upper, lower = upper[np.argsort(upper[:, 0])], lower[np.argsort(lower[:, 0])]
     v_top = float(upper[:, 1].min()) - MARGIN
     v_bottom = float(lower[:, 1].max()) + MARGIN
     h, w = max(2, round((v_bottom - v_top) * PIXELS_PER_WIDTH)), PIXELS_PER_WIDTH + 1
     us = np.arange(w, dtype=np.float64) / PIXELS_PER_WIDTH - 0.5
     vs = v_top + np.arange(h, dtype=np.float64) / PIXELS_PER_WIDTH
-    origin, ex, scale = geometry
-    ey = np.array([-ex[1], ex[0]])
-    xy = origin + scale * (us[None, :, None] * ex + vs[:, None, None] * ey)
+    xy = frame.to_xy(np.stack(np.meshgrid(us, vs), axis=-1))
     inside = (xy[..., 0] >= 0) & (xy[..., 0] <= image.shape[1] - 1) & (xy[..., 1] >= 0) & (xy[..., 1] <= image.shape[0] - 1)
     if not inside.all():
         return None
