@@ -17,16 +17,16 @@ from __future__ import annotations
 import asyncio
 import sys
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import aioice.ice  # noqa: E402
-import av  # noqa: E402
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402
 from aiortc.mediastreams import MediaStreamError  # noqa: E402
+from webrtc_client import Speech, loopback_addresses  # noqa: E402
 
 from lipsync_stream import webrtc  # noqa: E402
 from lipsync_stream.audio import load_audio  # noqa: E402
@@ -37,29 +37,7 @@ from lipsync_stream.protocol import FRAME_HEIGHT, FRAME_WIDTH, SessionParams, de
 from lipsync_stream.server import ServerConfig, running_server  # noqa: E402
 
 # loopback only: aioice leaves it out of its host candidates otherwise
-aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]  # type: ignore[assignment]
-
-
-class Speech(MediaStreamTrack):
-    kind = "audio"
-
-    def __init__(self, pcm: np.ndarray) -> None:
-        super().__init__()
-        self.pcm, self.at, self.started = pcm, 0, 0.0
-
-    async def recv(self) -> av.AudioFrame:
-        loop = asyncio.get_running_loop()
-        if self.at == 0:
-            self.started = loop.time()
-        if self.at >= len(self.pcm):
-            self.stop()
-            raise MediaStreamError
-        await asyncio.sleep(max(0.0, self.started + self.at / 16000 - loop.time()))
-        chunk = np.pad(self.pcm[self.at : self.at + 320], (0, max(0, self.at + 320 - len(self.pcm))))
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1).astype("<i2"), format="s16", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = 16000, self.at, Fraction(1, 16000)
-        self.at += 320
-        return frame
+aioice.ice.get_host_addresses = loopback_addresses
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

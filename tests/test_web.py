@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import httpx
@@ -155,31 +157,39 @@ def test_the_buttons_share_one_font(browser, base_url: str) -> None:  # type: ig
     page.close()
 
 
+@contextlib.contextmanager
+def webrtc_page(browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, extra_args: tuple[str, ...] = (), **context: Any) -> Iterator[tuple[Any, str, list[str]]]:  # type: ignore[no-untyped-def]
+    """A page of a Chromium that may use WebRTC on loopback (both ends offer 127.0.0.1), a server
+    of its own, and the list the page's script errors go into."""
+    pytest.importorskip("aiortc")
+    import aioice.ice
+    from webrtc_client import loopback_addresses
+
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_addresses)
+    config = ServerConfig(port=0)
+    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
+    args = [*CHROMIUM_ARGS, "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns", *extra_args]
+    with ServerThread(config) as server:
+        webrtc_browser = browser.browser_type.launch(executable_path=CHROMIUM, args=args)
+        try:
+            page = webrtc_browser.new_context(**context).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            yield page, server.url.replace("ws://", "http://").rsplit("/", 1)[0], errors
+        finally:
+            webrtc_browser.close()
+
+
 @needs_chromium
 def test_the_page_over_webrtc_shows_the_talking_character(browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """?transport=webrtc: the demo sentence goes as an audio track, the character comes back as a
-    video track (loopback only: both ends are told to offer loopback candidates)."""
-    pytest.importorskip("aiortc")
-    import aioice.ice
-
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-    config = ServerConfig(port=0)
-    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
-    args = [*CHROMIUM_ARGS, "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns"]
-    with ServerThread(config) as server:
-        base = server.url.replace("ws://", "http://").rsplit("/", 1)[0]
-        webrtc_browser = browser.browser_type.launch(executable_path=CHROMIUM, args=args)
-        try:
-            page = webrtc_browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(base + "/?demo=1&transport=webrtc")
-            page.wait_for_function("window.lipsyncStats.framesShown > 60 || window.lipsyncStats.error !== null", timeout=60000)
-            assert page.evaluate("window.lipsyncStats.error") is None
-            page.wait_for_function("window.lipsyncStats.done", timeout=60000)
-            stats = page.evaluate("window.lipsyncStats")
-        finally:
-            webrtc_browser.close()
+    video track."""
+    with webrtc_page(browser, tmp_path, monkeypatch) as (page, base, errors):
+        page.goto(base + "/?demo=1&transport=webrtc")
+        page.wait_for_function("window.lipsyncStats.framesShown > 60 || window.lipsyncStats.error !== null", timeout=60000)
+        assert page.evaluate("window.lipsyncStats.error") is None
+        page.wait_for_function("window.lipsyncStats.done", timeout=60000)
+        stats = page.evaluate("window.lipsyncStats")
     assert stats["framesShown"] > 60 and not errors
 
 
@@ -187,28 +197,12 @@ def test_the_page_over_webrtc_shows_the_talking_character(browser, tmp_path: Pat
 def test_the_microphone_over_webrtc(browser, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """Chromium's fake microphone (a beep) as a WebRTC audio track: frames come back; Stop ends the
     session with DONE."""
-    pytest.importorskip("aiortc")
-    import aioice.ice
-
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-    config = ServerConfig(port=0)
-    config.fetch = FetchConfig(cache_dir=tmp_path / "cache")
-    args = [*CHROMIUM_ARGS, "--allow-loopback-in-peer-connection", "--disable-features=WebRtcHideLocalIpsWithMdns",
-            "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
-    with ServerThread(config) as server:
-        base = server.url.replace("ws://", "http://").rsplit("/", 1)[0]
-        webrtc_browser = browser.browser_type.launch(executable_path=CHROMIUM, args=args)
-        try:
-            context = webrtc_browser.new_context(permissions=["microphone"])
-            page = context.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(base + "/?transport=webrtc")
-            page.click("#mic")
-            page.wait_for_function("window.lipsyncStats.framesShown > 30 || window.lipsyncStats.error !== null", timeout=60000)
-            assert page.evaluate("window.lipsyncStats.error") is None
-            page.click("#stop")
-            page.wait_for_function("window.lipsyncStats.done", timeout=30000)
-        finally:
-            webrtc_browser.close()
+    fake_mic = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
+    with webrtc_page(browser, tmp_path, monkeypatch, fake_mic, permissions=["microphone"]) as (page, base, errors):
+        page.goto(base + "/?transport=webrtc")
+        page.click("#mic")
+        page.wait_for_function("window.lipsyncStats.framesShown > 30 || window.lipsyncStats.error !== null", timeout=60000)
+        assert page.evaluate("window.lipsyncStats.error") is None
+        page.click("#stop")
+        page.wait_for_function("window.lipsyncStats.done", timeout=30000)
     assert not errors

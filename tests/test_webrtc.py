@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import httpx
@@ -13,9 +12,9 @@ import numpy as np
 import pytest
 
 aiortc = pytest.importorskip("aiortc")
-import av  # noqa: E402
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription  # noqa: E402
 from aiortc.mediastreams import MediaStreamError  # noqa: E402
+from webrtc_client import Speech, loopback_addresses  # noqa: E402
 
 from lipsync_stream.character import load_default_character  # noqa: E402
 from lipsync_stream.fetch import FetchConfig  # noqa: E402
@@ -27,32 +26,7 @@ def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
     """ICE offers loopback only (aioice leaves it out of its host candidates otherwise)."""
     import aioice.ice
 
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", lambda use_ipv4, use_ipv6: ["127.0.0.1"])
-
-
-class Speech(MediaStreamTrack):
-    """A microphone that says *pcm* (16 kHz) in real time, 20 ms at a time, then stops."""
-
-    kind = "audio"
-
-    def __init__(self, pcm: np.ndarray) -> None:
-        super().__init__()
-        self.pcm, self.at, self.started = pcm, 0, None
-
-    async def recv(self) -> av.AudioFrame:
-        loop = asyncio.get_running_loop()
-        if self.started is None:
-            self.started = loop.time()
-        if self.at >= len(self.pcm):
-            self.stop()
-            raise MediaStreamError
-        await asyncio.sleep(max(0.0, self.started + self.at / 16000 - loop.time()))
-        chunk = self.pcm[self.at : self.at + 320]
-        chunk = np.pad(chunk, (0, 320 - len(chunk)))
-        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1).astype("<i2"), format="s16", layout="mono")
-        frame.sample_rate, frame.pts, frame.time_base = 16000, self.at, Fraction(1, 16000)
-        self.at += 320
-        return frame
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_addresses)
 
 
 async def test_a_webrtc_session_sends_the_talking_character_as_video_and_ends_on_done(tmp_path: Path, speech: np.ndarray) -> None:

@@ -69,6 +69,8 @@ CLOSE_REASON_BYTES = 120  # a close frame's reason must fit in 123 bytes
 #: a learned engine's real-time frame this close to its playing time keeps the last generated
 #: mouth instead of waiting for the model (never behind real time)
 LEARNED_MARGIN = 0.1
+#: why a draining server refuses a new session (websocket, WebRTC, or a place asked for late)
+SHUTTING_DOWN = "the server is shutting down; connect again to reach another replica"
 
 
 @dataclass
@@ -173,7 +175,7 @@ class LipsyncServer:
         upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
         if path in WEBSOCKET_PATHS and upgrade:
             if self.draining:
-                return self._refuse(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, ErrorKind.CAPACITY, "the server is shutting down; connect again to reach another replica")
+                return self._refuse(connection, http.HTTPStatus.SERVICE_UNAVAILABLE, ErrorKind.CAPACITY, SHUTTING_DOWN)
             return await self._check_upgrade(connection, request)
         if path == "/metrics" and self.config.metrics_port is None:
             response = connection.respond(http.HTTPStatus.OK, "")
@@ -256,7 +258,7 @@ class LipsyncServer:
         """``POST /webrtc/offer`` (:mod:`.webrtc`): the session runs in :meth:`handler`."""
         extra = self._cors_headers(headers)
         if self.draining:
-            return 503, {"error": "capacity", "detail": "the server is shutting down; connect again to reach another replica"}, extra, 0.0
+            return 503, {"error": "capacity", "detail": SHUTTING_DOWN}, extra, 0.0
         try:
             from .webrtc import answer_offer
         except ImportError:
@@ -373,7 +375,7 @@ class LipsyncServer:
         """One of the max_sessions places for this connection, or the capacity error (False)."""
         self._leave(place)  # a waiting connection moves up
         if self.draining:
-            await self._fail(ws, sid, ErrorKind.CAPACITY, "the server is shutting down; connect again to reach another replica")
+            await self._fail(ws, sid, ErrorKind.CAPACITY, SHUTTING_DOWN)
             return False
         if self.active_sessions >= self.max_sessions:
             await self._fail(ws, sid, ErrorKind.CAPACITY, f"the server is at capacity ({self.max_sessions} sessions); try again later")
