@@ -13,6 +13,7 @@ so the interior follows its lighting.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ from .base import MouthShape
 #: where upper teeth meet, in mouth widths from the middle: the central incisors widest, the
 #: rest closer together as the arch turns away towards the corners
 TOOTH_EDGES = (0.0, 0.15, 0.245, 0.31)
+_TOOTH_EDGES = np.asarray(TOOTH_EDGES, np.float32)
 #: a face of this mean luminance gets the base colours unscaled
 BASE_LUMINANCE = 170.0
 
@@ -57,6 +59,7 @@ class Palette:
             tongue=np.array([92.0, 98.0, 178.0], np.float32) * light,
         )
 
+    @functools.cached_property
     def matrix(self) -> np.ndarray:
         """(4 colours, 3 channels), in the order of :func:`paint`'s weights."""
         return np.stack([self.cavity, self.lip_inner, self.teeth, self.tongue]).astype(np.float32)
@@ -89,7 +92,7 @@ def paint(
     low_h = 0.04 * float(smoothstep(0.3, 0.8, shape.width)) * float(smoothstep(0.03, 0.08, opening))
     tongue = float(smoothstep(0.15, 0.35, opening))
     params = np.array([teeth_h, min(1.0, opening / 0.03), 1.0 if opening > 0.01 else 0.0, low_h, tongue, gum_h, opening], np.float32)
-    _paint_pixels(box, alpha, u, v, v_up, v_low, params, np.asarray(TOOTH_EDGES, np.float32), palette.matrix())
+    _paint_pixels(box, alpha, u, v, v_up, v_low, params, _TOOTH_EDGES, palette.matrix)
 
 
 @njit(nogil=True, cache=True, fastmath=True)
