@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import BinaryIO, Self
+from typing import Any, BinaryIO, Self
 
 import av
 import cv2
@@ -75,12 +75,15 @@ class Character:
         object.__setattr__(self, "mouths", Landmarks(self.landmarks).mouths())
         object.__setattr__(self, "jpegs", ReferenceJpegs())
         object.__setattr__(self, "interiors", InteriorBank.from_frames(self.frames, self.landmarks))
+        object.__setattr__(self, "memo", {})
 
     mouths: np.ndarray = field(init=False)  # (N, 4) float32 cx, cy, half_width, angle
     #: reference frames encoded once as spliceable JPEGs, shared by the character's sessions
     jpegs: ReferenceJpegs = field(init=False, repr=False, compare=False)
     #: its own open-mouth interiors, when the video opens its mouth (drawn otherwise)
     interiors: InteriorBank | None = field(init=False, repr=False, compare=False)
+    #: what engines work out once per reference frame (the mesh warp's mouth rigs), see ReferenceFrame.memo
+    memo: dict[str, Any] = field(init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -101,7 +104,7 @@ class Character:
     def reference(self, k: int) -> ReferenceFrame:
         i = self.ref_index(k)
         cx, cy, hw, angle = (float(v) for v in self.mouths[i])
-        return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle), self.landmarks[i], self.boxes[i], self.interiors)
+        return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle), self.landmarks[i], self.boxes[i], self.interiors, self.memo)
 
 
 # --- decoding with bounded memory ---------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Lip-sync engines, by name.
 
-The weight-free engines need numpy, OpenCV and numba only; learned ones (``wav2lip``) need the
+The weight-free engines need numpy, OpenCV, numba and rocket-fft (numpy's FFT inside numba) only; learned ones (``wav2lip``) need the
 ``[neural]`` extra and a checkpoint, and are imported only when asked for.
 """
 
@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
+import time
 from pathlib import Path
 
 from .base import CLOSED, Engine, EngineStream, MouthGeometry, MouthShape, ReferenceFrame
 from .energy import EnergyEngine
 from .viseme import VisemeEngine
 
+log = logging.getLogger(__name__)
 ENGINES: dict[str, type[Engine]] = {VisemeEngine.name: VisemeEngine, EnergyEngine.name: EnergyEngine}
 LEARNED_ENGINES = {"wav2lip": "lipsync_stream.neural.engine:Wav2LipEngine", "musetalk": "lipsync_stream.neural.engine:MuseTalkEngine"}
 ENGINE_NAMES = sorted([*ENGINES, *LEARNED_ENGINES])
@@ -44,7 +47,11 @@ def get_engine(name: str = DEFAULT_ENGINE, model: Path | None = None, device: st
     if model is not None:
         raise ValueError(f"the {name} engine takes no model; --model is for learned engines ({', '.join(LEARNED_ENGINES)})")
     engine = cls()
+    started = time.perf_counter()
     engine.warm_up()
+    took = time.perf_counter() - started
+    if took > 2.0:  # numba compiled the kernels: only on a machine's (or a cache's) first run
+        log.info("the %s engine's compiled kernels were built in %.1f s (once: numba keeps them in its cache)", name, took)
     return engine
 
 

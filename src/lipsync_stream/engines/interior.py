@@ -87,10 +87,10 @@ def paint(
     # Rounded, protruding lips (o, u) cover most of the upper teeth.
     teeth_h = min(0.085, 0.55 * opening + 0.02 * tuck) * (1.0 - 0.85 * rnd)
     # The gum above the upper teeth shows when the upper lip lifts off them (open vowels, f/v).
-    gum_h = (0.018 * float(smoothstep(0.4, 1.0, shape.open)) * (1.0 - rnd) + 0.01 * tuck) * min(1.0, opening / 0.05)
+    gum_h = (0.018 * _step(0.4, 1.0, shape.open) * (1.0 - rnd) + 0.01 * tuck) * min(1.0, opening / 0.05)
     # The lower row shows on spread lips (e, i); the tongue in a well-open mouth.
-    low_h = 0.04 * float(smoothstep(0.3, 0.8, shape.width)) * float(smoothstep(0.03, 0.08, opening))
-    tongue = float(smoothstep(0.15, 0.35, opening))
+    low_h = 0.04 * _step(0.3, 0.8, shape.width) * _step(0.03, 0.08, opening)
+    tongue = _step(0.15, 0.35, opening)
     params = np.array([teeth_h, min(1.0, opening / 0.03), 1.0 if opening > 0.01 else 0.0, low_h, tongue, gum_h, opening], np.float32)
     _paint_pixels(box, alpha, u, v, v_up, v_low, params, _TOOTH_EDGES, palette.matrix)
 

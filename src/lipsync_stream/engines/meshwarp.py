@@ -17,6 +17,7 @@ import threading
 
 import cv2
 import numpy as np
+from numba import njit
 
 from ..landmarks import (
     CHIN,
@@ -39,7 +40,7 @@ from ..landmarks import (
 )
 from . import interior, mouthbank
 from .base import MouthShape, ReferenceFrame, Region
-from .interior import Palette, smoothstep
+from .interior import Palette
 from .mouthbank import InteriorBank
 from .mouthwarp import compose_mouth
 
@@ -62,32 +63,139 @@ BANK_MIN_OPENING = 0.04  # mouth widths: narrower openings are drawn (a sliver s
 _LIP_IDS = sorted(set(LIPS_UPPER_OUTER + LIPS_LOWER_OUTER + LIPS_UPPER_INNER + LIPS_LOWER_INNER))
 
 
-def _tps_kernel(r2: np.ndarray) -> np.ndarray:
-    return np.where(r2 > 0, r2 * np.log(r2 + 1e-12), 0.0)
-
-
+@njit(nogil=True, cache=True)
 def tps_fit(src: np.ndarray, dst: np.ndarray, reg: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
     """Thin-plate spline mapping *src* points onto *dst* points: (weights, affine)."""
     n = len(src)
-    sq = (src * src).sum(1)
-    d2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * (src @ src.T), 0.0)
-    k = _tps_kernel(d2) + reg * np.eye(n)
-    p = np.hstack([np.ones((n, 1)), src])
     a = np.zeros((n + 3, n + 3))
-    a[:n, :n], a[:n, n:], a[n:, :n] = k, p, p.T
     b = np.zeros((n + 3, 2))
-    b[:n] = dst
+    for i in range(n):
+        for j in range(i + 1, n):
+            d2 = (src[i, 0] - src[j, 0]) ** 2 + (src[i, 1] - src[j, 1]) ** 2
+            a[i, j] = a[j, i] = d2 * math.log(d2 + 1e-12) if d2 > 0.0 else 0.0
+        a[i, i] = reg
+        a[i, n], a[i, n + 1], a[i, n + 2] = 1.0, src[i, 0], src[i, 1]
+        a[n, i], a[n + 1, i], a[n + 2, i] = 1.0, src[i, 0], src[i, 1]
+        b[i] = dst[i]
     sol = np.linalg.solve(a, b)
-    return sol[:n], sol[n:]
+    return sol[:n].copy(), sol[n:].copy()
+
+
+def _log1p_poly(degree: int = 8) -> np.ndarray:  # _tps_eval unrolls degree 8
+    """Coefficients (highest first) of a polynomial for log(1 + t) on [0, 1), fitted at Chebyshev
+    nodes: within 1e-6 of it, in float32."""
+    t = 0.5 + 0.5 * np.cos(np.pi * (np.arange(64) + 0.5) / 64)
+    return np.polyfit(t, np.log1p(t), degree).astype(np.float32)
+
+
+_LOG1P = _log1p_poly()
 
 
 def tps_apply(src: np.ndarray, weights: np.ndarray, affine: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    """The spline fitted on *src* (:func:`tps_fit`) evaluated at *pts* (float32 inside: it is on the per-frame path)."""
-    p32, s32 = pts.astype(np.float32), src.astype(np.float32)
-    d2 = (p32 * p32).sum(1)[:, None] + (s32 * s32).sum(1)[None, :] - 2.0 * (p32 @ s32.T)
-    np.maximum(d2, 1e-12, out=d2)
-    kernel = d2 * np.log(d2)
-    return kernel @ weights.astype(np.float32) + affine[0] + pts @ affine[1:]
+    """The spline fitted on *src* (:func:`tps_fit`) evaluated at *pts* ((n, 2) float64)."""
+    out = np.empty((len(pts), 2))
+    _tps_eval(np.asarray(src, np.float64), weights, affine, np.asarray(pts, np.float64), _LOG1P, out)
+    return out
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _tps_eval(src, weights, affine, pts, log1p, out):  # type: ignore[no-untyped-def]
+    """:func:`tps_apply` into *out*. The kernel sums are float32 with a vectorisable logarithm
+    (exponent from the float's bits, a polynomial on the mantissa: 1e-6 relative) — ``math.log``
+    does not vectorise, and this is most of a frame's spline time."""
+    n = len(src)
+    sx, sy = src[:, 0].astype(np.float32), src[:, 1].astype(np.float32)
+    wx, wy = weights[:, 0].astype(np.float32), weights[:, 1].astype(np.float32)
+    d2 = np.empty(n, np.float32)
+    bits = d2.view(np.int32)
+    k = np.empty(n, np.float32)
+    c0, c1, c2, c3, c4, c5, c6, c7, c8 = log1p[0], log1p[1], log1p[2], log1p[3], log1p[4], log1p[5], log1p[6], log1p[7], log1p[8]
+    for i in range(len(pts)):
+        px, py = np.float32(pts[i, 0]), np.float32(pts[i, 1])
+        for j in range(n):
+            d2[j] = max((px - sx[j]) ** 2 + (py - sy[j]) ** 2, np.float32(1e-12))
+        for j in range(n):
+            exponent = np.float32((bits[j] >> 23) - 127)
+            t = np.float32(bits[j] & 0x7FFFFF) * np.float32(1.0 / 8388608.0)  # mantissa - 1, in [0, 1)
+            poly = (((((((c0 * t + c1) * t + c2) * t + c3) * t + c4) * t + c5) * t + c6) * t + c7) * t + c8
+            k[j] = d2[j] * (exponent * np.float32(0.6931471805599453) + poly)
+        ax = ay = np.float32(0.0)
+        for j in range(n):
+            ax += k[j] * wx[j]
+            ay += k[j] * wy[j]
+        out[i, 0] = ax + affine[0, 0] + pts[i, 0] * affine[1, 0] + pts[i, 1] * affine[2, 0]
+        out[i, 1] = ay + affine[0, 1] + pts[i, 0] * affine[1, 1] + pts[i, 1] * affine[2, 1]
+
+
+def backward_maps(dst: np.ndarray, src: np.ndarray, origin: tuple[int, int], scale: float, h: int, w: int) -> np.ndarray:
+    """(h, w, 2) float32 maps for ``cv2.remap`` over the region at *origin* (x, y): for each
+    pixel, the reference pixel that the spline from the *dst* to the *src* control points takes
+    it to. The spline is fitted from *origin* in units of *scale* px (a well-conditioned system),
+    evaluated on a grid of GRID_STEP px cells and scaled up bilinearly; its displacement fades
+    to none over FEATHER_PX at the region's edge (no double edges, exactly the reference at the
+    edge itself). One call that does not hold the GIL."""
+    if h < 2 * GRID_STEP or w < 2 * GRID_STEP:
+        raise ValueError(f"a {w}x{h} region is too small for the spline's grid")
+    maps = np.empty((h, w, 2), np.float32)
+    _maps(dst, src, _grid(h, w), np.array(origin, np.float64), scale, _LOG1P, maps)
+    return maps
+
+
+@njit(nogil=True, cache=True)
+def _maps(dst, src, grid, origin, scale, log1p, out):  # type: ignore[no-untyped-def]
+    local = (dst - origin) / scale
+    weights, affine = tps_fit(local, (src - origin) / scale)
+    moved = np.empty(grid.shape)
+    _tps_eval(local, weights, affine, grid / scale, log1p, moved)
+    h, w = out.shape[0], out.shape[1]
+    gh, gw = -(-h // GRID_STEP), -(-w // GRID_STEP)
+    coarse = np.empty((gh, gw, 2), np.float32)
+    for i in range(len(grid)):
+        coarse[i // gw, i % gw, 0] = moved[i, 0] * scale - grid[i, 0]
+        coarse[i // gw, i % gw, 1] = moved[i, 1] * scale - grid[i, 1]
+    _upscale_into(coarse, origin[0], origin[1], out)
+
+
+@njit(nogil=True, cache=True, fastmath=True)
+def _upscale_into(coarse, x0, y0, out):  # type: ignore[no-untyped-def]
+    """*out* (h, w, 2): the *coarse* displacement scaled up GRID_STEP times, bilinear between
+    cell centres (as ``cv2.resize`` places them, edges clamped), faded out over FEATHER_PX at
+    the edge, plus each pixel's own position in the frame."""
+    h, w = out.shape[0], out.shape[1]
+    rows, row_t, row_fade = _axis_weights(h, coarse.shape[0])
+    cols, col_t, col_fade = _axis_weights(w, coarse.shape[1])
+    gh = coarse.shape[0]
+    # across first, at the coarse rows (few), then every output row is a blend of two of them
+    across = np.empty((gh, 2, w), np.float32)
+    for j in range(gh):
+        for x in range(w):
+            ix, tx = cols[x], col_t[x]
+            for c in range(2):
+                across[j, c, x] = coarse[j, ix, c] + (coarse[j, ix + 1, c] - coarse[j, ix, c]) * tx
+    xs = np.arange(w).astype(np.float32) + np.float32(x0)
+    for y in range(h):
+        iy, ty, fy, py = rows[y], row_t[y], row_fade[y], np.float32(y + y0)
+        a0, a1, b0, b1 = across[iy, 0], across[iy, 1], across[iy + 1, 0], across[iy + 1, 1]
+        for x in range(w):
+            fade = min(fy, col_fade[x])
+            out[y, x, 0] = (a0[x] + (b0[x] - a0[x]) * ty) * fade + xs[x]
+            out[y, x, 1] = (a1[x] + (b1[x] - a1[x]) * ty) * fade + py
+
+
+@njit(nogil=True, cache=True)
+def _axis_weights(n, cells):  # type: ignore[no-untyped-def]
+    """Along one axis of *n* pixels over *cells* coarse cells: each pixel's lower cell and its
+    weight towards the next (a cell's centre at GRID_STEP * (i + 0.5) - 0.5), and the edge fade."""
+    first = np.empty(n, np.int64)
+    t = np.empty(n, np.float32)
+    fade = np.empty(n, np.float32)
+    for p in range(n):
+        f = min(max((p + 0.5) / GRID_STEP - 0.5, 0.0), cells - 1.0)
+        first[p] = min(int(f), max(cells - 2, 0))
+        t[p] = f - first[p] if cells > 1 else 0.0
+        e = min(max(min(p, n - 1 - p) / FEATHER_PX, 0.0), 1.0)
+        fade[p] = e * e * (3.0 - 2.0 * e)
+    return first, t, fade
 
 
 def _lens(u: np.ndarray, power: float = 0.75) -> np.ndarray:
@@ -213,6 +321,26 @@ def rig_for(lm: np.ndarray, image: np.ndarray) -> MouthRig:
     return rig
 
 
+def reference_rig(ref: ReferenceFrame) -> MouthRig:
+    """The rig of *ref* (which has landmarks), kept in its character's memo by frame index (no
+    key to build from the landmarks each frame); :func:`rig_for` without a memo."""
+    assert ref.landmarks is not None
+    if ref.memo is None:
+        return rig_for(ref.landmarks, ref.image)
+    with _RIGS_LOCK:
+        rigs = ref.memo.setdefault("meshwarp.rigs", collections.OrderedDict())
+        rig = rigs.get(ref.index)
+        if rig is not None:
+            rigs.move_to_end(ref.index)
+            return rig
+    rig = rig_for(ref.landmarks, ref.image)
+    with _RIGS_LOCK:
+        rigs[ref.index] = rig
+        while len(rigs) > MAX_RIGS:
+            rigs.popitem(last=False)
+    return rig
+
+
 def roi_for(lm: np.ndarray, frame: MouthFrame, size: tuple[int, int]) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1): the lower face with room for the jaw to drop."""
     h, w = size
@@ -222,18 +350,6 @@ def roi_for(lm: np.ndarray, frame: MouthFrame, size: tuple[int, int]) -> tuple[i
     y0 = float(lm[NOSE_BOTTOM, 1]) - 0.45 * frame.width  # above the nostrils: the fade happens on the nose bridge
     y1 = float(lm[CHIN, 1]) + (JAW_SHARE * LOWER_LIP_DROP + 0.8) * frame.width  # room below the dropped chin
     return max(0, int(y0)), min(h, int(math.ceil(y1))), max(0, int(x0)), min(w, int(math.ceil(x1)))
-
-
-@functools.lru_cache(maxsize=64)
-def _feather(h: int, w: int) -> np.ndarray:
-    """(h, w, 2): 0 at the region's edge rising smoothly to 1 at FEATHER_PX inside, for both
-    coordinates of a map (read-only, cached)."""
-    yy = np.arange(h, dtype=np.float32)[:, None]
-    xx = np.arange(w, dtype=np.float32)[None, :]
-    edge = np.minimum(np.minimum(yy, (h - 1) - yy), np.minimum(xx, (w - 1) - xx))
-    out = np.repeat(smoothstep(0.0, FEATHER_PX, edge).astype(np.float32)[..., None], 2, axis=2)
-    out.flags.writeable = False
-    return out
 
 
 def _ring(y0: int, y1: int, x0: int, x1: int, per_side: int = 7) -> np.ndarray:
@@ -253,7 +369,7 @@ def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> R
     if lm is None:
         return compose_mouth(ref, shape, align)
     image = ref.image
-    rig = rig_for(lm, image)
+    rig = reference_rig(ref)
     if shape.is_rest and rig.gap < 0.03:
         return None  # lips already closed: silence leaves the frame untouched
     y0, y1, x0, x1 = rig.roi
@@ -274,20 +390,8 @@ def compose_region(ref: ReferenceFrame, shape: MouthShape, align: int = 16) -> R
 
     # Backward map: for each output pixel, where to sample the reference. Fit in a local frame,
     # evaluate on a coarse grid, and scale the displacement up (bilinear) to every pixel.
-    scale = frame.width
-    origin = np.array([x0, y0], dtype=np.float64)
-    weights, affine = tps_fit((dst - origin) / scale, (src - origin) / scale)
     h, w = y1 - y0, x1 - x0
-    grid = _grid(h, w)
-    moved = tps_apply((dst - origin) / scale, weights, affine, grid / scale) * scale - grid
-    gh, gw = -(-h // GRID_STEP), -(-w // GRID_STEP)
-    coarse = moved.reshape(gh, gw, 2).astype(np.float32)
-    displacement = cv2.resize(coarse, (gw * GRID_STEP, gh * GRID_STEP), interpolation=cv2.INTER_LINEAR)[:h, :w]
-    # Fade the displacement (not the pixels) out towards the region's edge: no double edges, and
-    # exactly the reference at the edge itself.
-    maps = cv2.multiply(displacement, _feather(h, w))
-    cv2.add(maps, _identity(h, w), dst=maps)
-    cv2.add(maps, (float(x0), float(y0), 0.0, 0.0), dst=maps)  # type: ignore[call-overload]  # a scalar per channel
+    maps = backward_maps(dst, src, (x0, y0), frame.width, h, w)
     top = (y0 // align) * align
     bottom = min(image.shape[0], -(-y1 // align) * align)
     band = image[top:bottom].copy()
@@ -306,14 +410,6 @@ def _grid(h: int, w: int) -> np.ndarray:
     gy = (np.arange(-(-h // GRID_STEP), dtype=np.float64) + 0.5) * GRID_STEP - 0.5
     gx = (np.arange(-(-w // GRID_STEP), dtype=np.float64) + 0.5) * GRID_STEP - 0.5
     out = np.stack(np.meshgrid(gx, gy), axis=-1).reshape(-1, 2)
-    out.flags.writeable = False
-    return out
-
-
-@functools.lru_cache(maxsize=64)
-def _identity(h: int, w: int) -> np.ndarray:
-    """(h, w, 2) float32: each pixel's own (x, y) (read-only, cached)."""
-    out = np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), axis=-1)
     out.flags.writeable = False
     return out
 
@@ -343,20 +439,14 @@ def _draw_interior(
     h, w = by1 - by0, bx1 - bx0
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, [_poly(poly, origin)], (255,), lineType=cv2.LINE_AA, shift=2)
-    alpha = mask.astype(np.float32) * np.float32(1.0 / 255.0)
-
     # Mouth coordinates of every pixel of the box: an affine function of (x, y).
     frame = rig.frame
     ox, oy = (np.array([origin[1], origin[0]], np.float64) - frame.origin) / frame.width
     ex, ey = frame.ex / frame.width, frame.ey / frame.width
-    xs = np.arange(w, dtype=np.float32)[None, :]
-    ys = np.arange(h, dtype=np.float32)[:, None]
-    u = np.float32(ox * frame.ex[0] + oy * frame.ex[1]) + np.float32(ex[0]) * xs + np.float32(ex[1]) * ys
-    v = np.float32(ox * frame.ey[0] + oy * frame.ey[1]) + np.float32(ey[0]) * xs + np.float32(ey[1]) * ys
+    affine = np.array([[ox * frame.ex[0] + oy * frame.ex[1], ex[0], ex[1]], [ox * frame.ey[0] + oy * frame.ey[1], ey[0], ey[1]]], np.float32)
     up_uv, low_uv = frame.to_uv(upper), frame.to_uv(lower)
-    order_up, order_low = np.argsort(up_uv[:, 0]), np.argsort(low_uv[:, 0])
-    v_up = np.interp(u, up_uv[order_up, 0], up_uv[order_up, 1]).astype(np.float32)
-    v_low = np.interp(u, low_uv[order_low, 0], low_uv[order_low, 1]).astype(np.float32)
+    up_uv, low_uv = up_uv[np.argsort(up_uv[:, 0])], low_uv[np.argsort(low_uv[:, 0])]
+    alpha, u, v, v_up, v_low = _mouth_coordinates(mask, affine, up_uv, low_uv)
     opening = opening_px / frame.width
     if interiors is not None and opening >= BANK_MIN_OPENING:
         # the character's own interior, for this opening and this width against the reference's
@@ -365,6 +455,44 @@ def _draw_interior(
         mouthbank.paint(warped[by0:by1, bx0:bx1], alpha, u, v, v_up, v_low, span, interiors.nearest(opening, width))
     else:
         interior.paint(warped[by0:by1, bx0:bx1], alpha, u, v, v_up, v_low, shape, opening, rig.palette)
+
+
+@njit(nogil=True, cache=True)
+def _mouth_coordinates(mask, affine, up_uv, low_uv):  # type: ignore[no-untyped-def]
+    """For each pixel of a box: (alpha from the 0-255 *mask*, u, v from the *affine* map of its
+    (x, y), the upper and lower inner lips' v at its u, interpolated along the lips' (u, v)
+    points sorted by u), all (h, w) float32, in one call that does not hold the GIL."""
+    h, w = mask.shape
+    alpha, u, v = np.empty((h, w), np.float32), np.empty((h, w), np.float32), np.empty((h, w), np.float32)
+    for y in range(h):
+        for x in range(w):
+            alpha[y, x] = mask[y, x] * np.float32(1.0 / 255.0)
+            u[y, x] = affine[0, 0] + affine[0, 1] * x + affine[0, 2] * y
+            v[y, x] = affine[1, 0] + affine[1, 1] * x + affine[1, 2] * y
+    return alpha, u, v, _along(u, up_uv), _along(u, low_uv)
+
+
+@njit(nogil=True, cache=True)
+def _along(u, curve):  # type: ignore[no-untyped-def]
+    """The *curve*'s v (linear between its (u, v) points, sorted by u; held past its ends) at
+    every *u*: ``np.interp``, whose numba version takes seconds to compile."""
+    out = np.empty(u.shape, np.float32)
+    last = len(curve) - 1
+    for y in range(u.shape[0]):
+        for x in range(u.shape[1]):
+            q = u[y, x]
+            if q <= curve[0, 0]:
+                out[y, x] = curve[0, 1]
+            elif q >= curve[last, 0]:
+                out[y, x] = curve[last, 1]
+            else:
+                i = 1
+                while curve[i, 0] < q:
+                    i += 1
+                span = curve[i, 0] - curve[i - 1, 0]
+                t = (q - curve[i - 1, 0]) / span if span > 0.0 else 0.0
+                out[y, x] = curve[i - 1, 1] + t * (curve[i, 1] - curve[i - 1, 1])
+    return out
 
 
 def _skin_patch(image: np.ndarray, lm: np.ndarray, frame: MouthFrame) -> np.ndarray:
@@ -379,3 +507,13 @@ def _skin_colour(image: np.ndarray, lm: np.ndarray, frame: MouthFrame) -> np.nda
     """Mean colour of that skin."""
     skin = _skin_patch(image, lm, frame)
     return skin.mean(axis=0, dtype=np.float32) if len(skin) else None
+
+
+def warm_up() -> None:
+    """Compile the warp's kernels now (then from numba's cache), so that no session's first
+    moving mouth waits for them."""
+    pts = np.array([[20.0, 20.0], [40.0, 22.0], [30.0, 40.0], [25.0, 30.0]])
+    backward_maps(pts, pts + 1.0, (0, 0), 20.0, 2 * GRID_STEP, 2 * GRID_STEP)
+    lips = np.array([[-0.5, 0.0], [0.5, 0.0]])
+    _mouth_coordinates(np.zeros((2, 2), np.uint8), np.zeros((2, 3), np.float32), lips, lips)
+

@@ -8,7 +8,8 @@ engine's lookahead); two hidden layers (128 and 64 units); its output, membershi
 engine's visemes. It was trained here on synthetic speech with exact phoneme timings (espeak-ng, many
 voices and accents, none of the voices the quality harness scores), by ``tools/train_visemes.py``
 (the data recipe and the training, so anyone can retrain), and ships as ``visemes.npz`` beside
-this module. Running it is three small matrix products per frame, in numpy.
+this module. Running it is three small matrix products per frame, compiled (numba) so that it
+does not hold the GIL.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
-from .features import N_MEL, Features
+from .features import LEVEL, MEL0, N_MEL, VOICING, Features
 
 #: hop offsets, from the frame's centre hop, that the network hears
 CONTEXT = np.arange(-10, 9)
@@ -32,10 +34,21 @@ def hop_inputs(f: Features, peak_db: np.ndarray | float) -> np.ndarray:
     """(hops, FEATURES_PER_HOP) float32: each hop's spectral shape (log-mel minus the level, in
     tens of dB), its level under *peak_db* (0 at the peak, -1 at LEVEL_RANGE_DB under) and its
     voicing."""
-    level = np.asarray(f.level_db, np.float64)
-    shape = (np.asarray(f.mel_db, np.float64) - level[:, None]) / 10.0
-    relative = np.clip((level - peak_db) / LEVEL_RANGE_DB, -1.0, 0.0)
-    return np.concatenate([shape, relative[:, None], np.asarray(f.voicing, np.float64)[:, None]], axis=1).astype(np.float32)
+    m = f.matrix()
+    out = np.empty((len(m), FEATURES_PER_HOP), np.float32)
+    hop_inputs_into(m, np.broadcast_to(np.asarray(peak_db, np.float64), (len(m),)), out)
+    return out
+
+
+@njit(nogil=True, cache=True)
+def hop_inputs_into(m, peak_db, out):  # type: ignore[no-untyped-def]
+    """:func:`hop_inputs` from hop rows *m* (:func:`.features.hop_matrix`) into *out*."""
+    for i in range(m.shape[0]):
+        level = m[i, LEVEL]
+        for k in range(N_MEL):
+            out[i, k] = (m[i, MEL0 + k] - level) / 10.0
+        out[i, N_MEL] = min(max((level - peak_db[i]) / LEVEL_RANGE_DB, -1.0), 0.0)
+        out[i, N_MEL + 1] = m[i, VOICING]
 
 
 def peak_track(level_db: np.ndarray, decay_per_hop: float = 0.01) -> np.ndarray:
@@ -58,18 +71,34 @@ class VisemeRecognizer:
             self.mean = data["mean"].astype(np.float32)
             self.scale = (1.0 / data["std"]).astype(np.float32)
             n_layers = int(data["layers"])
-            self.layers = [(data[f"w{i}"].astype(np.float32), data[f"b{i}"].astype(np.float32)) for i in range(n_layers)]
+            self.layers = [(np.ascontiguousarray(data[f"w{i}"], np.float32), np.ascontiguousarray(data[f"b{i}"], np.float32)) for i in range(n_layers)]
             self.version = str(data["version"])
         if self.layers[0][0].shape[0] != len(CONTEXT) * FEATURES_PER_HOP or self.layers[-1][0].shape[1] != len(self.classes):
             raise ValueError(f"{source.name}: the network's {self.layers[0][0].shape[0]} inputs and {self.layers[-1][0].shape[1]} outputs do not fit {len(CONTEXT) * FEATURES_PER_HOP} features and {len(self.classes)} classes")
 
     def memberships(self, inputs: np.ndarray) -> np.ndarray:
         """(n, classes) for (n, len(CONTEXT) * FEATURES_PER_HOP) inputs (or one row)."""
-        x = (np.atleast_2d(inputs) - self.mean) * self.scale
-        for w, b in self.layers[:-1]:
-            x = np.maximum(x @ w + b, 0.0)
-        w, b = self.layers[-1]
-        logits = x @ w + b
-        logits -= logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        return e / e.sum(axis=1, keepdims=True)
+        x = np.ascontiguousarray(np.atleast_2d(inputs), np.float32)
+        out = np.empty((len(x), len(self.classes)), np.float32)
+        forward(x, *self.kernel_args, out)
+        return out
+
+    @property
+    def kernel_args(self) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """The network for :func:`forward`: mean, scale, the layers' weights and biases."""
+        return self.mean, self.scale, tuple(w for w, _ in self.layers), tuple(b for _, b in self.layers)
+
+
+@njit(nogil=True, cache=True)
+def forward(x, mean, scale, weights, biases, out):  # type: ignore[no-untyped-def]
+    """The network on every row of *x* (float32), softmax memberships into *out*: normalised
+    inputs, ReLU hidden layers, a softmax output layer."""
+    last = len(weights) - 1
+    for r in range(x.shape[0]):
+        h = (x[r] - mean) * scale
+        for i in range(len(weights)):
+            h = np.dot(h, weights[i]) + biases[i]
+            if i < last:
+                h = np.maximum(h, np.float32(0.0))
+        h = np.exp(h - h.max())
+        out[r] = h / h.sum()
