@@ -43,12 +43,15 @@ def _add_key_option(p: argparse.ArgumentParser) -> None:
 
 
 def default_workers(engine: str) -> int:
-    """Worker processes for `serve`: a weight-free engine's frames are numpy work that holds the
-    GIL in places, so one process per core (at most 4) nearly doubles what two cores serve; a
-    learned engine keeps one process, whose one model every session shares."""
+    """Worker processes for `serve`. A weight-free engine renders without the GIL, in one render
+    thread per core: one process serves two cores as well as two processes do (bench/throughput.py),
+    with one character cache. What does hold the GIL is the event loop's share (websocket framing,
+    session bookkeeping: about a sixth of a frame's work), so a process per 4 cores (at most 4)
+    keeps every loop from becoming the bottleneck on bigger machines. A learned engine keeps one
+    process, whose one model every session shares."""
     from .engines import LEARNED_ENGINES
 
-    return 1 if engine in LEARNED_ENGINES else max(1, min(4, os.cpu_count() or 1))
+    return 1 if engine in LEARNED_ENGINES else max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 def is_loopback(host: str) -> bool:
@@ -95,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-message-bytes", metavar="BYTES", type=int, default=DEFAULT_MAX_MESSAGE_BYTES, help="largest client message (default: %(default)s)")
     s.add_argument("--max-session-length", type=_seconds_or_none, default=3600.0, metavar="SECONDS", help="longest session; 0 = no limit (default: %(default)s)")
     s.add_argument("--max-idle-time", type=_seconds_or_none, default=300.0, metavar="SECONDS", help="longest silence from a client; 0 = no limit (default: %(default)s)")
-    s.add_argument("--workers", metavar="N", type=int, default=None, help="server processes sharing the port (SO_REUSEPORT) and the character cache (default: one per CPU core, at most 4, for the weight-free engines; 1 for learned engines, one model per process)")
+    s.add_argument("--workers", metavar="N", type=int, default=None, help="server processes sharing the port (SO_REUSEPORT) and the character cache (default: one per 4 CPU cores, at most 4, for the weight-free engines, which render in a thread per core; 1 for learned engines, one model per process)")
     s.add_argument("--allow-private-urls", action="store_true", help="let clients name http(s) URLs on loopback, link-local and private addresses (off: SSRF guard)")
     s.add_argument("--lead", type=float, default=DEFAULT_LEAD, metavar="SECONDS", help="how far frames may run ahead of real time (default: %(default)s)")
     s.add_argument("--max-sessions", type=int, default=None, metavar="N", help="sessions at once, all workers together; more are refused with 'capacity' (default: CPU cores x the engine's sessions per core: 8 for viseme, 12 for energy)")
