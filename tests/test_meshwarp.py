@@ -32,6 +32,17 @@ def test_tps_interpolates_its_points() -> None:
     assert np.allclose(tps_apply(src, w, a, src), dst, atol=1e-4)
 
 
+def test_tps_between_its_points_is_the_thin_plate_spline() -> None:
+    # the compiled evaluation (float32 sums, a polynomial logarithm) against the formula in float64
+    rng = np.random.default_rng(2)
+    src = rng.uniform(0, 3, (80, 2))
+    w, a = tps_fit(src, src + rng.normal(0, 0.05, (80, 2)))
+    pts = rng.uniform(-0.5, 3.5, (500, 2))
+    d2 = ((pts[:, None, :] - src[None, :, :]) ** 2).sum(-1)
+    exact = np.where(d2 > 0, d2 * np.log(np.maximum(d2, 1e-300)), 0.0) @ w + a[0] + pts @ a[1:]
+    assert np.abs(tps_apply(src, w, a, pts) - exact).max() < 1e-3
+
+
 def test_rest_on_a_closed_mouth_is_the_reference() -> None:
     ref = CHARACTER.reference(3)
     assert np.array_equal(draw(ref, MouthShape()), ref.image)
