@@ -33,6 +33,10 @@ class FaceError(Exception):
     """The face data is unusable: unsafe, malformed, inconsistent, or there is no face."""
 
 
+class FaceModelMissing(FaceError):
+    """Faces must be found, and MediaPipe (the ``[faces]`` extra) is not installed."""
+
+
 # --- restricted unpickling ------------------------------------------------------------------------
 
 

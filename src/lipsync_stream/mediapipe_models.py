@@ -54,12 +54,30 @@ def native_noise_filtered() -> Iterator[None]:
             os.close(real)
 
 
+MISSING = (
+    "finding faces needs MediaPipe, which is not installed here (pip install 'lipsync-stream[faces]'); "
+    "without it only the default character and characters made by `prepare` (a video with its .landmarks.npz beside it) load"
+)
+
+
+def available() -> bool:
+    """Whether MediaPipe's face models can be loaded (the ``[faces]`` extra is installed)."""
+    import importlib.util
+
+    return importlib.util.find_spec("mediapipe") is not None
+
+
 def solutions() -> ModuleType:
     """``mediapipe.python.solutions``, imported with its glog and protobuf warnings off."""
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from mediapipe.python import solutions as mp_solutions
+        try:
+            from mediapipe.python import solutions as mp_solutions
+        except ImportError as exc:
+            from .faces import FaceModelMissing
+
+            raise FaceModelMissing(MISSING) from exc
     warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated")
     return mp_solutions

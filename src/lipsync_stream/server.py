@@ -33,7 +33,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.http11 import Request, Response
 
-from . import auth
+from . import auth, mediapipe_models
 from .auth import ApiKey, FailureThrottle, KeyRing, TokenError, TokenIssuer
 from .character import CharacterBusy, CharacterError, CharacterStore
 from .connection import TOKEN_PATH, WEBRTC_PATH, Connection, PostResult
@@ -723,6 +723,8 @@ async def serve_forever(config: ServerConfig) -> None:
         log.info("serving LipsyncStream on %s://%s:%d/LipsyncStream, the page at %s://%s:%d/ (engine %s, at most %d sessions, %s)", scheme, host, port, page, host, port, app.engine.name, app.max_sessions, access)
         if config.metrics_port is not None:
             log.info("metrics at http://%s:%d/metrics", config.metrics_host, config.metrics_port)
+        if not mediapipe_models.available():
+            log.warning(mediapipe_models.MISSING)
         await stop.wait()
         log.info("shutting down: draining for at most %g s (a second signal stops at once)", config.drain_timeout)
         stop.clear()
