@@ -472,7 +472,11 @@ class LipsyncServer:
             await self._fail(ws, sid, ErrorKind.CHARACTER, str(exc))
             return
 
-        session = Session(params, loop.time(), self.engine.lookahead_samples, self.engine.context_samples, self.config.limits)
+        limits = self.config.limits
+        lead = getattr(ws, "lead", None)  # a transport that must send in real time (WebRTC) says so
+        if lead is not None:
+            limits = dataclasses.replace(limits, lead=lead)
+        session = Session(params, loop.time(), self.engine.lookahead_samples, self.engine.context_samples, limits)
         try:
             renderer = FrameRenderer(self.engine, character, params, self.config.jpeg_quality)
         except ServiceFull as exc:

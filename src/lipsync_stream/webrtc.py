@@ -102,6 +102,11 @@ class PeerSession:
     """One WebRTC peer, as the server's session code sees a websocket: messages in (the first
     message, then speech as PCM16 and the data channel's text), frame messages out."""
 
+    #: frames go out in real time, none ahead (the session's ``lead``): RTP is sent as it plays,
+    #: and the browser's A/V sync, which maps each track's timestamps to its send time, was seen
+    #: to start 0.5 s off after a burst and take seconds to settle (tests/test_web.py)
+    lead = 0.0
+
     def __init__(self, pc: RTCPeerConnection, first_message: str, peer: str) -> None:
         self.pc = pc
         self.remote_address = (peer, 0)

@@ -384,7 +384,7 @@ async function webrtcMicrophone() {
 async function webrtcSession(speechStream, onOpen) {
   setButtons(true);
   tryStartAudio();
-  Object.assign(stats, { framesShown: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null, bitrateKbps: 0 });
+  Object.assign(stats, { framesShown: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null, bitrateKbps: 0, avSyncMs: [] });
   const pc = new RTCPeerConnection({ iceServers: [] });
   buttons.stop.onclick = () => {
     pc.close();
@@ -440,14 +440,21 @@ async function webrtcSession(speechStream, onOpen) {
   await pc.setRemoteDescription(answer);
   let lastBytes = 0;
   setInterval(async () => {
+    const playout = {};
     for (const report of (await pc.getStats()).values()) {
-      if (report.type === "inbound-rtp" && report.kind === "video") {
+      if (report.type !== "inbound-rtp") continue;
+      playout[report.kind] = report.estimatedPlayoutTimestamp;
+      if (report.kind === "video") {
         stats.bitrateKbps = ((report.bytesReceived - lastBytes) * 8) / 1000;
         stats.framesReceived = report.framesDecoded || 0;
         lastBytes = report.bytesReceived;
-        statsEl.textContent = `WebRTC   frames ${stats.framesShown}   video ${stats.bitrateKbps.toFixed(0)} kbit/s`;
       }
     }
+    // The browser's own A/V offset: what it is playing of each track, on the sender's clock
+    // (from the RTCP sender reports); positive when the picture is behind the sound.
+    if (playout.audio && playout.video) stats.avSyncMs.push(playout.audio - playout.video);
+    const sync = stats.avSyncMs.length ? `   A/V ${stats.avSyncMs[stats.avSyncMs.length - 1].toFixed(0)} ms` : "";
+    statsEl.textContent = `WebRTC   frames ${stats.framesShown}   video ${stats.bitrateKbps.toFixed(0)} kbit/s${sync}`;
   }, 1000);
 }
 
