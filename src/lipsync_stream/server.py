@@ -255,7 +255,9 @@ class LipsyncServer:
         return self.token_request(target, headers, body, peer)
 
     async def webrtc_offer(self, headers: dict[str, str], body: bytes, peer: str) -> PostResult:
-        """``POST /webrtc/offer`` (:mod:`.webrtc`): the session runs in :meth:`handler`."""
+        """``POST /webrtc/offer`` (:mod:`.webrtc`): the session runs in :meth:`handler`. With keys,
+        an ``Authorization: Bearer KEY`` header proves one (as on a websocket upgrade), or the
+        session fields carry a ``session_token``."""
         extra = self._cors_headers(headers)
         if self.draining:
             return 503, {"error": "capacity", "detail": SHUTTING_DOWN}, extra, 0.0
@@ -263,7 +265,16 @@ class LipsyncServer:
             from .webrtc import answer_offer
         except ImportError:
             return 501, {"error": "bad_request", "detail": "this server has no WebRTC: pip install 'lipsync-stream[webrtc]'"}, extra, 0.0
-        status, obj = await answer_offer(body, peer, self.handler)
+        key: ApiKey | None = None
+        bearer = auth.bearer(headers.get("authorization"))
+        if bearer is not None and self.keys is not None:  # a server-side client's key, as on the upgrade
+            key = self.keys.verify(bearer)
+            if key is None:
+                delay = self.throttle.failure(peer, time.monotonic())
+                self.metrics.refusals.labels(ErrorKind.UNAUTHORIZED.value).inc()
+                log.warning("refused a WebRTC offer from %s: the API key is not valid", peer)
+                return 401, {"error": "unauthorized", "detail": "the API key is not valid"}, extra, delay
+        status, obj = await answer_offer(body, peer, self.handler, api_key=key)
         return status, obj, extra, 0.0
 
     def token_request(self, target: str, headers: dict[str, str], body: bytes, peer: str) -> PostResult:

@@ -98,6 +98,9 @@ class SyncedAudioTrack(MediaStreamTrack):
         self.more.set()
 
 
+CHANNEL_WAIT = 5.0  # seconds a closing session waits for the client's data channel to open
+
+
 class PeerSession:
     """One WebRTC peer, as the server's session code sees a websocket: messages in (the first
     message, then speech as PCM16 and the data channel's text), frame messages out."""
@@ -120,6 +123,8 @@ class PeerSession:
         self.transport = self  # for abort()
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._unsent: list[str] = []  # text for the data channel before it is open
+        self._channel_open = asyncio.Event()
 
     # --- what the session code calls -------------------------------------------------------------
 
@@ -155,6 +160,10 @@ class PeerSession:
             return
         self.close_code = code
         self._send_text(json.dumps({"closed": code, "reason": reason}))
+        # A session refused at once (no key, no such character) ends before the client's data
+        # channel is open: its error waits for the channel, a little, so that the client learns why.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._channel_open.wait(), CHANNEL_WAIT)
         await asyncio.sleep(0.1)  # the data channel's last messages go out first
         await self.shutdown()
 
@@ -166,6 +175,14 @@ class PeerSession:
     def _send_text(self, text: str) -> None:
         if self.channel is not None and self.channel.readyState == "open":
             self.channel.send(text)
+        else:
+            self._unsent.append(text)  # goes out when the channel opens
+
+    def _channel_opened(self) -> None:
+        for text in self._unsent:
+            self.channel.send(text)
+        self._unsent.clear()
+        self._channel_open.set()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -188,6 +205,10 @@ class PeerSession:
         @pc.on("datachannel")
         def on_channel(channel: Any) -> None:
             self.channel = channel
+            if channel.readyState == "open":
+                self._channel_opened()
+            else:
+                channel.on("open", self._channel_opened)
 
             @channel.on("message")
             def on_message(message: Any) -> None:
@@ -222,8 +243,9 @@ class PeerSession:
         await self.pc.close()
 
 
-async def answer_offer(body: bytes, peer: str, handler: Callable[[Any], Any], ice_servers: list[Any] | None = None) -> tuple[int, dict[str, Any]]:
-    """``POST /webrtc/offer``: the answer's (status, JSON body); the session runs in *handler*."""
+async def answer_offer(body: bytes, peer: str, handler: Callable[[Any], Any], ice_servers: list[Any] | None = None, api_key: Any = None) -> tuple[int, dict[str, Any]]:
+    """``POST /webrtc/offer``: the answer's (status, JSON body); the session runs in *handler*,
+    with *api_key* when the request proved one (the server's ``ApiKey``)."""
     try:
         obj = json.loads(body)
         sdp, kind, fields = obj["sdp"], obj["type"], obj.get("session", {})
@@ -235,6 +257,7 @@ async def answer_offer(body: bytes, peer: str, handler: Callable[[Any], Any], ic
     first = json.dumps({**fields, "isJPG": False, "syncAudio": True, "realtime": True})
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
     session = PeerSession(pc, first, peer)
+    session.api_key = api_key
     session.listen()
     try:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
