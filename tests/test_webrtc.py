@@ -90,6 +90,8 @@ async def test_a_webrtc_session_sends_the_talking_character_as_video_and_ends_on
     mouths = [float(f[y - 6 : y + 6, x - 20 : x + 20].mean()) for f in frames]
     assert max(mouths) - min(mouths) > 15  # the mouth opened and closed (dark inside)
     assert "DONE" in texts and not any('"error"' in t for t in texts)
+    stats = [json.loads(t)["stats"] for t in texts if t.startswith('{"stats"')]
+    assert stats and stats[-1]["frames"] > 30 and stats[-1]["audioSeconds"] > 1.0  # reported on the data channel
 
 
 async def test_with_keys_an_offer_needs_a_bearer_key_or_a_session_token(tmp_path: Path, speech: np.ndarray) -> None:

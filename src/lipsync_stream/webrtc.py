@@ -4,8 +4,9 @@
 the server's SDP. The client sends speech as an audio track (resampled here to 16 kHz PCM16) and
 ``DONE``/``SKIP`` on a data channel; the server sends a 512x512, 30 fps video track (VP8 or H.264,
 as negotiated) and an audio track carrying exactly the audio each frame was lip-synced to, both
-timestamped from the frame index so that a browser plays them in sync; errors, ``DONE`` and the
-close arrive on the data channel.
+timestamped from the frame index so that a browser plays them in sync; errors, ``DONE``, the
+close and, every second, ``{"stats": {"frames", "audioSeconds", "videoQueue"}}`` arrive on the
+data channel. Frames go out in real time, none ahead (see :attr:`PeerSession.lead`).
 
 The session itself is the server's usual one: :class:`PeerSession` looks like a websocket to
 :meth:`LipsyncServer.handler` (``recv``/``send``/``close``), so pacing, limits, engines and
@@ -99,6 +100,7 @@ class SyncedAudioTrack(MediaStreamTrack):
 
 
 CHANNEL_WAIT = 5.0  # seconds a closing session waits for the client's data channel to open
+STATS_INTERVAL = 1.0  # seconds between stats messages on the data channel
 
 
 class PeerSession:
@@ -123,6 +125,8 @@ class PeerSession:
         self.transport = self  # for abort()
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.frames_sent = 0
+        self._shut = False
         self._unsent: list[str] = []  # text for the data channel before it is open
         self._channel_open = asyncio.Event()
 
@@ -152,6 +156,7 @@ class PeerSession:
         frame = decode_frame(message)
         image = np.frombuffer(frame.image, np.uint8).reshape(FRAME_HEIGHT, FRAME_WIDTH, 3)
         await self.video.frames.put((frame.index, image))
+        self.frames_sent += 1
         if frame.audio:
             self.audio.push(frame.audio)
 
@@ -183,6 +188,15 @@ class PeerSession:
             self.channel.send(text)
         self._unsent.clear()
         self._channel_open.set()
+        self._spawn(self._report())
+
+    async def _report(self) -> None:
+        """Stats on the data channel every STATS_INTERVAL s while the session runs: frames sent,
+        seconds of lip-synced audio sent, frames waiting for the video encoder."""
+        while self.close_code is None and not self._shut:
+            await asyncio.sleep(STATS_INTERVAL)
+            stats = {"frames": self.frames_sent, "audioSeconds": round(self.audio.samples / SAMPLE_RATE, 3), "videoQueue": self.video.frames.qsize()}
+            self._send_text(json.dumps({"stats": stats}))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -236,6 +250,7 @@ class PeerSession:
                         self.inbox.put_nowait(data)
 
     async def shutdown(self) -> None:
+        self._shut = True
         self.audio.end()
         with contextlib.suppress(asyncio.QueueFull):
             self.video.frames.put_nowait(_CLOSED)

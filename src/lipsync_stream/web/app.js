@@ -416,6 +416,7 @@ async function webrtcSession(speechStream, onOpen) {
     }
     try {
       const obj = JSON.parse(ev.data);
+      if (obj.stats) stats.server = obj.stats; // frames and audio the server has sent
       if (obj.error) {
         stats.error = `${obj.error}: ${obj.detail}`;
         setStatus(stats.error);
