@@ -65,8 +65,8 @@ class AvatarStream:
     *url*: a running server's ``ws://…/LipsyncStream``; None starts one in this process (the
     default character, the default engine, or *server_config*'s). *character*: the
     ``videoReferenceUrl`` (None: the server's default one). *api_key*: for a server that
-    asks for one. *jpeg*: frames travel as JPEG (a remote server); False sends them raw (on
-    loopback, no encoding or decoding).
+    asks for one. *jpeg*: frames travel as JPEG, or raw (no encoding or decoding); None (the
+    default): JPEG from a server by URL, raw from one in this process.
     """
 
     def __init__(
@@ -74,11 +74,12 @@ class AvatarStream:
         url: str | None = None,
         character: str | None = None,
         api_key: str | None = None,
-        jpeg: bool = True,
+        jpeg: bool | None = None,
         server_config: ServerConfig | None = None,
     ) -> None:
         self.url = url
-        self.params = SessionParams(video_reference_url=character or DEFAULT_CHARACTER, handle_silence=True, is_jpg=jpeg)
+        is_jpg = url is not None if jpeg is None else jpeg
+        self.params = SessionParams(video_reference_url=character or DEFAULT_CHARACTER, handle_silence=True, is_jpg=is_jpg)
         self.api_key = api_key
         self._server_config = server_config
         self._stack = contextlib.AsyncExitStack()

@@ -35,8 +35,7 @@ from .avatar import AvatarStream
 
 class LipsyncVideoGenerator(VideoGenerator):  # type: ignore[misc]  # livekit is not installed beside [faces] (mypy's environment)
     """The avatar for LiveKit's avatar runner; *url*, *character*, *api_key*, *jpeg* and
-    *server_config* as for :class:`.avatar.AvatarStream` (*jpeg* defaults to JPEG for a URL,
-    raw frames for a server in this process). The session opens on first use (or
+    *server_config* as for :class:`.avatar.AvatarStream`. The session opens on first use (or
     :meth:`start`); :meth:`aclose` ends it."""
 
     def __init__(
@@ -47,7 +46,7 @@ class LipsyncVideoGenerator(VideoGenerator):  # type: ignore[misc]  # livekit is
         jpeg: bool | None = None,
         server_config: ServerConfig | None = None,
     ) -> None:
-        self._stream = AvatarStream(url, character, api_key, url is not None if jpeg is None else jpeg, server_config)
+        self._stream = AvatarStream(url, character, api_key, jpeg, server_config)
         self._started = False
         self._starting = asyncio.Lock()
 

@@ -42,8 +42,7 @@ from .avatar import AvatarFrame, AvatarStream
 
 class LipsyncVideoService(FrameProcessor):  # type: ignore[misc]  # pipecat has no type information
     """The avatar in a pipecat pipeline; *url*, *character*, *api_key*, *jpeg* and
-    *server_config* as for :class:`.avatar.AvatarStream` (*jpeg* defaults to JPEG for a URL,
-    raw frames for a server in this process)."""
+    *server_config* as for :class:`.avatar.AvatarStream`."""
 
     def __init__(
         self,
@@ -56,7 +55,7 @@ class LipsyncVideoService(FrameProcessor):  # type: ignore[misc]  # pipecat has 
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self._stream = AvatarStream(url, character, api_key, url is not None if jpeg is None else jpeg, server_config)
+        self._stream = AvatarStream(url, character, api_key, jpeg, server_config)
         self._reader: asyncio.Task[None] | None = None
         self._context_id: str | None = None
 
