@@ -107,16 +107,16 @@ def test_render_of_a_file_longer_than_the_old_120_s_limit(tmp_path: Path, speech
 
 
 def test_serve_runs_one_worker_per_four_cores_by_default_and_one_for_learned_engines(tmp_path: Path, speech: np.ndarray) -> None:
-    import os
     import subprocess
     import sys
 
     from lipsync_stream.cli import default_workers
     from lipsync_stream.client import stream_audio
+    from lipsync_stream.cpus import cpus
     from lipsync_stream.protocol import SessionParams, frames_for_samples
 
     assert default_workers("wav2lip") == 1
-    assert default_workers("viseme") == max(1, min(4, (os.cpu_count() or 1) // 4))
+    assert default_workers("viseme") == max(1, min(4, cpus() // 4))
     port = free_port()
     cmd = [sys.executable, "-m", "lipsync_stream", "serve", "--port", str(port), "--cache-dir", str(tmp_path / "c")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

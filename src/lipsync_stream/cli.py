@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .audio import AudioError, load_audio
+from .cpus import cpus
 from .engines import DEFAULT_ENGINE, ENGINE_NAMES
 from .fetch import FetchConfig, default_cache_dir
 from .neural import ENGINE_ERRORS
@@ -51,7 +52,7 @@ def default_workers(engine: str) -> int:
     process, whose one model every session shares."""
     from .engines import LEARNED_ENGINES
 
-    return 1 if engine in LEARNED_ENGINES else max(1, min(4, (os.cpu_count() or 1) // 4))
+    return 1 if engine in LEARNED_ENGINES else max(1, min(4, cpus() // 4))
 
 
 def is_loopback(host: str) -> bool:

@@ -37,6 +37,7 @@ from . import auth, mediapipe_models
 from .auth import ApiKey, FailureThrottle, KeyRing, TokenError, TokenIssuer
 from .character import CharacterBusy, CharacterError, CharacterStore
 from .connection import TOKEN_PATH, WEBRTC_PATH, Connection, PostResult
+from .cpus import cpus
 from .engines import DEFAULT_ENGINE, engine_class, get_engine
 from .fetch import FetchConfig, Fetcher
 from .logsafe import shown
@@ -87,7 +88,7 @@ class ServerConfig:
     send_timeout: float = 10.0  # a client that takes no frame for this long is not reading: closed
     character_memory_bytes: int = 2 * 1024**3
     fetch: FetchConfig | None = None
-    render_threads: int = field(default_factory=lambda: os.cpu_count() or 2)
+    render_threads: int = field(default_factory=cpus)
     reuse_port: bool = False  # several worker processes listen on one port (SO_REUSEPORT)
     #: sessions open at once; more are refused with `capacity` (1013). None: cores x the engine's
     #: sessions_per_core
@@ -115,7 +116,7 @@ class ServerConfig:
     def session_limit(self) -> int:
         if self.max_sessions is not None:
             return self.max_sessions
-        return (os.cpu_count() or 2) * engine_class(self.engine).sessions_per_core
+        return cpus() * engine_class(self.engine).sessions_per_core
 
 
 @dataclasses.dataclass
@@ -805,7 +806,7 @@ def serve_workers(config: ServerConfig, workers: int, log_level: int = logging.I
     import socket
 
     config.reuse_port = True
-    config.render_threads = max(1, (os.cpu_count() or 2) // workers)
+    config.render_threads = max(1, cpus() // workers)
     config.max_sessions = max(1, -(-config.session_limit() // workers))  # the machine's limit, shared
     # Port 0 would give each worker a port of its own: pick one for all, held until they bind it.
     reserved = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)

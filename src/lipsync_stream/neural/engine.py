@@ -12,7 +12,6 @@ near it, show the reference frame as it is (no model call).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import cv2
 import numpy as np
 
 from ..composite import crop_input, face_box, paste_face
+from ..cpus import cpus
 from ..engines import melspec
 from ..engines.base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
 from ..engines.interior import smoothstep
@@ -131,7 +131,7 @@ class Wav2LipEngine(Engine):
         if self.device == "cpu":
             import torch
 
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
+            torch.set_num_threads(cpus())
         path = Path(model)
         runner: Callable[[Sequence[tuple[np.ndarray, np.ndarray]]], list[np.ndarray]]
         if path.suffix.lower() == ".onnx":
@@ -189,7 +189,7 @@ class MuseTalkEngine(Engine):
         if self.device == "cpu":
             import torch
 
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
+            torch.set_num_threads(cpus())
         runner = MuseTalkRunner(MuseTalkFiles.find(Path(model)), self.device, cache_dir if cache_dir is not None else default_cache_dir())
         log.info("musetalk: %s loaded on %s", model, self.device)
         self.service: InferenceService[MuseTalkItem, np.ndarray] = InferenceService(runner, max_batch=max_batch, max_wait=max_wait, name="musetalk")
