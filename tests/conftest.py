@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -15,6 +18,8 @@ from lipsync_stream.audio import load_audio
 from lipsync_stream.cli import sample_speech
 from lipsync_stream.fetch import FetchConfig
 from lipsync_stream.server import LipsyncServer, ServerConfig, running_server
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +54,22 @@ def run_measured(code: str, timeout: float = 300.0) -> tuple[float, str]:
     assert done.returncode == 0, done.stderr[-3000:]
     peak_kb = int(done.stdout.rsplit("PEAK_KB", 1)[1].split()[0])
     return peak_kb / 1024, done.stdout
+
+
+async def collect_for(source: AsyncIterable[T], seconds: float) -> list[tuple[float, T]]:
+    """What *source* yields within *seconds*, each item with its arrival (``time.monotonic()``)."""
+    got: list[tuple[float, T]] = []
+
+    async def read() -> None:
+        async for item in source:
+            got.append((time.monotonic(), item))
+
+    reader = asyncio.create_task(read())
+    await asyncio.sleep(seconds)
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+    return got
 
 
 async def wait_until_idle(app: LipsyncServer, seconds: float) -> None:

@@ -2,30 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-
 import numpy as np
 import pytest
+from conftest import collect_for
 
 from lipsync_stream.client import ServerError
-from lipsync_stream.integrations.avatar import END_PADDING_SECONDS, AvatarFrame, AvatarStream
+from lipsync_stream.integrations.avatar import END_PADDING_SECONDS, AvatarStream
 from lipsync_stream.server import ServerConfig, running_server
-
-
-async def take(stream: AvatarStream, seconds: float) -> list[AvatarFrame]:
-    frames: list[AvatarFrame] = []
-
-    async def read() -> None:
-        async for f in stream.frames():
-            frames.append(f)
-
-    reader = asyncio.create_task(read())
-    await asyncio.sleep(seconds)
-    reader.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await reader
-    return frames
 
 
 async def test_a_reply_by_url_comes_back_whole_and_ends_where_it_ends(speech: np.ndarray) -> None:
@@ -37,7 +20,7 @@ async def test_a_reply_by_url_comes_back_whole_and_ends_where_it_ends(speech: np
             for i in range(0, len(reply), 3200):
                 await stream.push(reply[i : i + 3200], 16000)
             await stream.end_reply()
-            frames = await take(stream, 3.5)
+            frames = [f for _, f in await collect_for(stream.frames(), 3.5)]
         finally:
             await stream.aclose()
     assert all(f.image.shape == (512, 512, 3) for f in frames)
@@ -56,7 +39,7 @@ async def test_an_unknown_character_is_the_servers_error() -> None:
         await stream.start()
         try:
             with pytest.raises(ServerError) as err:
-                await take(stream, 5.0)
+                await collect_for(stream.frames(), 5.0)
         finally:
             await stream.aclose()
     assert err.value.kind == "character_error" and "asset root" in err.value.detail

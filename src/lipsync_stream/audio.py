@@ -68,7 +68,7 @@ class PcmResampler:
     def flush(self) -> bytes:
         """What the resampler still holds (the end of a stream); the next chunk starts afresh."""
         tail = b"" if self._resampler is None else b"".join(out.to_ndarray().tobytes() for out in self._resampler.resample(None))
-        self._resampler, self._format = None, None
+        self.reset()
         return tail
 
     def reset(self) -> None:

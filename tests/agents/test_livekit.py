@@ -6,11 +6,10 @@ environment)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
 
 import numpy as np
 import pytest
+from conftest import collect_for
 
 pytest.importorskip("livekit.agents")
 
@@ -30,21 +29,6 @@ def speech_frames(seconds: float) -> list[rtc.AudioFrame]:
     return [rtc.AudioFrame(pcm[i : i + CHUNK].tobytes(), RATE, 1, len(pcm[i : i + CHUNK])) for i in range(0, len(pcm), CHUNK)]
 
 
-async def collect(gen: LipsyncVideoGenerator, seconds: float) -> list[tuple[float, object]]:
-    out: list[tuple[float, object]] = []
-
-    async def read() -> None:
-        async for item in gen:
-            out.append((time.monotonic(), item))
-
-    reader = asyncio.create_task(read())
-    await asyncio.sleep(seconds)
-    reader.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await reader
-    return out
-
-
 async def test_a_reply_is_video_with_its_audio_then_a_segment_end() -> None:
     gen = LipsyncVideoGenerator()
     assert isinstance(gen, VideoGenerator)
@@ -59,7 +43,7 @@ async def test_a_reply_is_video_with_its_audio_then_a_segment_end() -> None:
             await gen.push_audio(AudioSegmentEnd())
 
         speaker = asyncio.create_task(speak())
-        got = await collect(gen, 5.0)
+        got = await collect_for(gen, 5.0)
         await speaker
     finally:
         await gen.aclose()
@@ -96,7 +80,7 @@ async def test_clear_buffer_stops_the_speech() -> None:
             await gen.clear_buffer()
 
         speaker = asyncio.create_task(speak())
-        got = await collect(gen, 5.0)
+        got = await collect_for(gen, 5.0)
         await speaker
     finally:
         await gen.aclose()

@@ -90,7 +90,6 @@ class AvatarStream:
         self.speech_returned = 0  # of those, bytes that came back in frames
         self._reply_ends: deque[int] = deque()  # speech_sent at the end of each reply not yet out
         self._dropping = False  # interrupted: speech frames still on their way are dropped
-        self._odd = b""  # an odd trailing byte of a chunk, kept for the next
 
     async def start(self) -> None:
         """Open the session (starting the in-process server first when there is no URL)."""
@@ -121,18 +120,11 @@ class AvatarStream:
 
     async def push(self, pcm: bytes, sample_rate: int, channels: int = 1) -> None:
         """Send a chunk of the agent's speech (interleaved PCM16 at *sample_rate*)."""
-        data = self._odd + self._resampler.convert(pcm, sample_rate, channels)
-        self._odd = b""
-        if len(data) % BYTES_PER_SAMPLE:
-            data, self._odd = data[:-1], data[-1:]
-        await self._send_speech(data)
+        await self._send_speech(self._resampler.convert(pcm, sample_rate, channels))
 
     async def end_reply(self) -> None:
         """The reply is over: send what the resampler holds and the padding, mark its end."""
-        tail = self._resampler.flush() + self._odd
-        self._odd = b""
-        if len(tail) % BYTES_PER_SAMPLE:
-            tail = tail[:-1]
+        tail = self._resampler.flush()
         if self.speech_sent == self.speech_returned and not tail:
             return  # nothing of this reply is on its way (empty, or interrupted)
         await self._send_speech(tail + bytes(BYTES_PER_SAMPLE * int(END_PADDING_SECONDS * SAMPLE_RATE)))
@@ -142,7 +134,6 @@ class AvatarStream:
         """Barge-in: the server drops the speech it has not drawn; frames of it still on their
         way are dropped here, up to the first idle frame."""
         self._resampler.reset()
-        self._odd = b""
         async with self._send_lock:
             await self.client.skip()
         if self.speech_returned < self.speech_sent:

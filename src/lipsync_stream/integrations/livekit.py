@@ -5,7 +5,7 @@ speech and publishes the character's video and audio::
 
     from livekit.agents.voice.avatar import AvatarOptions, AvatarRunner, DataStreamAudioReceiver
 
-    video_gen = LipsyncVideoGenerator(url="ws://avatar:8765/LipsyncStream")
+    video_gen = LipsyncVideoGenerator(AvatarStream("ws://avatar:8765/LipsyncStream"))
     runner = AvatarRunner(room, audio_recv=DataStreamAudioReceiver(room), video_gen=video_gen,
                           options=AvatarOptions(video_width=512, video_height=512, video_fps=30,
                                                 audio_sample_rate=16000, audio_channels=1))
@@ -15,8 +15,8 @@ speech and publishes the character's video and audio::
 ``AudioSegmentEnd`` (the reply's last words are drawn at once); ``clear_buffer`` is an
 interruption (``SKIP``). Iterating gives, at 30 fps, ``rtc.VideoFrame`` (512x512 RGBA), before
 each the ``rtc.AudioFrame`` it was lip-synced to (16 kHz mono; idle frames have none), and
-``AudioSegmentEnd`` once a reply's audio is all out. Without a URL it starts a server in this
-process. See :mod:`.avatar` for the session.
+``AudioSegmentEnd`` once a reply's audio is all out. ``AvatarStream()`` without a URL starts a
+server in this process. See :mod:`.avatar` for the session.
 """
 
 from __future__ import annotations
@@ -29,24 +29,16 @@ from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd, VideoGenerator
 
 from ..protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE
-from ..server import ServerConfig
 from .avatar import AvatarStream
 
 
 class LipsyncVideoGenerator(VideoGenerator):  # type: ignore[misc]  # livekit is not installed beside [faces] (mypy's environment)
-    """The avatar for LiveKit's avatar runner; *url*, *character*, *api_key*, *jpeg* and
-    *server_config* as for :class:`.avatar.AvatarStream`. The session opens on first use (or
+    """The avatar for LiveKit's avatar runner: *avatar*'s session (None: ``AvatarStream()``, a
+    server in this process with the default character). The session opens on first use (or
     :meth:`start`); :meth:`aclose` ends it."""
 
-    def __init__(
-        self,
-        url: str | None = None,
-        character: str | None = None,
-        api_key: str | None = None,
-        jpeg: bool | None = None,
-        server_config: ServerConfig | None = None,
-    ) -> None:
-        self._stream = AvatarStream(url, character, api_key, jpeg, server_config)
+    def __init__(self, avatar: AvatarStream | None = None) -> None:
+        self._stream = avatar if avatar is not None else AvatarStream()
         self._started = False
         self._starting = asyncio.Lock()
 

@@ -4,7 +4,7 @@ Place it after the TTS service, before the output transport, as pipecat's hosted
 services go::
 
     pipeline = Pipeline([transport.input(), stt, context_aggregator.user(), llm, tts,
-                         LipsyncVideoService(url="ws://avatar:8765/LipsyncStream"),
+                         LipsyncVideoService(AvatarStream("ws://avatar:8765/LipsyncStream")),
                          transport.output(), context_aggregator.assistant()])
 
 It takes the TTS audio (``TTSAudioRawFrame``, any rate: resampled to 16 kHz) to a LipsyncStream
@@ -12,8 +12,9 @@ server and sends on, at 30 fps, ``OutputImageRawFrame`` (512x512 RGB, shown in s
 audio before it) and, for the frames that show speech, that frame's audio as ``TTSAudioRawFrame``
 (16 kHz mono; the transport resamples it): the transport plays exactly the audio the mouth was
 drawn for. An interruption (``InterruptionFrame``) becomes ``SKIP``; ``TTSStoppedFrame`` sends
-the reply's last words at once. Without a URL it starts a server in this process (the default
-character, or ``character=`` one made by ``prepare``). See :mod:`.avatar` for the session.
+the reply's last words at once. ``AvatarStream()`` without a URL starts a server in this process
+(the default character, or ``character=`` one made by ``prepare``). See :mod:`.avatar` for the
+session.
 """
 
 from __future__ import annotations
@@ -36,26 +37,17 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from ..client import ServerError
 from ..protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE
-from ..server import ServerConfig
 from .avatar import AvatarFrame, AvatarStream
 
 
 class LipsyncVideoService(FrameProcessor):  # type: ignore[misc]  # pipecat has no type information
-    """The avatar in a pipecat pipeline; *url*, *character*, *api_key*, *jpeg* and
-    *server_config* as for :class:`.avatar.AvatarStream`."""
+    """The avatar in a pipecat pipeline: *avatar*'s session (None: ``AvatarStream()``, a server in
+    this process with the default character); other keyword arguments go to pipecat's
+    ``FrameProcessor`` (``name``)."""
 
-    def __init__(
-        self,
-        *,
-        url: str | None = None,
-        character: str | None = None,
-        api_key: str | None = None,
-        jpeg: bool | None = None,
-        server_config: ServerConfig | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, avatar: AvatarStream | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._stream = AvatarStream(url, character, api_key, jpeg, server_config)
+        self._stream = avatar if avatar is not None else AvatarStream()
         self._reader: asyncio.Task[None] | None = None
         self._context_id: str | None = None
 
