@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 from speech_synth import vowel
 
-from lipsync_stream.engines.features import N_MEL, analyse, frames_at
+from lipsync_stream.engines.features import N_MEL, analyse
 
 
 def test_frames_are_centred_and_zero_padded() -> None:
-    x = np.arange(1000, dtype=np.int16)
-    f = frames_at(x, np.array([0, 500]), width=4)
-    assert f[0].tolist() == [0, 0, 0, 1] and f[1].tolist() == [498, 499, 500, 501]
+    x = (np.random.default_rng(1).standard_normal(1000) * 3000).astype(np.int16)
+    # a hop centred at 500 hears samples 300-699; one at 0 hears 200 zeros, then the signal
+    assert np.array_equal(analyse(x, np.array([500])).matrix(), analyse(x[300:700], np.array([200])).matrix())
+    padded = np.concatenate([np.zeros(200, np.int16), x[:200]])
+    assert np.array_equal(analyse(x, np.array([0])).matrix(), analyse(padded, np.array([200])).matrix())
 
 
 def test_level_and_voicing() -> None:

@@ -271,12 +271,17 @@ class LipsyncServer:
         if bearer is not None and self.keys is not None:  # a server-side client's key, as on the upgrade
             key = self.keys.verify(bearer)
             if key is None:
-                delay = self.throttle.failure(peer, time.monotonic())
-                self.metrics.refusals.labels(ErrorKind.UNAUTHORIZED.value).inc()
-                log.warning("refused a WebRTC offer from %s: the API key is not valid", peer)
-                return 401, {"error": "unauthorized", "detail": "the API key is not valid"}, extra, delay
+                return self._unauthorized_post(peer, "a WebRTC offer", "the API key is not valid", extra)
         status, obj = await answer_offer(body, peer, self.handler, api_key=key)
         return status, obj, extra, 0.0
+
+    def _unauthorized_post(self, peer: str, what: str, detail: str, extra: dict[str, str]) -> PostResult:
+        """A POST refused for its key: counted, logged, answered 401 once the failure throttle's
+        delay for *peer* has passed."""
+        delay = self.throttle.failure(peer, time.monotonic())
+        self.metrics.refusals.labels(ErrorKind.UNAUTHORIZED.value).inc()
+        log.warning("refused %s to %s: %s", what, peer, detail)
+        return 401, {"error": ErrorKind.UNAUTHORIZED.value, "detail": detail}, extra, delay
 
     def token_request(self, target: str, headers: dict[str, str], body: bytes, peer: str) -> PostResult:
         """``POST /startAudioToVideoSession``: JSON with ``apiKey`` and first-message fields ->
@@ -297,10 +302,7 @@ class LipsyncServer:
         if self.keys is not None:
             record = self.keys.verify(api_key) if isinstance(api_key, str) else None
             if record is None:
-                delay = self.throttle.failure(peer, time.monotonic())
-                self.metrics.refusals.labels(ErrorKind.UNAUTHORIZED.value).inc()
-                log.warning("refused a session token to %s: apiKey missing or not valid", peer)
-                return 401, {"error": "unauthorized", "detail": "apiKey is missing or not valid"}, extra, delay
+                return self._unauthorized_post(peer, "a session token", "apiKey is missing or not valid", extra)
             name = record.name
         try:
             params = parse_first_message(json.dumps(obj))

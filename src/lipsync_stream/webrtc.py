@@ -126,7 +126,6 @@ class PeerSession:
         self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         self._tasks: set[asyncio.Task[None]] = set()
         self.frames_sent = 0
-        self._shut = False
         self._unsent: list[str] = []  # text for the data channel before it is open
         self._channel_open = asyncio.Event()
 
@@ -193,7 +192,7 @@ class PeerSession:
     async def _report(self) -> None:
         """Stats on the data channel every STATS_INTERVAL s while the session runs: frames sent,
         seconds of lip-synced audio sent, frames waiting for the video encoder."""
-        while self.close_code is None and not self._shut:
+        while self.close_code is None and not self.audio.ended:  # until DONE or the end
             await asyncio.sleep(STATS_INTERVAL)
             stats = {"frames": self.frames_sent, "audioSeconds": round(self.audio.samples / SAMPLE_RATE, 3), "videoQueue": self.video.frames.qsize()}
             self._send_text(json.dumps({"stats": stats}))
@@ -250,7 +249,6 @@ class PeerSession:
                         self.inbox.put_nowait(data)
 
     async def shutdown(self) -> None:
-        self._shut = True
         self.audio.end()
         with contextlib.suppress(asyncio.QueueFull):
             self.video.frames.put_nowait(_CLOSED)

@@ -3,8 +3,8 @@ murmur measure and a log-mel spectrum (for the viseme recognizer).
 
 Features are computed for a batch of hop centres at once in one compiled call (numba, with
 rocket-fft's FFT) that does not hold the GIL, so that sessions rendering in threads of one
-process do not wait for each other; :class:`HopCache` keeps each hop's features by its position in the stream, so consecutive video
-frames, whose windows overlap, compute every hop once.
+process do not wait for each other; :class:`HopCache` keeps each hop's features by its position
+in the stream, so consecutive video frames, whose windows overlap, compute every hop once.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class HopCache:
             self._positions[:] = _NONE
             self._epoch = epoch
         out = np.empty((len(centres), FIELDS))
-        _cached_rows(np.ascontiguousarray(window, np.int16), np.ascontiguousarray(centres, np.int64), start, valid, self._positions, self._rows, _WINDOW, _WINDOW_AC, _BAND_BINS, _MEL_FB_T, out)
+        _cached_rows(np.ascontiguousarray(window, np.int16), np.ascontiguousarray(centres, np.int64), start, valid, self._positions, self._rows, *_TABLES, out)
         return out
 
 
@@ -151,14 +151,6 @@ def _cached_rows(window, centres, start, valid, positions, rows, hann, hann_ac, 
             rows[slot] = computed[j]
 
 
-def frames_at(signal: np.ndarray, centres: np.ndarray, width: int = WIN) -> np.ndarray:
-    """(len(centres), width) float32 frames centred on *centres*; outside the signal reads as 0."""
-    half = width // 2
-    padded = np.concatenate([np.zeros(half, np.float32), signal.astype(np.float32), np.zeros(half, np.float32)])
-    idx = centres[:, None] + np.arange(width)[None, :]  # padded coordinates: centre - half + j + half
-    return padded[np.clip(idx, 0, len(padded) - 1)]
-
-
 def analyse(signal: np.ndarray, centres: np.ndarray) -> Features:
     """Features of the 25 ms frames centred on *centres* (sample indices into *signal*, int16)."""
     return Features.from_matrix(hop_matrix(signal, centres))
@@ -170,7 +162,7 @@ def hop_matrix(signal: np.ndarray, centres: np.ndarray) -> np.ndarray:
     samples = np.ascontiguousarray(signal, dtype=np.int16)
     at = np.ascontiguousarray(centres, dtype=np.int64)
     out = np.empty((len(at), FIELDS), np.float64)
-    _hop_rows(samples, at, _WINDOW, _WINDOW_AC, _BAND_BINS, _MEL_FB_T, out)
+    _hop_rows(samples, at, *_TABLES, out)
     return out
 
 
@@ -180,6 +172,7 @@ _BAND_BINS = np.array(
     dtype=np.int64,
 )
 _MEL_FB_T = np.ascontiguousarray(_MEL_FB.T)  # (N_MEL, bins)
+_TABLES = (_WINDOW, _WINDOW_AC, _BAND_BINS, _MEL_FB_T)  # what _hop_rows reads besides the audio
 
 
 @njit(nogil=True, cache=True)

@@ -14,6 +14,7 @@ does not hold the GIL.
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 
@@ -83,7 +84,7 @@ class VisemeRecognizer:
         forward(x, *self.kernel_args, out)
         return out
 
-    @property
+    @functools.cached_property
     def kernel_args(self) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
         """The network for :func:`forward`: mean, scale, the layers' weights and biases."""
         return self.mean, self.scale, tuple(w for w, _ in self.layers), tuple(b for _, b in self.layers)
