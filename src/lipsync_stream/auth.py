@@ -19,10 +19,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import ipaddress
 import json
 import os
 import re
 import secrets
+import shutil
 import time
 import urllib.parse
 from collections import OrderedDict
@@ -30,6 +32,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .protocol import MAX_TOKEN_CHARS
 
 KEY_PREFIX = "lsk_"
 TOKEN_TTL = 60.0  # seconds to start the session
@@ -199,7 +203,7 @@ class TokenIssuer:
 
     A token is ``base64url(payload) "." base64url(HMAC-SHA256(secret, payload))``; the payload holds
     a random id, the key's name, the expiry and the session's first-message fields. Single use:
-    redeeming claims the id by creating a file named after it (``O_EXCL``) in *used_dir*, which
+    redeeming claims the id by creating a file named after it (``O_EXCL``) under *used_dir*, which
     every worker process of a server shares (give them the same *secret* too).
     """
 
@@ -214,9 +218,14 @@ class TokenIssuer:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()
 
     def issue(self, key_name: str, fields: dict[str, Any], now: float | None = None) -> str:
+        """A token for a session with these first-message *fields*; :class:`TokenError` when the
+        token would be longer than a first message may carry (:data:`MAX_TOKEN_CHARS`)."""
         now = time.time() if now is None else now
         payload = json.dumps({"id": secrets.token_hex(16), "key": key_name, "exp": now + self.ttl, "fields": fields}, separators=(",", ":")).encode()
-        return f"{_b64(payload)}.{_b64(self._sign(payload))}"
+        token = f"{_b64(payload)}.{_b64(self._sign(payload))}"
+        if len(token) > MAX_TOKEN_CHARS:
+            raise TokenError(f"these session fields make a token of {len(token)} characters, and a first message carries at most {MAX_TOKEN_CHARS}: shorten video_reference_url or face_det_results")
+        return token
 
     def redeem(self, token: str, now: float | None = None) -> tuple[str, dict[str, Any]]:
         """(key name, first-message fields) of a valid token, which is then used up."""
@@ -230,25 +239,38 @@ class TokenIssuer:
         if not good:
             raise TokenError("the session token's signature does not match (not issued by this server, or altered)")
         claims = json.loads(payload)
-        if now > float(claims["exp"]):
+        expires = float(claims["exp"])
+        if now > expires:
             raise TokenError(f"the session token has expired (a session must start within {self.ttl:g} s of POST /startAudioToVideoSession)")
-        self._claim(str(claims["id"]), now)
+        self._claim(str(claims["id"]), expires, now)
         return str(claims["key"]), dict(claims["fields"])
 
-    def _claim(self, token_id: str, now: float) -> None:
+    def _claim(self, token_id: str, expires: float, now: float) -> None:
+        """Claim the id by creating its file (``O_EXCL``) in the folder of its expiry's period
+        (*ttl* seconds); folders whose tokens have all expired are removed whole. Each redeem
+        lists only those few folders, never the used ids: a constant cost however many there are."""
         if not re.fullmatch(r"[0-9a-f]{32}", token_id):
             raise TokenError("the session token is malformed")
-        self.used_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            os.close(os.open(self.used_dir / token_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        except FileExistsError:
-            raise TokenError("the session token was already used; ask for a new one for each session") from None
-        for used in self.used_dir.iterdir():  # forget ids whose tokens have expired anyway
+        folder = self.used_dir / str(int(expires // self.ttl))
+        for _attempt in range(2):
             try:
-                if used.stat().st_mtime < now - 2 * self.ttl:
-                    used.unlink(missing_ok=True)
-            except OSError:
-                pass
+                os.close(os.open(folder / token_id, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                break
+            except FileExistsError:
+                raise TokenError("the session token was already used; ask for a new one for each session") from None
+            except FileNotFoundError:  # the period's first token (or another worker just swept)
+                folder.mkdir(parents=True, exist_ok=True)
+        self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        current = int(now // self.ttl)
+        for entry in self.used_dir.iterdir():
+            if entry.name.isdigit() and int(entry.name) >= current:
+                continue
+            if entry.is_dir():  # every token of that period expired before now
+                shutil.rmtree(entry, ignore_errors=True)
+            else:  # a used id in the layout before periods
+                entry.unlink(missing_ok=True)
 
 
 class FailureThrottle:
@@ -275,10 +297,11 @@ class FailureThrottle:
     def delay(self, address: str, now: float) -> float:
         """How long to wait before answering *address*'s next failed attempt."""
         excess = len(self._recent(address, now)) - self.free
-        return 0.0 if excess < 0 else min(self.max_delay, 0.25 * 2.0**excess)
+        return 0.0 if excess < 0 else min(self.max_delay, 0.25 * 2.0 ** min(excess, 64))
 
     def failed(self, address: str, now: float) -> None:
-        self._failures[address] = [*self._recent(address, now), now]
+        # Past free + 64 failures the delay is at its cap: older ones need not be kept.
+        self._failures[address] = [*self._recent(address, now)[-(self.free + 64) :], now]
         self._failures.move_to_end(address)
         while len(self._failures) > self.max_addresses:
             self._failures.popitem(last=False)
@@ -314,6 +337,41 @@ def origin_allowed(origin: str, host: str | None, allowed: Collection[str]) -> b
     except ValueError:
         return False
     return bool(host) and netloc == (host or "").strip().lower()
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a server bound to *host* can only be reached from this machine."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"
+
+
+def host_allowed(host_header: str | None, loopback: bool, allowed: Collection[str]) -> bool:
+    """Whether a request's ``Host`` may be served (DNS rebinding).
+
+    A page on a name the attacker controls can point that name at 127.0.0.1 and then talk to
+    a loopback server as if it were its own origin; only the ``Host`` header still shows the
+    name. So a *loopback* server answers loopback names only: ``localhost``, ``*.localhost``,
+    loopback addresses, and the *allowed* names (``--allowed-host``). Any other server checks
+    names only when *allowed* is given (then: those names and any IP address, which no DNS
+    answer can rebind). No ``Host`` at all (HTTP/1.0) is no browser's request, and passes.
+    """
+    if host_header is None:
+        return True
+    try:
+        name = urllib.parse.urlsplit("//" + host_header.strip()).hostname or ""
+    except ValueError:
+        return False
+    if name in {a.strip().lower() for a in allowed}:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        address = None
+    if loopback:
+        return name == "localhost" or name.endswith(".localhost") or (address is not None and address.is_loopback)
+    return not allowed or address is not None
 
 
 def secret_in_query(path: str) -> str | None:

@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--api-keys", type=Path, default=None, metavar="FILE", help="keys file made with `lipsync-stream keys add`: every session then needs a key or a session token")
     s.add_argument("--no-auth", action="store_true", help="serve anyone who can reach the port, also on a non-loopback address")
     s.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN", help="a web origin (https://app.example.com) whose pages may open sessions, besides the server's own page (repeatable)")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a Host name served besides loopback ones on a loopback address (DNS rebinding); on any other address, given: the only names served besides IP addresses (repeatable)")
     s.add_argument("--certfile", metavar="FILE", type=Path, default=None, help="TLS certificate (PEM): serve wss:// and https:// on the port")
     s.add_argument("--keyfile", metavar="FILE", type=Path, default=None, help="TLS private key (PEM), if not in --certfile")
     s.add_argument("--metrics-port", type=int, default=None, metavar="PORT", help="serve /metrics on this port of 127.0.0.1 instead of the main port")
@@ -353,7 +354,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
     config = ServerConfig(
         args.host, args.port, list(args.asset_root), args.engine, args.jpeg_quality, limits,
         max_sessions=args.max_sessions, max_loads=max(1, args.max_loads), api_keys=args.api_keys,
-        allowed_origins=list(args.allowed_origin), certfile=args.certfile, keyfile=args.keyfile, metrics_port=args.metrics_port,
+        allowed_origins=list(args.allowed_origin), allowed_hosts=list(args.allowed_host), certfile=args.certfile, keyfile=args.keyfile, metrics_port=args.metrics_port,
         model=args.model, device=args.device, drain_timeout=max(0.0, args.drain_timeout),
     )  # fmt: skip
     config.fetch = FetchConfig(asset_roots=list(args.asset_root), cache_dir=args.cache_dir or default_cache_dir(), allow_private_urls=args.allow_private_urls)

@@ -154,7 +154,8 @@ class Fetcher:
     def _local_path(self, raw: str) -> Path:
         if not self.roots:
             raise FetchError(f"local path '{shown(raw)}' refused: the server has no asset root (start it with --asset-root DIR)")
-        candidate = Path(raw).expanduser()
+        # Never expanduser(): '~name/' would tell a client which accounts exist by its error.
+        candidate = Path(raw)
         tries = [candidate] if candidate.is_absolute() else [root / candidate for root in self.roots]
         for path in tries:
             resolved = path.resolve()

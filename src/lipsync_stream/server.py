@@ -36,7 +36,7 @@ from websockets.http11 import Request, Response
 from . import auth, mediapipe_models
 from .auth import ApiKey, FailureThrottle, KeyRing, TokenError, TokenIssuer
 from .character import CharacterBusy, CharacterError, CharacterStore
-from .connection import TOKEN_PATH, WEBRTC_PATH, Connection, PostResult
+from .connection import TOKEN_PATH, WEBRTC_PATH, Connection, HttpRequest, PostResult
 from .cpus import cpus
 from .engines import DEFAULT_ENGINE, engine_class, get_engine
 from .fetch import FetchConfig, Fetcher
@@ -72,6 +72,9 @@ CLOSE_REASON_BYTES = 120  # a close frame's reason must fit in 123 bytes
 LEARNED_MARGIN = 0.1
 #: why a draining server refuses a new session (websocket, WebRTC, or a place asked for late)
 SHUTTING_DOWN = "the server is shutting down; connect again to reach another replica"
+#: after a drain's timeout, how long a session's error and close may take before it is dropped:
+#: a process asked to stop exits within drain_timeout + this (+ the event loop's last turn)
+DRAIN_CLOSE_GRACE = 2.0
 
 
 @dataclass
@@ -100,6 +103,8 @@ class ServerConfig:
     #: keys file (``lipsync-stream keys``): with it, every session needs a key or a session token
     api_keys: Path | None = None
     allowed_origins: list[str] = field(default_factory=list)  # besides the server's own page
+    #: Host names served besides loopback ones (a loopback server) or at all (others, when given)
+    allowed_hosts: list[str] = field(default_factory=list)
     #: signs session tokens; workers of one server must share it (serve_workers passes it on)
     token_secret: bytes = field(default_factory=lambda: os.urandom(32))
     certfile: Path | None = None  # with keyfile: wss:// and https:// on the same port
@@ -145,6 +150,10 @@ class LipsyncServer:
         self.active_sessions = 0
         self.max_sessions = c.session_limit()
         self.waiting = 0  # connections with no key on the upgrade, before their first message
+        #: those connections, longest waiting first (dicts keep their order)
+        self._waiting_line: dict[ServerConnection, tuple[str, _Place]] = {}
+        self.waiting_evicted = 0
+        self._evictions: set[asyncio.Future[None]] = set()
         self.max_waiting = c.max_waiting if c.max_waiting is not None else max(16, 4 * self.max_sessions)
         self.metrics = Metrics()
         self.metrics.sessions_capacity.set(self.max_sessions)
@@ -155,6 +164,7 @@ class LipsyncServer:
         self.key_sessions: collections.Counter[str] = collections.Counter()
         self.draining = False
         self.open_connections: dict[ServerConnection, str] = {}
+        self.loopback = auth.is_loopback(c.host)
 
     # --- HTTP side -------------------------------------------------------------------------------
 
@@ -192,6 +202,27 @@ class LipsyncServer:
 
     # --- who may come in ------------------------------------------------------------------------
 
+    def screen_request(self, request: HttpRequest) -> PostResult | None:
+        """The rules every request meets before it is routed (None: it passes): its ``Host``
+        (DNS rebinding, :func:`auth.host_allowed`) and, when a browser sent it, its ``Origin``
+        (the server's own page or ``--allowed-origin``), for the websocket, the page and the
+        POST endpoints alike."""
+        host = request.headers.get("host")
+        if not auth.host_allowed(host, self.loopback, self.config.allowed_hosts):
+            detail = f"Host '{shown(host or '', 100)}' refused: this server answers {'loopback names' if self.loopback else 'its --allowed-host names'} only (add one with --allowed-host)"
+            return self._screened(request, http.HTTPStatus.FORBIDDEN, detail)
+        origin = request.headers.get("origin")
+        if origin is not None and not auth.origin_allowed(origin, host, self.config.allowed_origins):
+            what = "websocket" if request.headers.get("upgrade", "").lower() == "websocket" else f"{request.method} {shown(request.path, 60)}"
+            detail = f"{what} from the page at {shown(origin, 100)} refused: this server takes its own page and --allowed-origin only"
+            return self._screened(request, http.HTTPStatus.FORBIDDEN, detail)
+        return None
+
+    def _screened(self, request: HttpRequest, status: http.HTTPStatus, detail: str) -> PostResult:
+        log.warning("refused %s %s from %s: %s: %s", request.method, shown(request.path, 60), request.peer, ErrorKind.UNAUTHORIZED.value, detail)
+        self.metrics.refusals.labels(ErrorKind.UNAUTHORIZED.value).inc()
+        return int(status), {"error": ErrorKind.UNAUTHORIZED.value, "detail": detail}, {}, 0.0
+
     def _refuse(self, connection: ServerConnection, status: http.HTTPStatus, kind: ErrorKind, detail: str) -> Response:
         log.warning("refused a websocket upgrade from %s: %s", connection.remote_address, shown(detail))
         self.metrics.refusals.labels(kind.value).inc()
@@ -203,10 +234,6 @@ class LipsyncServer:
         if secret is not None:
             detail = f"'{shown(secret, 40)}' in the query string refused: keys and tokens there end up in logs; send an Authorization: Bearer header, or the session_token in the first message"
             return self._refuse(connection, http.HTTPStatus.BAD_REQUEST, ErrorKind.BAD_REQUEST, detail)
-        origin = request.headers.get("Origin")
-        if origin is not None and not auth.origin_allowed(origin, request.headers.get("Host"), self.config.allowed_origins):
-            detail = f"websocket from the page at {shown(origin, 100)} refused: this server takes its own page and --allowed-origin only"
-            return self._refuse(connection, http.HTTPStatus.FORBIDDEN, ErrorKind.UNAUTHORIZED, detail)
         key = auth.bearer(request.headers.get("Authorization"))
         if key is None or self.keys is None:
             return None  # open server, or a session token will come in the first message
@@ -235,7 +262,8 @@ class LipsyncServer:
                 key = self.keys.named(name)
                 if key is None:
                     raise ProtocolError(ErrorKind.UNAUTHORIZED, f"the key '{name}' this token was issued for has been removed")
-            params = parse_first_message(json.dumps(fields))
+            # A transport's own fields (WebRTC: raw frames, real time) stand over the token's.
+            params = parse_first_message(json.dumps({**fields, **getattr(ws, "transport_fields", {})}))
         elif self.keys is not None and key is None:
             raise ProtocolError(
                 ErrorKind.UNAUTHORIZED,
@@ -249,11 +277,11 @@ class LipsyncServer:
                 params = dataclasses.replace(params, max_session_length=key.max_session_seconds if asked is None else min(asked, key.max_session_seconds))
         return params, key
 
-    def post_request(self, target: str, headers: dict[str, str], body: bytes, peer: str) -> PostResult | Awaitable[PostResult]:
+    def post_request(self, request: HttpRequest, body: bytes) -> PostResult | Awaitable[PostResult]:
         """The two POST endpoints: session tokens now, WebRTC offers when answered."""
-        if target.split("?", 1)[0] == WEBRTC_PATH:
-            return self.webrtc_offer(headers, body, peer)
-        return self.token_request(target, headers, body, peer)
+        if request.path == WEBRTC_PATH:
+            return self.webrtc_offer(request.headers, body, request.peer)
+        return self.token_request(request.target, request.headers, body, request.peer)
 
     async def webrtc_offer(self, headers: dict[str, str], body: bytes, peer: str) -> PostResult:
         """``POST /webrtc/offer`` (:mod:`.webrtc`): the session runs in :meth:`handler`. With keys,
@@ -312,7 +340,10 @@ class LipsyncServer:
             return 400, {"error": "bad_request", "detail": "the body holds a value that is not a valid field"}, extra, 0.0
         if params.session_token is not None:
             return 400, {"error": "bad_request", "detail": "a session token cannot be traded for another"}, extra, 0.0
-        token = self.tokens.issue(name, json.loads(first_message(params)))
+        try:
+            token = self.tokens.issue(name, json.loads(first_message(params)))
+        except TokenError as exc:
+            return 400, {"error": "bad_request", "detail": str(exc)}, extra, 0.0
         log.info("session token issued to %s for key '%s'", peer, name or "(open server)")
         return 200, {"session_token": token, "expires_in": self.tokens.ttl}, extra, 0.0
 
@@ -355,21 +386,10 @@ class LipsyncServer:
         started = time.monotonic()
         log.info("[%s] connected from %s", sid, ws.remote_address)
         self.open_connections[ws] = sid
-        # A connection takes one of max_sessions places once it may start a session: at once on
-        # an open server or with a key on the upgrade; else when its session token is good. Until
-        # then it waits among at most max_waiting others, so keyless clients cannot fill the places.
         place = _Place()
-        if self.keys is None or getattr(ws, "api_key", None) is not None:
-            if not await self._take_place(ws, sid, place):
-                return
-        elif self.waiting >= self.max_waiting:
-            await self._fail(ws, sid, ErrorKind.CAPACITY, f"{self.max_waiting} connections are already waiting to show a session token; try again later")
-            return
-        else:
-            self.waiting += 1
-            place.waiting = True
         try:
-            await self._serve_session(ws, sid, place)
+            if await self._admit(ws, sid, place):
+                await self._serve_session(ws, sid, place)
         except ConnectionClosed as exc:
             too_big = getattr(ws, "too_big", None)
             if too_big is not None:
@@ -383,11 +403,35 @@ class LipsyncServer:
         finally:
             self._leave(place)
             self.open_connections.pop(ws, None)
+            self._waiting_line.pop(ws, None)
             log.info("[%s] ended after %.1f s", sid, time.monotonic() - started)
+
+    async def _admit(self, ws: ServerConnection, sid: str, place: _Place) -> bool:
+        """A connection takes one of max_sessions places once it may start a session: at once on
+        an open server or with a key on the upgrade; else when its session token is good. Until
+        then it waits among at most max_waiting others, so keyless clients cannot fill the places;
+        when that line is full, the connection that has waited longest makes room (it had its
+        chance to speak), so sockets that never speak cannot lock out a token holder either."""
+        if self.keys is None or getattr(ws, "api_key", None) is not None:
+            return await self._take_place(ws, sid, place)
+        if len(self._waiting_line) >= self.max_waiting:
+            oldest, (old_sid, old_place) = next(iter(self._waiting_line.items()))
+            del self._waiting_line[oldest]
+            self._leave(old_place)
+            self.waiting_evicted += 1
+            detail = f"{self.max_waiting} connections are waiting to show a session token; the longest waiting makes room: send the first message at once"
+            evicted = asyncio.ensure_future(self._fail(oldest, old_sid, ErrorKind.CAPACITY, detail, drain=False))  # its handler reads
+            self._evictions.add(evicted)
+            evicted.add_done_callback(self._evictions.discard)
+        self.waiting += 1
+        place.waiting = True
+        self._waiting_line[ws] = (sid, place)
+        return True
 
     async def _take_place(self, ws: ServerConnection, sid: str, place: _Place) -> bool:
         """One of the max_sessions places for this connection, or the capacity error (False)."""
         self._leave(place)  # a waiting connection moves up
+        self._waiting_line.pop(ws, None)
         if self.draining:
             await self._fail(ws, sid, ErrorKind.CAPACITY, SHUTTING_DOWN)
             return False
@@ -401,6 +445,7 @@ class LipsyncServer:
         return True
 
     def _leave(self, place: _Place) -> None:
+        """Give back what *place* holds (twice is harmless)."""
         if place.active:
             self.active_sessions -= 1
             self.metrics.sessions_active.dec()
@@ -408,13 +453,15 @@ class LipsyncServer:
             self.waiting -= 1
         place.active = place.waiting = False
 
-    async def _fail(self, ws: ServerConnection, sid: str, kind: ErrorKind, detail: str, drain: bool = True) -> None:
+    async def _fail(self, ws: ServerConnection, sid: str, kind: ErrorKind, detail: str, drain: bool = True, timeout: float | None = None) -> None:
         """Send the JSON error, then close with the kind's code.
 
         *drain*: read and drop what the client still sends meanwhile. A client streaming audio
         while its session is refused would otherwise fill the unread queue; reading from the
         socket then stops, and the client's answer to the close would wait behind its audio
         until the close timed out (10 s). Off when the session's reader is still reading.
+        *timeout*: how long the error and the close may take before the connection is dropped
+        (the send timeout unless given).
         """
         log.warning("[%s] %s: %s", sid, kind.value, shown(detail, 1000))
         self.metrics.errors.labels(kind.value).inc()
@@ -422,8 +469,9 @@ class LipsyncServer:
         drainer = asyncio.create_task(self._drain(ws)) if drain else None
         try:
             # A client that does not read cannot hold us: the error and the close get a deadline.
-            await asyncio.wait_for(ws.send(error_message(kind, detail)), self.config.send_timeout)
-            await asyncio.wait_for(ws.close(kind.close_code, reason), self.config.send_timeout)
+            deadline = self.config.send_timeout if timeout is None else timeout
+            await asyncio.wait_for(ws.send(error_message(kind, detail)), deadline)
+            await asyncio.wait_for(ws.close(kind.close_code, reason), deadline)
         except (ConnectionClosed, TimeoutError):
             ws.transport.abort()
         finally:
@@ -534,13 +582,13 @@ class LipsyncServer:
                     max_size=c.limits.max_message_bytes,
                     # Messages waiting unread (flow control): then the TCP connection is no longer read.
                     max_queue=4,
-                    create_connection=functools.partial(Connection, post=self.post_request),  # type: ignore[arg-type]
+                    create_connection=functools.partial(Connection, post=self.post_request, screen=self.screen_request),  # type: ignore[arg-type]
                     reuse_port=c.reuse_port or None,
                     ssl=tls,
                 )
             )
             if c.metrics_port is not None:
-                await stack.enter_async_context(serve(self._no_sessions, c.metrics_host, c.metrics_port, process_request=self._metrics_only, reuse_port=c.reuse_port or None))
+                await stack.enter_async_context(serve(self._no_sessions, c.metrics_host, c.metrics_port, process_request=self._metrics_only, create_connection=Connection, reuse_port=c.reuse_port or None))
             yield main
 
     def _metrics_only(self, connection: ServerConnection, request: Request) -> Response:
@@ -555,14 +603,16 @@ class LipsyncServer:
     async def drain(self, timeout: float) -> int:
         """Stop taking sessions (``/healthz`` answers 503 ``draining``, new connections hear
         ``capacity``), let the running ones finish for up to *timeout* seconds, then close the
-        rest with a ``going_away`` error (close code 1001). Returns how many were closed."""
+        rest with a ``going_away`` error (close code 1001), dropping within
+        :data:`DRAIN_CLOSE_GRACE` s those that do not take it. Returns how many were closed."""
         self.draining = True
-        log.info("draining: %d sessions running, at most %g s more", len(self.open_connections), timeout)
+        log.info("draining: %d connections open, at most %g s more", len(self.open_connections), timeout)
         deadline = asyncio.get_running_loop().time() + timeout
         while self.open_connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
         left = list(self.open_connections.items())
-        await asyncio.gather(*(self._fail(ws, sid, ErrorKind.GOING_AWAY, f"the server is shutting down (its sessions had {timeout:g} s to finish)", drain=False) for ws, sid in left))
+        detail = f"the server is shutting down (its sessions had {timeout:g} s to finish)"
+        await asyncio.gather(*(self._fail(ws, sid, ErrorKind.GOING_AWAY, detail, drain=False, timeout=DRAIN_CLOSE_GRACE) for ws, sid in left))
         if left:
             log.info("drained: closed %d sessions that were still running", len(left))
         return len(left)

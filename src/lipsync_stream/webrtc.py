@@ -31,6 +31,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from websockets.exceptions import ConnectionClosedOK
 
+from .logsafe import shown
 from .protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE, decode_frame
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,9 @@ class SyncedAudioTrack(MediaStreamTrack):
 
 
 CHANNEL_WAIT = 5.0  # seconds a closing session waits for the client's data channel to open
+#: seconds an answered offer has to connect (ICE and DTLS); then its session is released
+CONNECT_TIMEOUT = 10.0
+MAX_UNSENT = 16  # text messages kept for a data channel that is not open yet (errors, the close)
 STATS_INTERVAL = 1.0  # seconds between stats messages on the data channel
 
 
@@ -111,6 +115,9 @@ class PeerSession:
     #: and the browser's A/V sync, which maps each track's timestamps to its send time, was seen
     #: to start 0.5 s off after a burst and take seconds to settle (tests/test_web.py)
     lead = 0.0
+    #: first-message fields this transport needs whatever the client (or its session token) asks:
+    #: raw frames (the video encoder takes pixels), paced at real time (a track plays as it comes)
+    transport_fields: dict[str, bool] = {"isJPG": False, "syncAudio": True, "realtime": True}
 
     def __init__(self, pc: RTCPeerConnection, first_message: str, peer: str) -> None:
         self.pc = pc
@@ -128,6 +135,9 @@ class PeerSession:
         self.frames_sent = 0
         self._unsent: list[str] = []  # text for the data channel before it is open
         self._channel_open = asyncio.Event()
+        self._connected = asyncio.Event()
+        self.runner: asyncio.Future[None] | None = None  # the session (held here: the loop keeps weak references)
+        self._shut = False
 
     # --- what the session code calls -------------------------------------------------------------
 
@@ -179,8 +189,8 @@ class PeerSession:
     def _send_text(self, text: str) -> None:
         if self.channel is not None and self.channel.readyState == "open":
             self.channel.send(text)
-        else:
-            self._unsent.append(text)  # goes out when the channel opens
+        elif not self._channel_open.is_set() and len(self._unsent) < MAX_UNSENT:
+            self._unsent.append(text)  # goes out when the channel opens; a closed one takes nothing
 
     def _channel_opened(self) -> None:
         for text in self._unsent:
@@ -194,6 +204,8 @@ class PeerSession:
         seconds of lip-synced audio sent, frames waiting for the video encoder."""
         while self.close_code is None and not self.audio.ended:  # until DONE or the end
             await asyncio.sleep(STATS_INTERVAL)
+            if self.channel is None or self.channel.readyState != "open":
+                return
             stats = {"frames": self.frames_sent, "audioSeconds": round(self.audio.samples / SAMPLE_RATE, 3), "videoQueue": self.video.frames.qsize()}
             self._send_text(json.dumps({"stats": stats}))
 
@@ -235,8 +247,31 @@ class PeerSession:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
-            if pc.connectionState in ("failed", "closed"):
+            if pc.connectionState == "connected":
+                self._connected.set()
+            elif pc.connectionState in ("failed", "closed"):
+                if pc.connectionState == "failed":
+                    log.info("webrtc peer %s: the connection failed", self.remote_address[0])
                 self.inbox.put_nowait(_CLOSED)
+
+    async def run(self, handler: Callable[[Any], Any]) -> None:
+        """The session in *handler*, and whatever way it ends, the peer connection closed (its
+        UDP sockets, its encoders' threads); a peer that does not connect within
+        :data:`CONNECT_TIMEOUT` s ends it."""
+        watchdog = asyncio.ensure_future(self._connect_deadline())
+        try:
+            await handler(self)
+        finally:
+            watchdog.cancel()
+            await self.shutdown()
+
+    async def _connect_deadline(self) -> None:
+        try:
+            await asyncio.wait_for(self._connected.wait(), CONNECT_TIMEOUT)
+        except TimeoutError:
+            log.warning("webrtc peer %s: %s: not connected within %g s (ICE or DTLS failed, or the client went away); released", self.remote_address[0], "limit", CONNECT_TIMEOUT)
+            self.close_code = 1011
+            self.inbox.put_nowait(_CLOSED)
 
     async def _speech(self, track: Any) -> None:
         """The client's audio track -> 16 kHz mono PCM16 messages for the session."""
@@ -249,6 +284,13 @@ class PeerSession:
                         self.inbox.put_nowait(data)
 
     async def shutdown(self) -> None:
+        """End the tracks and close the peer connection (once; later calls return at once)."""
+        if self._shut:
+            return
+        self._shut = True
+        for task in list(self._tasks):  # the stats and the speech reader; never the session itself
+            if task is not asyncio.current_task():
+                task.cancel()
         self.audio.end()
         with contextlib.suppress(asyncio.QueueFull):
             self.video.frames.put_nowait(_CLOSED)
@@ -266,8 +308,7 @@ async def answer_offer(body: bytes, peer: str, handler: Callable[[Any], Any], ic
             raise TypeError
     except (ValueError, KeyError, TypeError, RecursionError):
         return 400, {"error": "bad_request", "detail": 'the body must be {"sdp": ..., "type": "offer", "session": {first-message fields}}'}
-    # Raw frames (the video encoder takes pixels), paced at real time (a video track plays as it comes).
-    first = json.dumps({**fields, "isJPG": False, "syncAudio": True, "realtime": True})
+    first = json.dumps({**fields, **PeerSession.transport_fields})
     pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers or []))
     session = PeerSession(pc, first, peer)
     session.api_key = api_key
@@ -278,9 +319,11 @@ async def answer_offer(body: bytes, peer: str, handler: Callable[[Any], Any], ic
             raise ValueError("the offer has no video to receive: add a recvonly video transceiver")
         session.attach_tracks()
         await pc.setLocalDescription(await pc.createAnswer())
-    except (ValueError, RuntimeError) as exc:
+    except Exception as exc:  # aiortc's SDP parser fails on a hostile offer in many ways, each the client's
         await pc.close()
-        return 400, {"error": "bad_request", "detail": f"cannot answer this offer: {exc}"}
-    session._spawn(handler(session))
+        detail = f"cannot answer this offer: {type(exc).__name__}: {exc}"
+        log.warning("webrtc peer %s: bad_request: %s", peer, shown(detail, 200))
+        return 400, {"error": "bad_request", "detail": detail[:300]}
+    session.runner = asyncio.ensure_future(session.run(handler))
     log.info("webrtc peer %s: answered", peer)
     return 200, {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type}
