@@ -80,6 +80,13 @@ def upgrade(port: int, extra: list[tuple[str, str]] = ()) -> bytes:  # type: ign
     return request("GET", "/LipsyncStream", port, headers)
 
 
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's websocket frame (mask 0: the payload as is)."""
+    n = len(payload)
+    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big") if n < 65536 else bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return bytes([0x80 | opcode]) + size + b"\0\0\0\0" + payload
+
+
 # --- row 1: pings as fast as possible, never reading --------------------------------------------
 
 
@@ -150,14 +157,9 @@ async def test_a_drain_drops_a_client_that_never_reads_within_its_grace(tmp_path
         writer.write(upgrade(port_of(url)))
         await reader.readuntil(b"\r\n\r\n")
 
-        def frame(opcode: int, payload: bytes) -> bytes:
-            n = len(payload)
-            size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big") if n < 65536 else bytes([0x80 | 127]) + n.to_bytes(8, "big")
-            return bytes([0x80 | opcode]) + size + b"\0\0\0\0" + payload
-
-        writer.write(frame(1, first_message(SessionParams(realtime=False, is_jpg=False)).encode()))
+        writer.write(ws_frame(1, first_message(SessionParams(realtime=False, is_jpg=False)).encode()))
         for start in range(0, len(speech) * 2, 32000):  # raw frames, never read
-            writer.write(frame(2, speech.tobytes()[start : start + 32000]))
+            writer.write(ws_frame(2, speech.tobytes()[start : start + 32000]))
         while app.active_sessions < 1:
             await asyncio.sleep(0.01)
         await asyncio.sleep(1.0)
@@ -352,6 +354,14 @@ async def test_a_header_given_twice_on_an_upgrade_is_a_bad_request(open_server: 
     answer = await exchange(port, raw)
     assert statuses(answer) == [400] and (b"twice" in answer or b"multiple" in answer)
     no_tracebacks(caplog)
+
+
+async def test_frames_sent_right_behind_the_upgrade_are_kept_for_the_session(open_server: tuple[LipsyncServer, str]) -> None:
+    _app, url = open_server
+    port = port_of(url)
+    first = first_message(SessionParams(realtime=False, is_jpg=False)).encode()
+    answer = await exchange(port, upgrade(port) + ws_frame(1, first) + ws_frame(2, bytes(3200)) + ws_frame(1, b"DONE"))
+    assert statuses(answer) == [101] and b"DONE" in answer and b'"error"' not in answer
 
 
 async def test_a_get_with_a_body_is_a_bad_request(open_server: tuple[LipsyncServer, str]) -> None:

@@ -55,6 +55,7 @@ MAX_POST_BODY = 64 * 1024
 #: at most ~0.8 MB and its sender waits below websockets' write limit, so only a flood of
 #: automatic answers, pongs, can get here)
 MAX_UNSENT = 4 * 1024 * 1024
+MAX_EARLY = 64 * 1024  # a websocket's frames sent before its handshake was answered
 TOKEN_PATH = "/startAudioToVideoSession"
 WEBRTC_PATH = "/webrtc/offer"
 POST_PATHS = (TOKEN_PATH, WEBRTC_PATH)
@@ -113,6 +114,7 @@ class Connection(ServerConnection):
         self._request: h11.Request | None = None
         self._body = bytearray()
         self._answering = False  # a POST was read whole: later bytes are not read
+        self._early = bytearray()
         protocol = self.protocol
         fail = protocol.fail
 
@@ -131,6 +133,9 @@ class Connection(ServerConnection):
 
     def data_received(self, data: bytes) -> None:
         if self._http is None:  # websockets has the connection
+            if self.protocol.state is State.CONNECTING:  # its answer is not out yet
+                self._hold(data)
+                return
             super().data_received(data)
             if self.transport.get_write_buffer_size() > MAX_UNSENT and not self.transport.is_closing():
                 log.warning("%s: %s: more than %d bytes wait for a client that does not read (a flood of pings?); dropped", self._peer, ErrorKind.LIMIT.value, MAX_UNSENT)
@@ -211,21 +216,27 @@ class Connection(ServerConnection):
             return
         if "content-length" in headers and headers["content-length"] != "0" or "transfer-encoding" in headers:
             raise BadRequest(http.HTTPStatus.BAD_REQUEST, f"a {request.method} request has no body here")
-        trailing = bytes(conn.trailing_data[0]) + rest
-        if trailing and headers.get("upgrade", "").lower() == "websocket":
-            # A client waits for the handshake's answer before it sends frames (RFC 6455, 4.1).
-            raise BadRequest(http.HTTPStatus.BAD_REQUEST, "data sent before the websocket handshake was answered")
-        # To websockets, as h11 read it; anything pipelined behind a plain request is not read.
+        # To websockets, as h11 read it. What follows the head waits for the answer (below).
         canonical = Request(request.target, Headers(raw), request.method, f"HTTP/{event.http_version.decode('ascii')}").serialize()
         self._http = None
-        # Nothing more is read until websockets has answered: an upgrade resumes once it is open.
-        self.transport.pause_reading()
         super().data_received(canonical)
+        self._hold(bytes(conn.trailing_data[0]) + rest)
+
+    def _hold(self, data: bytes) -> None:
+        """Bytes that came before websockets answered the request: a websocket's first frames
+        (sent early) are kept for it, within :data:`MAX_EARLY`; after any other answer nothing
+        more is read as a request (pipelined ones included)."""
+        if len(self._early) + len(data) > MAX_EARLY:
+            log.warning("%s: %s: more than %d bytes sent before the handshake was answered; dropped", self._peer, ErrorKind.BAD_REQUEST.value, MAX_EARLY)
+            self.transport.abort()
+            return
+        self._early += data
 
     async def handshake(self, *args: Any, **kwargs: Any) -> None:
         await super().handshake(*args, **kwargs)
-        if self.protocol.state is State.OPEN:
-            self.transport.resume_reading()
+        early, self._early = bytes(self._early), bytearray()
+        if early and self.protocol.state is State.OPEN:
+            self.data_received(early)
 
     def _read_body(self) -> None:
         conn = self._http

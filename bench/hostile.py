@@ -1,0 +1,234 @@
+"""The slow hostile-client probes (tests/test_hostile.py has the quick ones): floods and crowds
+against a ``lipsync-stream serve`` process on loopback, with the server's memory, exit time and
+answers measured from outside. Run by hand; prints one table:
+
+    .venv/bin/python bench/hostile.py [--flood-seconds 20] [--refused 1500] [--wrong-keys 1300]
+
+Each row says what a hostile client did, what the server did, and the bound it must keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from websockets.asyncio.client import connect
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from serverproc import ServerProcess  # noqa: E402
+
+from lipsync_stream.auth import add_key  # noqa: E402
+
+ROWS: list[tuple[str, str, str]] = []
+
+
+def rss_mb(pid: int) -> float:
+    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+
+
+def upgrade(port: int) -> bytes:
+    return (f"GET /LipsyncStream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
+
+
+def ws_frame(opcode: int, payload: bytes) -> bytes:
+    """A client's frame (mask 0: the payload as is)."""
+    n = len(payload)
+    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big") if n < 65536 else bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return bytes([0x80 | opcode]) + size + b"\0\0\0\0" + payload
+
+
+def flood(port: int, seconds: float) -> tuple[int, bool]:
+    """Pings as fast as the socket takes them, never reading: (bytes sent, dropped by the server)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(upgrade(port))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    burst = (bytes([0x89, 0x80 | 125, 0, 0, 0, 0]) + bytes(125)) * 512
+    sent, deadline = 0, time.monotonic() + seconds
+    sock.settimeout(1.0)
+    try:
+        while time.monotonic() < deadline:
+            try:
+                sock.sendall(burst)
+                sent += len(burst)
+            except TimeoutError:
+                continue
+    except OSError:
+        return sent, True
+    finally:
+        sock.close()
+    return sent, False
+
+
+async def probe_flood(seconds: float) -> None:
+    server = ServerProcess([])
+    try:
+        before = rss_mb(server.pid)
+        loop = asyncio.get_running_loop()
+        results = await asyncio.gather(*(loop.run_in_executor(None, flood, server.port, seconds) for _ in range(4)))
+        peak = rss_mb(server.pid)
+        dropped = sum(d for _s, d in results)
+        mb = sum(s for s, _d in results) / 1e6
+        ROWS.append(("4 sockets send pings, never read", f"{mb:.0f} MB of pings in {seconds:g} s; {dropped}/4 dropped; server +{peak - before:.0f} MB", "bounded: dropped at 4 MiB unsent"))
+    finally:
+        server.close()
+
+
+async def probe_refused(count: int) -> None:
+    server = ServerProcess(["--max-sessions", "1", "--workers", "1"])
+    try:
+        held = await connect(server.url)
+        await held.send(json.dumps({"video_reference_url": "default", "handleSilence": True}))
+        # The held session's own caches (the character's frames as JPEG rows, its mouth rigs)
+        # grow for its first seconds: the baseline is taken once they have.
+        await asyncio.sleep(8.0)
+        before = rss_mb(server.pid)
+
+        async def refused() -> str:
+            try:
+                async with connect(server.url, open_timeout=30) as ws:
+                    return str(json.loads(await asyncio.wait_for(ws.recv(), 30))["error"])
+            except Exception as exc:
+                return type(exc).__name__
+
+        kinds: collections.Counter[str] = collections.Counter()
+        for start in range(0, count, 100):
+            kinds.update(await asyncio.gather(*(refused() for _ in range(min(100, count - start)))))
+        await asyncio.sleep(2.0)
+        after = rss_mb(server.pid)
+        await held.close()
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(60)
+        exit_s = time.monotonic() - started
+        ROWS.append((f"{count} connections refused at --max-sessions 1", f"{dict(kinds)}; server +{after - before:.0f} MB kept", "refused connections forgotten"))
+        ROWS.append(("then SIGTERM with no session running", f"exited in {exit_s:.2f} s (drain timeout 30 s)", "exit at once"))
+    finally:
+        if server.proc.poll() is None:
+            server.close()
+
+
+async def probe_non_reader() -> None:
+    server = ServerProcess(["--drain-timeout", "2"])
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(upgrade(server.port))
+        time.sleep(0.3)
+        first = json.dumps({"video_reference_url": "default", "isJPG": False, "realtime": False}).encode()
+        sock.sendall(ws_frame(1, first))
+        sock.settimeout(5.0)
+        for _ in range(20):  # 20 s of audio: raw frames the client never takes
+            sock.sendall(ws_frame(2, bytes(32000)))
+        time.sleep(2.0)
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(60)
+        ROWS.append(("SIGTERM with a client that never reads", f"exited in {time.monotonic() - started:.2f} s (--drain-timeout 2)", "drain timeout + 2 s"))
+        sock.close()
+    finally:
+        if server.proc.poll() is None:
+            server.close()
+
+
+async def probe_keys(wrong: int, keys: Path) -> None:
+    key = add_key(keys, "real")
+    server = ServerProcess(["--api-keys", str(keys)])
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        limits = httpx.Limits(max_connections=300)
+        async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+            started = time.monotonic()
+            sem = asyncio.Semaphore(300)
+
+            async def guess(i: int) -> int:
+                async with sem:
+                    r = await client.post(f"{base}/startAudioToVideoSession", json={"apiKey": f"lsk_wrong{i}"})
+                    return r.status_code
+
+            codes = collections.Counter(await asyncio.gather(*(guess(i) for i in range(wrong))))
+            took = time.monotonic() - started
+            ROWS.append((f"{wrong} wrong keys, 300 at once", f"{dict(codes)} in {took:.0f} s", "401 each, delay capped at 5 s"))
+            # 70 keyless upgrades that never speak, then a token holder
+            silent = [await connect(server.url) for _ in range(70)]
+            token = (await client.post(f"{base}/startAudioToVideoSession", json={"apiKey": key})).json()["session_token"]
+            async with connect(server.url) as ws:
+                await ws.send(json.dumps({"session_token": token}))
+                await ws.send(bytes(16000))
+                await ws.send("DONE")
+                got = [m async for m in ws]
+            ROWS.append(("70 keyless upgrades never speak, then a token", f"{'frames then DONE' if got and got[-1] == 'DONE' else got[-1:]}", "the token holder gets frames"))
+            for ws in silent:
+                await ws.close()
+    finally:
+        server.close()
+
+
+async def probe_tokens(count: int) -> None:
+    server = ServerProcess([])
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+
+        async def livez(client: httpx.AsyncClient) -> float:
+            times = []
+            for _ in range(30):
+                t = time.perf_counter()
+                await client.get(f"{base}/livez")
+                times.append(time.perf_counter() - t)
+            return statistics.median(times) * 1000
+
+        async with httpx.AsyncClient(timeout=30) as client:
+            first = await livez(client)
+            started = time.monotonic()
+            for _ in range(count):
+                token = (await client.post(f"{base}/startAudioToVideoSession", json={"video_reference_url": "default"})).json()["session_token"]
+                async with connect(server.url) as ws:
+                    await ws.send(json.dumps({"session_token": token}))
+                    await ws.send("DONE")
+                    async for _m in ws:
+                        pass
+            took = time.monotonic() - started
+            last = await livez(client)
+        ROWS.append((f"{count} token redemptions", f"{count / took:.0f}/s; /livez median {first:.1f} -> {last:.1f} ms", "constant cost"))
+    finally:
+        server.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flood-seconds", type=float, default=20.0)
+    parser.add_argument("--refused", type=int, default=1500)
+    parser.add_argument("--wrong-keys", type=int, default=1300)
+    parser.add_argument("--redemptions", type=int, default=1000)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        await probe_flood(args.flood_seconds)
+        await probe_refused(args.refused)
+        await probe_non_reader()
+        await probe_keys(args.wrong_keys, Path(tmp) / "keys")
+        await probe_tokens(args.redemptions)
+    width = max(len(r[0]) for r in ROWS)
+    print(f"{'probe':<{width}} | what the server did | bound")
+    for probe, result, bound in ROWS:
+        print(f"{probe:<{width}} | {result} | {bound}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
