@@ -482,3 +482,21 @@ async def test_an_sdp_with_a_bad_media_line_is_a_bad_request(webrtc: None, open_
         answer = await client.post(f"{base}/webrtc/offer", json={"sdp": sdp, "type": "offer"})
     assert answer.status_code == 400 and answer.json()["error"] == "bad_request"
     no_tracebacks(caplog)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET /LipsyncStream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 400),  # no key
+        (b"GET /LipsyncStream HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: x\r\nSec-WebSocket-Version: 13\r\n\r\n", 400),
+        (b"GET /LipsyncStream HTTP/1.0\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n", 505),
+        (b"BREW /pot HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 405),
+        (b"GET /\xff HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(40), 400),  # TLS to a plain port
+    ],
+)
+async def test_requests_websockets_refuses_are_answered_without_tracebacks(open_server: tuple[LipsyncServer, str], caplog: pytest.LogCaptureFixture, raw: bytes, status: int) -> None:
+    _app, url = open_server
+    answer = await exchange(port_of(url), raw)
+    assert statuses(answer) == [status], answer[:300]
+    no_tracebacks(caplog)
