@@ -126,10 +126,9 @@ class ServerConfig:
 
 @dataclasses.dataclass
 class _Place:
-    """What a connection holds: one of the session places, or a place in the waiting line."""
+    """Whether a connection holds one of the session places (the waiting line is a dict)."""
 
     active: bool = False
-    waiting: bool = False
 
 
 def _path_of(request: Request) -> str:
@@ -149,10 +148,9 @@ class LipsyncServer:
         self._ids = itertools.count(1)
         self.active_sessions = 0
         self.max_sessions = c.session_limit()
-        self.waiting = 0  # connections with no key on the upgrade, before their first message
-        #: those connections, longest waiting first (dicts keep their order)
-        self._waiting_line: dict[ServerConnection, tuple[str, _Place]] = {}
-        self.waiting_evicted = 0
+        #: connections with no key on the upgrade, before their first message (their session
+        #: ids), longest waiting first (dicts keep their order)
+        self._waiting_line: dict[ServerConnection, str] = {}
         self._evictions: set[asyncio.Future[None]] = set()
         self.max_waiting = c.max_waiting if c.max_waiting is not None else max(16, 4 * self.max_sessions)
         self.metrics = Metrics()
@@ -165,6 +163,11 @@ class LipsyncServer:
         self.draining = False
         self.open_connections: dict[ServerConnection, str] = {}
         self.loopback = auth.is_loopback(c.host)
+
+    @property
+    def waiting(self) -> int:
+        """Connections waiting to show a session token."""
+        return len(self._waiting_line)
 
     # --- HTTP side -------------------------------------------------------------------------------
 
@@ -415,23 +418,18 @@ class LipsyncServer:
         if self.keys is None or getattr(ws, "api_key", None) is not None:
             return await self._take_place(ws, sid, place)
         if len(self._waiting_line) >= self.max_waiting:
-            oldest, (old_sid, old_place) = next(iter(self._waiting_line.items()))
+            oldest, old_sid = next(iter(self._waiting_line.items()))
             del self._waiting_line[oldest]
-            self._leave(old_place)
-            self.waiting_evicted += 1
             detail = f"{self.max_waiting} connections are waiting to show a session token; the longest waiting makes room: send the first message at once"
             evicted = asyncio.ensure_future(self._fail(oldest, old_sid, ErrorKind.CAPACITY, detail, drain=False))  # its handler reads
             self._evictions.add(evicted)
             evicted.add_done_callback(self._evictions.discard)
-        self.waiting += 1
-        place.waiting = True
-        self._waiting_line[ws] = (sid, place)
+        self._waiting_line[ws] = sid
         return True
 
     async def _take_place(self, ws: ServerConnection, sid: str, place: _Place) -> bool:
         """One of the max_sessions places for this connection, or the capacity error (False)."""
-        self._leave(place)  # a waiting connection moves up
-        self._waiting_line.pop(ws, None)
+        self._waiting_line.pop(ws, None)  # a waiting connection moves up
         if self.draining:
             await self._fail(ws, sid, ErrorKind.CAPACITY, SHUTTING_DOWN)
             return False
@@ -445,13 +443,11 @@ class LipsyncServer:
         return True
 
     def _leave(self, place: _Place) -> None:
-        """Give back what *place* holds (twice is harmless)."""
+        """Give back the session place, if *place* holds one."""
         if place.active:
             self.active_sessions -= 1
             self.metrics.sessions_active.dec()
-        if place.waiting:
-            self.waiting -= 1
-        place.active = place.waiting = False
+        place.active = False
 
     async def _fail(self, ws: ServerConnection, sid: str, kind: ErrorKind, detail: str, drain: bool = True, timeout: float | None = None) -> None:
         """Send the JSON error, then close with the kind's code.
