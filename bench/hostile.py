@@ -211,12 +211,60 @@ async def probe_tokens(count: int) -> None:
         server.close()
 
 
+def udp_sockets(pid: int) -> int:
+    """UDP sockets process *pid* has open."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        inodes |= {line.split()[9] for line in Path(table).read_text().splitlines()[1:]}
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = str(fd.readlink())
+        except OSError:
+            continue
+        count += link.startswith("socket:[") and link[8:-1] in inodes
+    return count
+
+
+async def probe_offers(count: int) -> None:
+    """Offers answered and never connected (no ICE, no DTLS): how long the server stays full."""
+    try:
+        from aiortc import RTCPeerConnection
+    except ImportError:
+        ROWS.append((f"{count} WebRTC offers never completed", "skipped: no aiortc ([webrtc] extra)", ""))
+        return
+    server = ServerProcess([])
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        before = udp_sockets(server.pid)
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(count):
+                pc = RTCPeerConnection()
+                pc.addTransceiver("video", direction="recvonly")
+                pc.createDataChannel("control")
+                await pc.setLocalDescription(await pc.createOffer())
+                await client.post(f"{base}/webrtc/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+                await pc.close()
+            sent = time.monotonic()
+            peak = udp_sockets(server.pid)
+            full = (await client.get(f"{base}/healthz")).text.strip()
+            while time.monotonic() - sent < 120:
+                if (await client.get(f"{base}/healthz")).status_code == 200 and udp_sockets(server.pid) <= before:
+                    break
+                await asyncio.sleep(0.2)
+            released = time.monotonic() - sent
+        ROWS.append((f"{count} WebRTC offers never completed", f"/healthz '{full}', {peak - before} UDP sockets; all released {released:.1f} s after the last, {udp_sockets(server.pid) - before} left", "released within seconds, sockets closed"))
+    finally:
+        server.close()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--flood-seconds", type=float, default=20.0)
     parser.add_argument("--refused", type=int, default=1500)
     parser.add_argument("--wrong-keys", type=int, default=1300)
     parser.add_argument("--redemptions", type=int, default=1000)
+    parser.add_argument("--offers", type=int, default=100)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         await probe_flood(args.flood_seconds)
@@ -224,6 +272,7 @@ async def main() -> None:
         await probe_non_reader()
         await probe_keys(args.wrong_keys, Path(tmp) / "keys")
         await probe_tokens(args.redemptions)
+        await probe_offers(args.offers)
     width = max(len(r[0]) for r in ROWS)
     print(f"{'probe':<{width}} | what the server did | bound")
     for probe, result, bound in ROWS:
