@@ -1,0 +1,159 @@
+"""Lip-sync on real people: our mouth against the real speaker's, on held-out speakers.
+
+    .venv/bin/python bench/realspeech.py [--engine viseme] [--split heldout] [--sheet docs/quality/realspeech.jpg]
+
+For every clip of the split (bench/realspeech_corpus.tsv; build the cache first with
+bench/realspeech_corpus.py), the clip's own speech is rendered as a server would send it (JPEG),
+and the face mesh measures the inner-lip opening on our frames, the same way it measured the
+real speaker's (in eye-corner distances). Three mouths are compared with the real one:
+
+- (a) the default character;
+- (b) a character ``prepare``d from the same footage played backwards: the same face, light and
+  camera, but its own mouth motion no longer matches the sound (passing the footage's mouth
+  through would score about 0, not 1);
+- (c) the loudness baseline: the opening taken to be the speech's loudness.
+
+Per clip and mean: Pearson r at lag 0 and the best lag within +-6 frames (positive: our mouth
+later than the real one), and the widest opening (95th percentile) against the speaker's. A
+contact sheet shows real frames beside ours at the real speaker's widest openings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from realspeech_corpus import Measured, correlation_at_lags, load, loudness, measure_video  # noqa: E402
+
+from lipsync_stream.character import Character, CharacterStore, load_default_character  # noqa: E402
+from lipsync_stream.engines import get_engine  # noqa: E402
+from lipsync_stream.fetch import FetchConfig, Fetcher  # noqa: E402
+from lipsync_stream.pipeline import FrameRenderer  # noqa: E402
+from lipsync_stream.prepare import prepare, read_video_30fps, write_video  # noqa: E402
+from lipsync_stream.protocol import AudioFramer, SessionParams, decode_frame  # noqa: E402
+
+
+def render(character: Character, pcm: np.ndarray, engine_name: str) -> list[np.ndarray]:
+    """Our frames for *pcm*, as a client would decode them."""
+    engine = get_engine(engine_name)
+    renderer = FrameRenderer(engine, character, SessionParams())
+    framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
+    framer.push(pcm.astype("<i2").tobytes())
+    framer.flush()
+    frames = []
+    while framer.ready():
+        message = decode_frame(renderer.render(framer.pop()))
+        frames.append(cv2.imdecode(np.frombuffer(message.image, np.uint8), cv2.IMREAD_COLOR))
+    renderer.close()
+    return frames
+
+
+def reversed_character(clip: Measured, media: Path, work: Path) -> Character:
+    """The clip's own footage, played backwards, prepared as a character."""
+    frames = read_video_30fps(media)[: clip.frames][::-1]
+    source = work / f"{clip.clip.id}-reversed.mp4"
+    side = max(frames[0].shape[:2])
+    write_video(source, np.stack([cv2.copyMakeBorder(f, 0, side - f.shape[0], 0, side - f.shape[1], cv2.BORDER_REPLICATE) for f in frames]))
+    prepare(source, work / clip.clip.id, progress=False)
+    store = CharacterStore(Fetcher(FetchConfig(asset_roots=[work], cache_dir=work / "cache")))
+    return store.load(f"{clip.clip.id}/{clip.clip.id}.mp4")
+
+
+def score(real: np.ndarray, ours: np.ndarray) -> tuple[float, int, float]:
+    """(r at lag 0, best lag, widest-opening ratio) of *ours* against *real*."""
+    n = min(len(real), len(ours))
+    r = correlation_at_lags(real[:n], ours[:n])
+    best = max(r, key=lambda k: r[k])
+    wide = float(np.percentile(ours[:n], 95) / max(1e-6, np.percentile(real[:n], 95)))
+    return r[0], best, wide
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engine", default="viseme")
+    parser.add_argument("--split", default="heldout")
+    parser.add_argument("--no-reversed", action="store_true", help="skip (b): prepare costs about a second per second of footage")
+    parser.add_argument("--sheet", type=Path, help="write a contact sheet (real | default | reversed) here")
+    args = parser.parse_args()
+    clips = load(args.split)
+    rows: dict[str, list[tuple[float, int, float]]] = {"default": [], "reversed": [], "loudness": []}
+    sheet_rows = []
+    default = load_default_character()
+    print(f"engine {args.engine}; {len(clips)} {args.split} clips; r at lag 0 / best lag / widest opening vs the speaker's")
+    print("| clip | s | (a) default | (b) own footage reversed | (c) loudness |")
+    print("|---|---:|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for clip in clips:
+            cells = []
+            ours_default = render(default, clip.pcm, args.engine)
+            _p, _f, state = measure_video(ours_default)
+            rows["default"].append(score(clip.opening, state[:, 0]))
+            cells.append(rows["default"][-1])
+            reversed_frames: list[np.ndarray] = []
+            if not args.no_reversed:
+                from realspeech_corpus import cache_dir
+
+                media = next((cache_dir() / "media").glob(f"{clip.clip.id}.*"))
+                character = reversed_character(clip, media, Path(tmp))
+                reversed_frames = render(character, clip.pcm, args.engine)
+                _p, _f, state_r = measure_video(reversed_frames)
+                rows["reversed"].append(score(clip.opening, state_r[:, 0]))
+                cells.append(rows["reversed"][-1])
+            else:
+                cells.append((float("nan"), 0, float("nan")))
+            rows["loudness"].append(score(clip.opening, loudness(clip.pcm, clip.frames)))
+            cells.append((rows["loudness"][-1][0], rows["loudness"][-1][1], float("nan")))
+            print(f"| {clip.clip.id} | {clip.frames / 30:.1f} | " + " | ".join(f"{r:.2f} / {lag:+d} / {w:.2f}" for r, lag, w in cells) + " |")
+            if args.sheet is not None:
+                sheet_rows.append(sheet_row(clip, ours_default, reversed_frames, Path(tmp)))
+    print("| **mean** | | " + " | ".join(summary(rows[k]) for k in ("default", "reversed", "loudness")) + " |")
+    if args.sheet is not None and sheet_rows:
+        args.sheet.parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(args.sheet), np.vstack(sheet_rows), [cv2.IMWRITE_JPEG_QUALITY, 85])
+        print(f"contact sheet: {args.sheet}")
+
+
+def summary(rows: list[tuple[float, int, float]]) -> str:
+    if not rows:
+        return "-"
+    r = np.array([x[0] for x in rows])
+    lags = np.array([x[1] for x in rows])
+    wide = np.array([x[2] for x in rows])
+    return f"r {np.nanmean(r):.2f}; lag within +-1 on {np.mean(np.abs(lags) <= 1):.0%}; widest {np.nanmean(wide):.2f}"
+
+
+def sheet_row(clip: Measured, ours: list[np.ndarray], reversed_frames: list[np.ndarray], work: Path) -> np.ndarray:
+    """The real speaker's four widest openings, each over our frame at the same moment."""
+    from realspeech_corpus import cache_dir
+
+    media = next((cache_dir() / "media").glob(f"{clip.clip.id}.*"))
+    real = read_video_30fps(media)[: clip.frames]
+    picks = sorted(np.argsort(clip.opening)[-4:])
+    tiles = []
+    for i in picks:
+        lm = clip.landmarks[i]
+        cx, cy = lm[[61, 291]].mean(axis=0)
+        half = 1.8 * float(np.hypot(*(lm[291] - lm[61])))
+        y0, x0 = int(max(0, cy - half)), int(max(0, cx - half))
+        crop = real[i][y0 : int(cy + half), x0 : int(cx + half)]
+        column = [cv2.resize(crop, (160, 160))]
+        for frames in (ours, reversed_frames):
+            if frames:
+                column.append(cv2.resize(frames[min(i, len(frames) - 1)][300:460, 176:336], (160, 160)))
+        tiles.append(np.vstack(column))
+    row = np.hstack(tiles)
+    cv2.putText(row, clip.clip.id, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1)
+    return row
+
+
+if __name__ == "__main__":
+    main()
