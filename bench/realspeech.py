@@ -95,26 +95,28 @@ def main() -> None:
         for clip in clips:
             cells = []
             ours_default = render(default, clip.pcm, args.engine)
-            _p, _f, state = measure_video(ours_default)
+            points_default, _f, state = measure_video(ours_default)
             rows["default"].append(score(clip.opening, state[:, 0]))
             cells.append(rows["default"][-1])
             reversed_frames: list[np.ndarray] = []
+            points_reversed = np.zeros((0, 478, 2), np.float32)
             if not args.no_reversed:
                 from realspeech_corpus import cache_dir
 
                 media = next((cache_dir() / "media").glob(f"{clip.clip.id}.*"))
                 character = reversed_character(clip, media, Path(tmp))
                 reversed_frames = render(character, clip.pcm, args.engine)
-                _p, _f, state_r = measure_video(reversed_frames)
+                points_reversed, _f, state_r = measure_video(reversed_frames)
                 rows["reversed"].append(score(clip.opening, state_r[:, 0]))
                 cells.append(rows["reversed"][-1])
             else:
                 cells.append((float("nan"), 0, float("nan")))
-            rows["loudness"].append(score(clip.opening, loudness(clip.pcm, clip.frames)))
-            cells.append((rows["loudness"][-1][0], rows["loudness"][-1][1], float("nan")))
+            r0, lag, _wide = score(clip.opening, loudness(clip.pcm, clip.frames))
+            rows["loudness"].append((r0, lag, float("nan")))  # (decibels: no opening to compare)
+            cells.append(rows["loudness"][-1])
             print(f"| {clip.clip.id} | {clip.frames / 30:.1f} | " + " | ".join(f"{r:.2f} / {lag:+d} / {w:.2f}" for r, lag, w in cells) + " |")
             if args.sheet is not None:
-                sheet_rows.append(sheet_row(clip, ours_default, reversed_frames, Path(tmp)))
+                sheet_rows.append(sheet_row(clip, [(ours_default, points_default), (reversed_frames, points_reversed)]))
     print("| **mean** | | " + " | ".join(summary(rows[k]) for k in ("default", "reversed", "loudness")) + " |")
     if args.sheet is not None and sheet_rows:
         args.sheet.parent.mkdir(parents=True, exist_ok=True)
@@ -128,11 +130,20 @@ def summary(rows: list[tuple[float, int, float]]) -> str:
     r = np.array([x[0] for x in rows])
     lags = np.array([x[1] for x in rows])
     wide = np.array([x[2] for x in rows])
-    return f"r {np.nanmean(r):.2f}; lag within +-1 on {np.mean(np.abs(lags) <= 1):.0%}; widest {np.nanmean(wide):.2f}"
+    widest = f"; widest {np.nanmean(wide):.2f}" if np.isfinite(wide).any() else ""
+    return f"r {np.nanmean(r):.2f}; lag within +-1 on {np.mean(np.abs(lags) <= 1):.0%}{widest}"
 
 
-def sheet_row(clip: Measured, ours: list[np.ndarray], reversed_frames: list[np.ndarray], work: Path) -> np.ndarray:
-    """The real speaker's four widest openings, each over our frame at the same moment."""
+def mouth_crop(image: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """160x160 around the mouth of *image*, whose face-mesh points are *lm*."""
+    cx, cy = lm[[61, 291]].mean(axis=0)
+    half = 1.1 * float(np.hypot(*(lm[291] - lm[61])))
+    y0, x0 = int(max(0, cy - half)), int(max(0, cx - half))
+    return cv2.resize(image[y0 : int(cy + half), x0 : int(cx + half)], (160, 160))
+
+
+def sheet_row(clip: Measured, ours: list[tuple[list[np.ndarray], np.ndarray]]) -> np.ndarray:
+    """The real speaker's four widest openings (top), each over our frames at the same moment."""
     from realspeech_corpus import cache_dir
 
     media = next((cache_dir() / "media").glob(f"{clip.clip.id}.*"))
@@ -140,15 +151,11 @@ def sheet_row(clip: Measured, ours: list[np.ndarray], reversed_frames: list[np.n
     picks = sorted(np.argsort(clip.opening)[-4:])
     tiles = []
     for i in picks:
-        lm = clip.landmarks[i]
-        cx, cy = lm[[61, 291]].mean(axis=0)
-        half = 1.8 * float(np.hypot(*(lm[291] - lm[61])))
-        y0, x0 = int(max(0, cy - half)), int(max(0, cx - half))
-        crop = real[i][y0 : int(cy + half), x0 : int(cx + half)]
-        column = [cv2.resize(crop, (160, 160))]
-        for frames in (ours, reversed_frames):
+        column = [mouth_crop(real[i], clip.landmarks[i])]
+        for frames, points in ours:
             if frames:
-                column.append(cv2.resize(frames[min(i, len(frames) - 1)][300:460, 176:336], (160, 160)))
+                k = min(i, len(frames) - 1)
+                column.append(mouth_crop(frames[k], points[k]))
         tiles.append(np.vstack(column))
     row = np.hstack(tiles)
     cv2.putText(row, clip.clip.id, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1)
