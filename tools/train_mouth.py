@@ -46,6 +46,40 @@ def frame_inputs(m: Measured, past_ms: int, future_ms: int, per_clip: bool = Fal
     return rows[idx].reshape(m.frames, -1)
 
 
+def engine_inputs(m: Measured) -> np.ndarray:
+    """(frames, features): the recognizer's own inputs for each 30 fps frame (its 19 hops around
+    the hop nearest the frame's centre), as the engine computes them while it streams."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    from train_visemes import inputs_of
+
+    x = inputs_of(m.pcm)
+    centre = ((np.arange(m.frames) + 0.5) / FPS * HOPS_PER_SECOND).astype(int)
+    return x[np.clip(centre, 0, len(x) - 1)]
+
+
+def open_target(m: Measured) -> np.ndarray:
+    """The real opening on the engine's scale: 0 at the speaker's closed lips (5th percentile),
+    1 at their wide opening (95th), so that faces of any size train one model."""
+    lo, hi = np.percentile(m.opening, [5, 95])
+    return np.clip((m.opening - lo) / max(hi - lo, 1e-6), 0.0, 1.3)
+
+
+def engine_open(m: Measured) -> np.ndarray:
+    """The viseme engine's own mouth opening for each frame of the clip (no rendering)."""
+    from lipsync_stream.engines.viseme import VisemeEngine
+    from lipsync_stream.protocol import AudioFramer
+
+    engine = VisemeEngine()
+    stream = engine.stream()
+    framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
+    framer.push(m.pcm.astype("<i2").tobytes())
+    framer.flush()
+    out = []
+    while framer.ready():
+        out.append(stream.analyse(framer.pop()).shape.open)
+    return np.array(out[: m.frames])
+
+
 def targets(m: Measured) -> np.ndarray:
     y = np.stack([m.opening, m.width, m.jaw], axis=1)
     return (y - y.mean(axis=0)) / (y.std(axis=0) + 1e-9)
@@ -58,7 +92,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--per-clip", action="store_true", help="standardise the inputs over each clip")
     parser.add_argument("--heldout", action="store_true", help="train on all training speakers and report the held-out ones (once settings are chosen)")
+    parser.add_argument("--engine-model", action="store_true", help="the opening model on the recognizer's inputs, trained on the real training speakers and synthetic speech, against the engine's own opening (leave one speaker out)")
+    parser.add_argument("--synthetic", type=int, default=600, help="espeak-ng utterances mixed in (--engine-model)")
+    parser.add_argument("--out", type=Path, help="with --engine-model: write the model trained on every training speaker here")
     args = parser.parse_args()
+    if args.engine_model:
+        engine_model(args)
+        return
     from sklearn.linear_model import Ridge
     from sklearn.neural_network import MLPRegressor
     from sklearn.preprocessing import StandardScaler
@@ -100,6 +140,48 @@ def main() -> None:
     for i, m in enumerate(held):
         print(f"| {m.clip.id} | " + " | ".join(f"{results[name][i][1]:.2f} / {results[name][i][2]:+d}" for name in models) + " |")
     print("| **mean** | " + " | ".join(f"{np.mean([r for _id, r, _lag in rows]):.2f}" for rows in results.values()) + " |")
+
+
+def engine_model(args: argparse.Namespace) -> None:
+    from sklearn.neural_network import MLPRegressor
+    from sklearn.preprocessing import StandardScaler
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from train_visemes import TRAIN_ACCENTS, TRAIN_VARIANTS, dataset
+
+    from lipsync_stream.engines.viseme import TARGETS, VISEMES
+
+    train = load("train")
+    rows = {m.clip.id: (engine_inputs(m), open_target(m)) for m in train}
+    voices = [f"{a}+{v}" if v else a for a in TRAIN_ACCENTS for v in TRAIN_VARIANTS]
+    if args.synthetic:
+        xs, labels = dataset(voices, args.synthetic, args.seed)
+        ys = np.array([TARGETS[VISEMES[k]].open for k in labels])
+    else:
+        xs, ys = np.zeros((0, rows[train[0].clip.id][0].shape[1])), np.zeros(0)
+    print(f"real: {len(train)} clips, {sum(len(y) for _x, y in rows.values()) / FPS:.0f} s; synthetic: {len(ys)} hops")
+
+    def fit(clips: list[Measured]) -> tuple[StandardScaler, MLPRegressor]:
+        x_real = np.concatenate([rows[m.clip.id][0] for m in clips])
+        y_real = np.concatenate([rows[m.clip.id][1] for m in clips])
+        keep = np.random.default_rng(args.seed).choice(len(ys), min(len(ys), 2 * len(y_real)), replace=False)
+        x, y = np.concatenate([x_real, xs[keep]]), np.concatenate([y_real, ys[keep]])
+        scaler = StandardScaler().fit(x)
+        model = MLPRegressor(hidden_layer_sizes=(64, 32), alpha=1e-2, max_iter=300, early_stopping=True, random_state=args.seed).fit(scaler.transform(x), y)
+        return scaler, model
+
+    ours, engine = [], []
+    for speaker in sorted({m.clip.speaker for m in train}):
+        scaler, model = fit([m for m in train if m.clip.speaker != speaker])
+        for m in (m for m in train if m.clip.speaker == speaker):
+            ours.append(correlation_at_lags(m.opening, model.predict(scaler.transform(rows[m.clip.id][0])))[0])
+            engine.append(correlation_at_lags(m.opening, engine_open(m))[0])
+    print(f"leave-one-speaker-out, r at lag 0 with the real opening: model {np.mean(ours):.2f}, the engine today {np.mean(engine):.2f} ({len(ours)} clips)")
+    if args.out is not None:
+        scaler, model = fit(train)
+        layers = {f"w{i}": w.astype(np.float32) for i, w in enumerate(model.coefs_)} | {f"b{i}": b.astype(np.float32) for i, b in enumerate(model.intercepts_)}
+        np.savez(args.out, classes=np.array(["open"]), mean=scaler.mean_.astype(np.float32), std=scaler.scale_.astype(np.float32), layers=len(model.coefs_), version=np.array("mouth-1"), **layers)
+        print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":
