@@ -46,15 +46,51 @@ def frame_inputs(m: Measured, past_ms: int, future_ms: int, per_clip: bool = Fal
     return rows[idx].reshape(m.frames, -1)
 
 
-def engine_inputs(m: Measured) -> np.ndarray:
-    """(frames, features): the recognizer's own inputs for each 30 fps frame (its 19 hops around
-    the hop nearest the frame's centre), as the engine computes them while it streams."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    from train_visemes import inputs_of
+#: a running standardisation's memory (hops): about 3 s of speech
+RUNNING_HOPS = 300
 
-    x = inputs_of(m.pcm)
+
+def running_standardised(rows: np.ndarray, speech: np.ndarray, prior_mean: np.ndarray, prior_var: np.ndarray) -> np.ndarray:
+    """Each hop's features standardised by the mean and spread of the speech heard so far (an
+    exponential memory of RUNNING_HOPS speech hops, starting from the priors): what a stream can
+    do where a clip would be standardised whole."""
+    out = np.empty_like(rows)
+    mean, var = prior_mean.astype(np.float64).copy(), prior_var.astype(np.float64).copy()
+    a = 1.0 / RUNNING_HOPS
+    for i, row in enumerate(rows):
+        if speech[i]:
+            d = row - mean
+            mean += a * d
+            var = (1 - a) * (var + a * d * d)
+        out[i] = (row - mean) / np.sqrt(var + 1e-6)
+    return out
+
+
+def hop_rows(pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The recognizer's per-hop features of *pcm*, and which hops are speech (within 40 dB of
+    the loudest recent)."""
+    n_hops = len(pcm) // HOP
+    f = analyse(pcm, np.arange(n_hops) * HOP + HOP // 2)
+    peak = peak_track(f.level_db)
+    return hop_inputs(f, peak), f.level_db > peak - 40.0
+
+
+def stacked(rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+    from lipsync_stream.engines.recognizer import CONTEXT
+
+    idx = np.clip(at[:, None] + CONTEXT[None, :], 0, len(rows) - 1)
+    return rows[idx].reshape(len(at), -1)
+
+
+def engine_inputs(m: Measured, prior: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """(frames, features): the recognizer's own inputs for each 30 fps frame (its 19 hops around
+    the hop nearest the frame's centre), as the engine computes them while it streams; with a
+    *prior* (mean, variance), standardised as they come (:func:`running_standardised`)."""
+    rows, speech = hop_rows(m.pcm)
+    if prior is not None:
+        rows = running_standardised(rows, speech, *prior)
     centre = ((np.arange(m.frames) + 0.5) / FPS * HOPS_PER_SECOND).astype(int)
-    return x[np.clip(centre, 0, len(x) - 1)]
+    return stacked(rows, np.clip(centre, 0, len(rows) - 1))
 
 
 def open_target(m: Measured) -> np.ndarray:
@@ -94,6 +130,8 @@ def main() -> None:
     parser.add_argument("--heldout", action="store_true", help="train on all training speakers and report the held-out ones (once settings are chosen)")
     parser.add_argument("--engine-model", action="store_true", help="the opening model on the recognizer's inputs, trained on the real training speakers and synthetic speech, against the engine's own opening (leave one speaker out)")
     parser.add_argument("--synthetic", type=int, default=600, help="espeak-ng utterances mixed in (--engine-model)")
+    parser.add_argument("--z-target", action="store_true", help="with --engine-model: the real opening standardised per clip instead of scaled between its 5th and 95th percentiles")
+    parser.add_argument("--running-norm", action="store_true", help="with --engine-model: inputs standardised as they stream (running mean and spread of the speech so far)")
     parser.add_argument("--out", type=Path, help="with --engine-model: write the model trained on every training speaker here")
     args = parser.parse_args()
     if args.engine_model:
@@ -152,11 +190,30 @@ def engine_model(args: argparse.Namespace) -> None:
     from lipsync_stream.engines.viseme import TARGETS, VISEMES
 
     train = load("train")
-    rows = {m.clip.id: (engine_inputs(m), open_target(m)) for m in train}
+    prior = None
+    if args.running_norm:
+        every = np.concatenate([hop_rows(m.pcm)[0] for m in train])
+        prior = (every.mean(axis=0), every.var(axis=0))
+    rows = {m.clip.id: (engine_inputs(m, prior), targets(m)[:, 0] if args.z_target else open_target(m)) for m in train}
     voices = [f"{a}+{v}" if v else a for a in TRAIN_ACCENTS for v in TRAIN_VARIANTS]
-    if args.synthetic:
+    if args.synthetic and prior is None and not args.z_target:
         xs, labels = dataset(voices, args.synthetic, args.seed)
         ys = np.array([TARGETS[VISEMES[k]].open for k in labels])
+    elif args.synthetic:
+        from espeak import Espeak
+        from train_visemes import sentence, utterance
+
+        rng, speaker, parts, targets_ = np.random.default_rng(args.seed), Espeak(), [], []
+        for i in range(args.synthetic):
+            signal, hop_labels = utterance(speaker, sentence(rng), voices[i % len(voices)], int(rng.integers(120, 220)), int(rng.integers(25, 80)), rng, rng.uniform(-24, 0))
+            hop_x, speech = hop_rows(signal)
+            if prior is not None:
+                hop_x = running_standardised(hop_x, speech, *prior)
+            at = np.arange(0, len(hop_x), 2)
+            parts.append(stacked(hop_x, at))
+            y = np.array([TARGETS[VISEMES[k]].open for k in hop_labels[at]])
+            targets_.append((y - y.mean()) / (y.std() + 1e-9) if args.z_target else y)
+        xs, ys = np.concatenate(parts), np.concatenate(targets_)
     else:
         xs, ys = np.zeros((0, rows[train[0].clip.id][0].shape[1])), np.zeros(0)
     print(f"real: {len(train)} clips, {sum(len(y) for _x, y in rows.values()) / FPS:.0f} s; synthetic: {len(ys)} hops")
