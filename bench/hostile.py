@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import functools
 import json
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,8 +25,10 @@ import httpx
 from websockets.asyncio.client import connect
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from serverproc import ServerProcess  # noqa: E402
+from test_hostile import non_reader, ping_flood, ws_frame  # noqa: E402  (the quick probes' clients)
 
 from lipsync_stream.auth import add_key  # noqa: E402
 
@@ -37,53 +39,15 @@ def rss_mb(pid: int) -> float:
     return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
 
 
-def upgrade(port: int) -> bytes:
-    return (f"GET /LipsyncStream HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").encode()
-
-
-def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """A client's frame (mask 0: the payload as is)."""
-    n = len(payload)
-    size = bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big") if n < 65536 else bytes([0x80 | 127]) + n.to_bytes(8, "big")
-    return bytes([0x80 | opcode]) + size + b"\0\0\0\0" + payload
-
-
-def flood(port: int, seconds: float) -> tuple[int, bool]:
-    """Pings as fast as the socket takes them, never reading: (bytes sent, dropped by the server)."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(upgrade(port))
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    burst = (bytes([0x89, 0x80 | 125, 0, 0, 0, 0]) + bytes(125)) * 512
-    sent, deadline = 0, time.monotonic() + seconds
-    sock.settimeout(1.0)
-    try:
-        while time.monotonic() < deadline:
-            try:
-                sock.sendall(burst)
-                sent += len(burst)
-            except TimeoutError:
-                continue
-    except OSError:
-        return sent, True
-    finally:
-        sock.close()
-    return sent, False
-
-
 async def probe_flood(seconds: float) -> None:
     server = ServerProcess([])
     try:
         before = rss_mb(server.pid)
         loop = asyncio.get_running_loop()
-        results = await asyncio.gather(*(loop.run_in_executor(None, flood, server.port, seconds) for _ in range(4)))
+        results = await asyncio.gather(*(loop.run_in_executor(None, functools.partial(ping_flood, server.port, seconds=seconds)) for _ in range(4)))
         peak = rss_mb(server.pid)
-        dropped = sum(d for _s, d in results)
-        mb = sum(s for s, _d in results) / 1e6
+        dropped = sum(d for d, _s in results)
+        mb = sum(s for _d, s in results) / 1e6
         ROWS.append(("4 sockets send pings, never read", f"{mb:.0f} MB of pings in {seconds:g} s; {dropped}/4 dropped; server +{peak - before:.0f} MB", "bounded: dropped at 4 MiB unsent"))
     finally:
         server.close()
@@ -127,11 +91,7 @@ async def probe_refused(count: int) -> None:
 async def probe_non_reader() -> None:
     server = ServerProcess(["--drain-timeout", "2"])
     try:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", server.port))
-        sock.sendall(upgrade(server.port))
-        time.sleep(0.3)
+        sock = non_reader(server.port)
         first = json.dumps({"video_reference_url": "default", "isJPG": False, "realtime": False}).encode()
         sock.sendall(ws_frame(1, first))
         sock.settimeout(5.0)

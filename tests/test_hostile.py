@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -90,8 +91,8 @@ def ws_frame(opcode: int, payload: bytes) -> bytes:
 # --- row 1: pings as fast as possible, never reading --------------------------------------------
 
 
-def ping_flood(port: int, limit_bytes: int) -> tuple[bool, int]:
-    """Upgrade, then send masked 125-byte pings and never read: (dropped by the server, bytes sent)."""
+def non_reader(port: int) -> socket.socket:
+    """A websocket whose client reads nothing after the handshake (a 4 KiB receive buffer)."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", port))
@@ -99,16 +100,23 @@ def ping_flood(port: int, limit_bytes: int) -> tuple[bool, int]:
     head = b""
     while b"\r\n\r\n" not in head:
         head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101")
-    ping = bytes([0x89, 0x80 | 125, 0, 0, 0, 0]) + bytes(125)  # mask 0: payload as is
-    burst = ping * 512
-    sent = 0
-    sock.settimeout(10)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+def ping_flood(port: int, limit_bytes: int = 2**62, seconds: float = 600.0) -> tuple[bool, int]:
+    """Masked 125-byte pings as fast as the socket takes them, never reading, until *limit_bytes*
+    or *seconds*: (dropped by the server, bytes sent)."""
+    sock = non_reader(port)
+    burst = (ws_frame(9, bytes(125))) * 512
+    sent, deadline = 0, time.monotonic() + seconds
+    sock.settimeout(1.0)
     try:
-        while sent < limit_bytes:
-            sock.sendall(burst)
-            sent += len(burst)
-    except (ConnectionError, TimeoutError, OSError):
+        while sent < limit_bytes and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                sock.sendall(burst)
+                sent += len(burst)
+    except OSError:
         return True, sent
     finally:
         sock.close()
@@ -117,7 +125,7 @@ def ping_flood(port: int, limit_bytes: int) -> tuple[bool, int]:
 
 async def test_a_ping_flood_that_never_reads_is_dropped(open_server: tuple[LipsyncServer, str], caplog: pytest.LogCaptureFixture) -> None:
     _app, url = open_server
-    dropped, sent = await asyncio.get_running_loop().run_in_executor(None, ping_flood, port_of(url), 200 * MAX_UNSENT)
+    dropped, sent = await asyncio.get_running_loop().run_in_executor(None, functools.partial(ping_flood, port_of(url), 200 * MAX_UNSENT, seconds=30.0))
     assert dropped, f"{sent} bytes of pings and still connected"
     assert any("does not read" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
 
@@ -151,11 +159,8 @@ async def test_refused_connections_are_forgotten_and_a_drain_with_nothing_runnin
 async def test_a_drain_drops_a_client_that_never_reads_within_its_grace(tmp_path: Path, speech: np.ndarray) -> None:
     config = configured(tmp_path, drain_timeout=0.5)
     async with running_server(config) as (app, url):
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        reader, writer = await asyncio.open_connection(sock=(sock.connect(("127.0.0.1", port_of(url))), sock)[1])
-        writer.write(upgrade(port_of(url)))
-        await reader.readuntil(b"\r\n\r\n")
+        sock = await asyncio.get_running_loop().run_in_executor(None, non_reader, port_of(url))
+        _reader, writer = await asyncio.open_connection(sock=sock)
 
         writer.write(ws_frame(1, first_message(SessionParams(realtime=False, is_jpg=False)).encode()))
         for start in range(0, len(speech) * 2, 32000):  # raw frames, never read
