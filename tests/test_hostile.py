@@ -505,3 +505,34 @@ async def test_requests_websockets_refuses_are_answered_without_tracebacks(open_
     answer = await exchange(port_of(url), raw)
     assert statuses(answer) == [status], answer[:300]
     no_tracebacks(caplog)
+
+
+async def test_audio_still_in_flight_after_done_is_not_an_error(webrtc: None, tmp_path: Path, speech: np.ndarray) -> None:
+    """A microphone track goes on after the page sends DONE (and packets in flight arrive after
+    it): the session ends with DONE, not with 'audio received after DONE'."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from webrtc_client import Speech
+
+    async with running_server(configured(tmp_path)) as (_app, url):
+        base = url.replace("ws://", "http://").rsplit("/", 1)[0]
+        pc = RTCPeerConnection()
+        texts: list[str] = []
+        ended, opened = asyncio.Event(), asyncio.Event()
+        channel = pc.createDataChannel("control")
+        channel.on("open", opened.set)
+        channel.on("message", lambda m: (texts.append(m), ended.set() if m == "DONE" or '"error"' in m else None))
+        microphone = Speech(speech)  # 8.9 s: still speaking when DONE goes
+        pc.addTrack(microphone)
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient() as http_client:
+            answer = await http_client.post(f"{base}/webrtc/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+        await pc.setRemoteDescription(RTCSessionDescription(**answer.json()))
+        await asyncio.wait_for(opened.wait(), 10)
+        await asyncio.sleep(1.5)
+        channel.send("DONE")
+        await asyncio.wait_for(ended.wait(), 20)
+        microphone.stop()
+        await pc.close()
+        await asyncio.sleep(1.0)  # aiortc's own closing tasks finish (cancelled mid-way, one never ends)
+    assert "DONE" in texts and not any('"error"' in t for t in texts), texts

@@ -136,6 +136,7 @@ class PeerSession:
         self._unsent: list[str] = []  # text for the data channel before it is open
         self._channel_open = asyncio.Event()
         self._connected = asyncio.Event()
+        self.speech_ended = False  # DONE came on the data channel: the audio track is not read on
         self.runner: asyncio.Future[None] | None = None  # the session (held here: the loop keeps weak references)
         self._shut = False
 
@@ -238,6 +239,10 @@ class PeerSession:
             @channel.on("message")
             def on_message(message: Any) -> None:
                 if isinstance(message, str):
+                    if message == "DONE":
+                        # The microphone track goes on sending (and what was in flight arrives
+                        # after the DONE): for the session, the speech ends here.
+                        self.speech_ended = True
                     self.inbox.put_nowait(message)
 
         @pc.on("track")
@@ -280,7 +285,7 @@ class PeerSession:
                 frame = await track.recv()
                 for out in self._resampler.resample(frame):
                     data = out.to_ndarray().astype("<i2").tobytes()
-                    if data:
+                    if data and not self.speech_ended:
                         self.inbox.put_nowait(data)
 
     async def shutdown(self) -> None:
