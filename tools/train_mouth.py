@@ -246,7 +246,8 @@ def engine_model(args: argparse.Namespace) -> None:
         best = np.array([max(r, key=lambda k: r[k]) for r in rs])
         return f"r {np.mean([r[0] for r in rs]):.2f}, best lag within +-1 on {np.mean(np.abs(best) <= 1):.0%} (median {np.median(best):+.0f})"
 
-    print(f"leave-one-speaker-out against the real opening ({len(ours)} clips): model {summary(ours)}; the engine today {summary(engine)}")
+    how = f"trained on {args.only_repo}, scored on the other training clips" if args.only_repo else "leave-one-speaker-out"
+    print(f"{how}, against the real opening ({len(ours)} clips): model {summary(ours)}; the engine today {summary(engine)}")
     if args.out is not None:
         scaler, model = fit([m for m in train if not args.only_repo or m.clip.repo == args.only_repo])
         layers = {f"w{i}": w.astype(np.float32) for i, w in enumerate(model.coefs_)} | {f"b{i}": b.astype(np.float32) for i, b in enumerate(model.intercepts_)}
