@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -405,6 +406,27 @@ def webrtc(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(aioice.ice, "get_host_addresses", loopback_addresses)
 
 
+async def speaking_peer(base: str, pcm: np.ndarray) -> tuple[Any, Any, Any]:
+    """An aiortc client saying *pcm* on loopback, connected, its data channel open:
+    (peer connection, data channel, microphone track)."""
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+    from webrtc_client import Speech
+
+    pc = RTCPeerConnection()
+    opened = asyncio.Event()
+    channel = pc.createDataChannel("control")
+    channel.on("open", opened.set)
+    microphone = Speech(pcm)
+    pc.addTrack(microphone)
+    pc.addTransceiver("video", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    async with httpx.AsyncClient() as http_client:
+        answer = await http_client.post(f"{base}/webrtc/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
+    await pc.setRemoteDescription(RTCSessionDescription(**answer.json()))
+    await asyncio.wait_for(opened.wait(), 10)
+    return pc, channel, microphone
+
+
 async def test_webrtc_with_a_session_token_sends_frames(webrtc: None, tmp_path: Path, speech: np.ndarray) -> None:
     from test_webrtc import base_of, peer_session
 
@@ -447,23 +469,9 @@ async def test_an_offer_that_never_connects_is_released_and_its_sockets_closed(t
 
 
 async def test_a_client_that_leaves_without_done_closes_its_peer(tmp_path: Path, webrtc: None, speech: np.ndarray) -> None:
-    from aiortc import RTCPeerConnection, RTCSessionDescription
-    from webrtc_client import Speech
-
     before = udp_sockets()
     async with running_server(configured(tmp_path)) as (app, url):
-        base = url.replace("ws://", "http://").rsplit("/", 1)[0]
-        pc = RTCPeerConnection()
-        opened = asyncio.Event()
-        channel = pc.createDataChannel("control")
-        channel.on("open", opened.set)
-        pc.addTrack(Speech(speech))
-        pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        async with httpx.AsyncClient() as http_client:
-            answer = await http_client.post(f"{base}/webrtc/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
-        await pc.setRemoteDescription(RTCSessionDescription(**answer.json()))
-        await asyncio.wait_for(opened.wait(), 10)
+        pc, _channel, _microphone = await speaking_peer(url.replace("ws://", "http://").rsplit("/", 1)[0], speech)
         await asyncio.sleep(0.5)
         await pc.close()  # the tab closed: no DONE
         deadline = time.monotonic() + 10
@@ -510,25 +518,11 @@ async def test_requests_websockets_refuses_are_answered_without_tracebacks(open_
 async def test_audio_still_in_flight_after_done_is_not_an_error(webrtc: None, tmp_path: Path, speech: np.ndarray) -> None:
     """A microphone track goes on after the page sends DONE (and packets in flight arrive after
     it): the session ends with DONE, not with 'audio received after DONE'."""
-    from aiortc import RTCPeerConnection, RTCSessionDescription
-    from webrtc_client import Speech
-
     async with running_server(configured(tmp_path)) as (_app, url):
-        base = url.replace("ws://", "http://").rsplit("/", 1)[0]
-        pc = RTCPeerConnection()
         texts: list[str] = []
-        ended, opened = asyncio.Event(), asyncio.Event()
-        channel = pc.createDataChannel("control")
-        channel.on("open", opened.set)
+        ended = asyncio.Event()
+        pc, channel, microphone = await speaking_peer(url.replace("ws://", "http://").rsplit("/", 1)[0], speech)  # 8.9 s: still speaking when DONE goes
         channel.on("message", lambda m: (texts.append(m), ended.set() if m == "DONE" or '"error"' in m else None))
-        microphone = Speech(speech)  # 8.9 s: still speaking when DONE goes
-        pc.addTrack(microphone)
-        pc.addTransceiver("video", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        async with httpx.AsyncClient() as http_client:
-            answer = await http_client.post(f"{base}/webrtc/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"})
-        await pc.setRemoteDescription(RTCSessionDescription(**answer.json()))
-        await asyncio.wait_for(opened.wait(), 10)
         await asyncio.sleep(1.5)
         channel.send("DONE")
         await asyncio.wait_for(ended.wait(), 20)
