@@ -94,11 +94,6 @@ class BadRequest(Exception):
         self.status = status
 
 
-def _refusal(status: int, detail: str) -> PostResult:
-    kind = ErrorKind.BAD_REQUEST.value
-    return status, {"error": kind, "detail": detail}, {}, 0.0
-
-
 class Connection(ServerConnection):
     """One client connection: its HTTP request, then (for an upgrade) the websocket."""
 
@@ -111,7 +106,6 @@ class Connection(ServerConnection):
         self._screen = screen
         self._http: h11.Connection | None = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         self._fed = 0  # bytes given to h11 before the request's head was complete
-        self._request: h11.Request | None = None
         self._body = bytearray()
         self._answering = False  # a POST was read whole: later bytes are not read
         self._early = bytearray()
@@ -161,7 +155,7 @@ class Connection(ServerConnection):
     def _read_http(self, data: bytes) -> None:
         conn = self._http
         assert conn is not None
-        if self._request is None:
+        if self.http_request is None:  # the head is not complete yet
             # The head must fit in MAX_HEAD, however it is split into reads: h11 gets no more.
             room = MAX_HEAD - self._fed
             if room > 0:  # (h11 takes an empty read for the end of the stream)
@@ -175,7 +169,6 @@ class Connection(ServerConnection):
                 return
             if not isinstance(event, h11.Request):
                 raise BadRequest(http.HTTPStatus.BAD_REQUEST, "expected an HTTP request")
-            self._request = event
             self._start(event, rest)
             return
         conn.receive_data(data)
@@ -240,7 +233,7 @@ class Connection(ServerConnection):
 
     def _read_body(self) -> None:
         conn = self._http
-        assert conn is not None and self._request is not None
+        assert conn is not None and self.http_request is not None
         if conn.they_are_waiting_for_100_continue:
             self.transport.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])) or b"")
         while True:
@@ -281,7 +274,7 @@ class Connection(ServerConnection):
 
     def _refuse(self, status: int, detail: str) -> None:
         log.warning("%s: %s: %s", self._peer, ErrorKind.BAD_REQUEST.value, shown(detail, 200))
-        self._send_answer(_refusal(status, detail))
+        self._send_answer((status, {"error": ErrorKind.BAD_REQUEST.value, "detail": detail}, {}, 0.0))
 
     def _send_answer(self, result: PostResult) -> None:
         self._answering = True
