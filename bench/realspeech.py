@@ -32,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from realspeech_corpus import Measured, correlation_at_lags, load, loudness, measure_video  # noqa: E402
+from realspeech_corpus import Measured, correlation_at_lags, load, loudness, measure_video, media_path  # noqa: E402
 
 from lipsync_stream.character import Character, CharacterStore, load_default_character  # noqa: E402
 from lipsync_stream.engines import get_engine  # noqa: E402
@@ -101,10 +101,7 @@ def main() -> None:
             reversed_frames: list[np.ndarray] = []
             points_reversed = np.zeros((0, 478, 2), np.float32)
             if not args.no_reversed:
-                from realspeech_corpus import cache_dir
-
-                media = next((cache_dir() / "media").glob(f"{clip.clip.id}.*"))
-                character = reversed_character(clip, media, Path(tmp))
+                character = reversed_character(clip, media_path(clip.clip), Path(tmp))
                 reversed_frames = render(character, clip.pcm, args.engine)
                 points_reversed, _f, state_r = measure_video(reversed_frames)
                 rows["reversed"].append(score(clip.opening, state_r[:, 0]))
@@ -144,10 +141,7 @@ def mouth_crop(image: np.ndarray, lm: np.ndarray) -> np.ndarray:
 
 def sheet_row(clip: Measured, ours: list[tuple[list[np.ndarray], np.ndarray]]) -> np.ndarray:
     """The real speaker's four widest openings (top), each over our frames at the same moment."""
-    from realspeech_corpus import cache_dir
-
-    media = next((cache_dir() / "media").glob(f"{clip.clip.id}.*"))
-    real = read_video_30fps(media)[: clip.frames]
+    real = read_video_30fps(media_path(clip.clip))[: clip.frames]
     picks = sorted(np.argsort(clip.opening)[-4:])
     tiles = []
     for i in picks:

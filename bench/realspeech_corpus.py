@@ -6,7 +6,8 @@ source repository, commit and path, speaker and split). The clips live in a loca
 once by hand:
 
     # the starter set is read from ../shared/realspeech; the rest from clones of the repositories
-    # the manifest names (any folder of clones: owner/name or owner+name, bare or not)
+    # the manifest names (any folder of clones: owner/name or owner+name, bare or not); a path
+    # VIDEO|SOUND is a video whose own sound its repository keeps beside it
     git clone https://github.com/OpenTalker/video-retalking repos/OpenTalker/video-retalking  # ...
     .venv/bin/python bench/realspeech_corpus.py --repos repos [--cache DIR]
 
@@ -114,10 +115,27 @@ def _git_blob(repo_dir: Path, commit: str, path: str) -> bytes:
     return data
 
 
+def media_path(clip: Clip, cache: Path | None = None) -> Path:
+    """Where the clip's video sits in the cache."""
+    video = clip.path.split(SOUND_APART)[0]
+    return (cache or cache_dir()) / "media" / f"{clip.id}{Path(video.split('::')[-1]).suffix}"
+
+
+def sound_path(clip: Clip, cache: Path | None = None) -> Path | None:
+    """Where the clip's sound sits in the cache when its repository keeps it beside the video
+    (``VIDEO|SOUND`` in the manifest's path), else None: the video's own track."""
+    if SOUND_APART not in clip.path:
+        return None
+    return (cache or cache_dir()) / "media" / f"{clip.id}.sound{Path(clip.path.split(SOUND_APART)[1]).suffix}"
+
+
+SOUND_APART = "|"
+
+
 def fetch_clip(clip: Clip, repos: Path | None, cache: Path) -> Path:
     """The clip's media in the cache (copied there from the shared set or a clone)."""
-    target = cache / "media" / f"{clip.id}{Path(clip.path.split('::')[-1]).suffix}"
-    if target.is_file():
+    target, sound = media_path(clip, cache), sound_path(clip, cache)
+    if target.is_file() and (sound is None or sound.is_file()):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     if clip.source == "shared":
@@ -126,7 +144,10 @@ def fetch_clip(clip: Clip, repos: Path | None, cache: Path) -> Path:
     repo_dir = _repo_dir(repos, clip.repo) if repos is not None else None
     if repo_dir is None:
         raise FileNotFoundError(f"{clip.id}: no clone of {clip.repo} under {repos} (clone it, at {clip.commit[:12]} or later)")
-    target.write_bytes(_git_blob(repo_dir, clip.commit, clip.path))
+    paths = clip.path.split(SOUND_APART)
+    target.write_bytes(_git_blob(repo_dir, clip.commit, paths[0]))
+    if sound is not None:
+        sound.write_bytes(_git_blob(repo_dir, clip.commit, paths[1]))
     return target
 
 
@@ -163,7 +184,8 @@ def measure_clip(clip: Clip, media: Path, cache: Path) -> Measured:
         with np.load(out) as z:
             return Measured(clip, z["pcm"], z["landmarks"].astype(np.float32), z["found"], z["opening"], z["width"], z["jaw"])
     frames = read_video_30fps(media, max_frames=60 * 60 * FPS)
-    pcm = load_audio(media)
+    sound = sound_path(clip, cache)
+    pcm = load_audio(sound if sound is not None else media)
     n = min(len(frames), len(pcm) // SAMPLES_PER_FRAME)
     points, found, state = measure_video(frames[:n])
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,14 +1,22 @@
-"""Speech -> mouth on real people, first step: how far the engine's own hop features take a small
-model trained on the real-speech corpus's training speakers (bench/realspeech_corpus.py).
+"""Speech -> mouth on real people: models trained on the real-speech corpus's training speakers
+(bench/realspeech_corpus.py), and the opening model the viseme engine ships (engines/opening.py).
 
-Inputs per 30 fps frame: the viseme recognizer's hop features (24-band log-mel shape, level under
-the loudest recent speech, voicing; ``engines/recognizer.hop_inputs``) of the hops from
---past ms before the frame's centre to --future ms after it. Targets: the real speaker's
-inner-lip opening, mouth width and jaw drop from the face mesh, each standardised per clip (a
-speaker's mouth size and resting opening are the face's, not the speech's). Models: ridge
-regression and a small MLP (scikit-learn). Settings are chosen by leave-one-speaker-out over the
-training speakers (the default); ``--heldout`` then reports Pearson r of the predicted opening
-with the real one per held-out clip, at lag 0 and the best lag. Nothing is written.
+``--engine-model`` (the shipped model): inputs are the viseme recognizer's hop features
+(``engines/recognizer.hop_inputs``) of the hops from ``opening.PAST`` before a hop to
+``opening.FUTURE`` after it; the target, the real speaker's inner-lip opening standardised per
+clip (a speaker's mouth size and resting opening are the face's, not the speech's), with espeak-ng
+utterances mixed in (the opening of each phoneme's viseme, standardised per utterance); a small
+MLP (torch, from the ``neural`` extra). It is scored the way the engine runs it (the mean of the
+predictions around each frame's centre) by folds of training speakers left out, against the
+engine as installed; ``--out`` writes the model trained on every training speaker (about five
+minutes on two cores):
+
+    .venv/bin/python tools/train_mouth.py --engine-model [--out src/lipsync_stream/engines/opening.npz]
+
+Without it, exploratory models on wider contexts (ridge regression and scikit-learn's MLP on
+--past ms before each frame's centre to --future ms after, opening, width and jaw standardised
+per clip), chosen by leave-one-speaker-out; ``--heldout`` then reports the held-out clips once
+settings are chosen (never choose on them). Nothing is written.
 
     .venv/bin/python tools/train_mouth.py [--past 100 --future 80] [--per-clip] [--heldout]
 """
@@ -24,6 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # espeak.py
+sys.path.insert(0, str(ROOT / "tools"))  # train_visemes.py
 from realspeech_corpus import Measured, correlation_at_lags, load  # noqa: E402
 
 from lipsync_stream.engines.features import HOP, analyse  # noqa: E402
@@ -46,26 +56,6 @@ def frame_inputs(m: Measured, past_ms: int, future_ms: int, per_clip: bool = Fal
     return rows[idx].reshape(m.frames, -1)
 
 
-#: a running standardisation's memory (hops): about 3 s of speech
-RUNNING_HOPS = 300
-
-
-def running_standardised(rows: np.ndarray, speech: np.ndarray, prior_mean: np.ndarray, prior_var: np.ndarray) -> np.ndarray:
-    """Each hop's features standardised by the mean and spread of the speech heard so far (an
-    exponential memory of RUNNING_HOPS speech hops, starting from the priors): what a stream can
-    do where a clip would be standardised whole."""
-    out = np.empty_like(rows)
-    mean, var = prior_mean.astype(np.float64).copy(), prior_var.astype(np.float64).copy()
-    a = 1.0 / RUNNING_HOPS
-    for i, row in enumerate(rows):
-        if speech[i]:
-            d = row - mean
-            mean += a * d
-            var = (1 - a) * (var + a * d * d)
-        out[i] = (row - mean) / np.sqrt(var + 1e-6)
-    return out
-
-
 def hop_rows(pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The recognizer's per-hop features of *pcm*, and which hops are speech (within 40 dB of
     the loudest recent)."""
@@ -73,31 +63,6 @@ def hop_rows(pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     f = analyse(pcm, np.arange(n_hops) * HOP + HOP // 2)
     peak = peak_track(f.level_db)
     return hop_inputs(f, peak), f.level_db > peak - 40.0
-
-
-def stacked(rows: np.ndarray, at: np.ndarray) -> np.ndarray:
-    from lipsync_stream.engines.recognizer import CONTEXT
-
-    idx = np.clip(at[:, None] + CONTEXT[None, :], 0, len(rows) - 1)
-    return rows[idx].reshape(len(at), -1)
-
-
-def engine_inputs(m: Measured, prior: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """(frames, features): the recognizer's own inputs for each 30 fps frame (its 19 hops around
-    the hop nearest the frame's centre), as the engine computes them while it streams; with a
-    *prior* (mean, variance), standardised as they come (:func:`running_standardised`)."""
-    rows, speech = hop_rows(m.pcm)
-    if prior is not None:
-        rows = running_standardised(rows, speech, *prior)
-    centre = ((np.arange(m.frames) + 0.5) / FPS * HOPS_PER_SECOND).astype(int)
-    return stacked(rows, np.clip(centre, 0, len(rows) - 1))
-
-
-def open_target(m: Measured) -> np.ndarray:
-    """The real opening on the engine's scale: 0 at the speaker's closed lips (5th percentile),
-    1 at their wide opening (95th), so that faces of any size train one model."""
-    lo, hi = np.percentile(m.opening, [5, 95])
-    return np.clip((m.opening - lo) / max(hi - lo, 1e-6), 0.0, 1.3)
 
 
 def engine_open(m: Measured) -> np.ndarray:
@@ -129,10 +94,11 @@ def main() -> None:
     parser.add_argument("--per-clip", action="store_true", help="standardise the inputs over each clip")
     parser.add_argument("--heldout", action="store_true", help="train on all training speakers and report the held-out ones (once settings are chosen)")
     parser.add_argument("--engine-model", action="store_true", help="the opening model on the recognizer's inputs, trained on the real training speakers and synthetic speech, against the engine's own opening (leave one speaker out)")
-    parser.add_argument("--synthetic", type=int, default=600, help="espeak-ng utterances mixed in (--engine-model)")
-    parser.add_argument("--z-target", action="store_true", help="with --engine-model: the real opening standardised per clip instead of scaled between its 5th and 95th percentiles")
+    parser.add_argument("--synthetic", type=int, default=800, help="espeak-ng utterances mixed in (--engine-model)")
+    parser.add_argument("--dropout", type=float, default=0.4, help="with --engine-model")
+    parser.add_argument("--epochs", type=int, default=30, help="with --engine-model")
+    parser.add_argument("--folds", type=int, default=6, help="with --engine-model: training speakers split into this many folds, each left out in turn")
     parser.add_argument("--only-repo", help="with --engine-model: train on this repository's clips only, score on the other training clips")
-    parser.add_argument("--running-norm", action="store_true", help="with --engine-model: inputs standardised as they stream (running mean and spread of the speech so far)")
     parser.add_argument("--out", type=Path, help="with --engine-model: write the model trained on every training speaker here")
     args = parser.parse_args()
     if args.engine_model:
@@ -181,77 +147,141 @@ def main() -> None:
     print("| **mean** | " + " | ".join(f"{np.mean([r for _id, r, _lag in rows]):.2f}" for rows in results.values()) + " |")
 
 
-def engine_model(args: argparse.Namespace) -> None:
-    from sklearn.neural_network import MLPRegressor
-    from sklearn.preprocessing import StandardScaler
+def opening_inputs(rows: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """(len(at), opening.INPUTS): the opening model's inputs for predictions at hops *at*."""
+    from lipsync_stream.engines import opening
 
-    sys.path.insert(0, str(ROOT / "tools"))
-    from train_visemes import TRAIN_ACCENTS, TRAIN_VARIANTS, dataset
+    idx = np.clip(at[:, None] + np.arange(-opening.PAST, opening.FUTURE + 1)[None, :], 0, len(rows) - 1)
+    return rows[idx].reshape(len(at), -1)
+
+
+def frame_hops(frames: int) -> np.ndarray:
+    """The hop under each 30 fps frame's centre."""
+    return ((np.arange(frames) + 0.5) / FPS * HOPS_PER_SECOND).astype(int)
+
+
+def smoothed_openings(model: object, rows: np.ndarray, frames: int) -> np.ndarray:
+    """The engine's z for each frame: the mean of the model's predictions at the hops from
+    SMOOTH_PAST before the frame's centre to SMOOTH_FUTURE after (as ``engines/viseme`` does)."""
+    from lipsync_stream.engines import opening
+
+    per_hop = model.predict(opening_inputs(rows, np.arange(len(rows))))  # type: ignore[attr-defined]
+    padded = np.pad(per_hop, (opening.SMOOTH_PAST, opening.SMOOTH_FUTURE), mode="edge")
+    mean = np.convolve(padded, np.ones(opening.SMOOTH_PAST + opening.SMOOTH_FUTURE + 1) / (opening.SMOOTH_PAST + opening.SMOOTH_FUTURE + 1), "valid")
+    return mean[np.clip(frame_hops(frames), 0, len(mean) - 1)]
+
+
+def synthetic_openings(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inputs and z targets from *n* espeak-ng utterances (tools/train_visemes.py's recipe: its
+    training voices, random rates, pitches, loudness): every third hop, the target the opening of
+    the viseme of the phoneme under it, standardised per utterance like a real speaker's."""
+    from espeak import Espeak
+    from train_visemes import TRAIN_ACCENTS, TRAIN_VARIANTS, sentence, utterance
 
     from lipsync_stream.engines.viseme import TARGETS, VISEMES
 
-    train = load("train")
-    prior = None
-    if args.running_norm:
-        every = np.concatenate([hop_rows(m.pcm)[0] for m in train])
-        prior = (every.mean(axis=0), every.var(axis=0))
-    rows = {m.clip.id: (engine_inputs(m, prior), targets(m)[:, 0] if args.z_target else open_target(m)) for m in train}
     voices = [f"{a}+{v}" if v else a for a in TRAIN_ACCENTS for v in TRAIN_VARIANTS]
-    if args.synthetic and prior is None and not args.z_target:
-        xs, labels = dataset(voices, args.synthetic, args.seed)
-        ys = np.array([TARGETS[VISEMES[k]].open for k in labels])
-    elif args.synthetic:
-        from espeak import Espeak
-        from train_visemes import sentence, utterance
+    rng, speaker, xs, ys = np.random.default_rng(seed), Espeak(), [], []
+    for i in range(n):
+        signal, hop_labels = utterance(speaker, sentence(rng), voices[i % len(voices)], int(rng.integers(120, 220)), int(rng.integers(25, 80)), rng, rng.uniform(-24, 0))
+        rows, _speech = hop_rows(signal)
+        at = np.arange(0, min(len(rows), len(hop_labels)), 3)
+        y = np.array([TARGETS[VISEMES[k]].open for k in hop_labels[at]])
+        xs.append(opening_inputs(rows, at))
+        ys.append((y - y.mean()) / (y.std() + 1e-9))
+    return np.concatenate(xs), np.concatenate(ys)
 
-        rng, speaker, parts, targets_ = np.random.default_rng(args.seed), Espeak(), [], []
-        for i in range(args.synthetic):
-            signal, hop_labels = utterance(speaker, sentence(rng), voices[i % len(voices)], int(rng.integers(120, 220)), int(rng.integers(25, 80)), rng, rng.uniform(-24, 0))
-            hop_x, speech = hop_rows(signal)
-            if prior is not None:
-                hop_x = running_standardised(hop_x, speech, *prior)
-            at = np.arange(0, len(hop_x), 2)
-            parts.append(stacked(hop_x, at))
-            y = np.array([TARGETS[VISEMES[k]].open for k in hop_labels[at]])
-            targets_.append((y - y.mean()) / (y.std() + 1e-9) if args.z_target else y)
-        xs, ys = np.concatenate(parts), np.concatenate(targets_)
-    else:
-        xs, ys = np.zeros((0, rows[train[0].clip.id][0].shape[1])), np.zeros(0)
-    print(f"real: {len(train)} clips, {sum(len(y) for _x, y in rows.values()) / FPS:.0f} s; synthetic: {len(ys)} hops")
 
-    def fit(clips: list[Measured]) -> tuple[StandardScaler, MLPRegressor]:
-        x_real = np.concatenate([rows[m.clip.id][0] for m in clips])
-        y_real = np.concatenate([rows[m.clip.id][1] for m in clips])
-        keep = np.random.default_rng(args.seed).choice(len(ys), min(len(ys), 2 * len(y_real)), replace=False)
-        x, y = np.concatenate([x_real, xs[keep]]), np.concatenate([y_real, ys[keep]])
-        scaler = StandardScaler().fit(x)
-        model = MLPRegressor(hidden_layer_sizes=(64, 32), alpha=1e-2, max_iter=300, early_stopping=True, random_state=args.seed).fit(scaler.transform(x), y)
-        return scaler, model
+def fit_opening(x: np.ndarray, y: np.ndarray, args: argparse.Namespace, seed: int, out: Path) -> object:
+    """A small MLP (torch: dropout, AdamW, one-cycle learning rate) from inputs *x* to z *y*,
+    written to *out* in the shipped format and loaded back with the engine's own code."""
+    import torch
+
+    from lipsync_stream.engines.opening import OpeningModel
+
+    torch.manual_seed(seed)
+    mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6
+    layers: list[torch.nn.Module] = []
+    width = x.shape[1]
+    for hidden in HIDDEN:
+        layers += [torch.nn.Linear(width, hidden), torch.nn.ReLU(), torch.nn.Dropout(args.dropout)]
+        width = hidden
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(width, 1))
+    xt, yt = torch.tensor((x - mean) / std, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    batches = len(y) // BATCH
+    optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-3, total_steps=args.epochs * batches)
+    for _epoch in range(args.epochs):
+        order = torch.randperm(len(y))
+        for b in range(batches):
+            pick = order[b * BATCH : (b + 1) * BATCH]
+            loss = torch.nn.functional.mse_loss(net(xt[pick])[:, 0], yt[pick])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    linear = [m for m in net if isinstance(m, torch.nn.Linear)]
+    weights = {f"w{i}": m.weight.detach().numpy().T.astype(np.float32) for i, m in enumerate(linear)} | {f"b{i}": m.bias.detach().numpy().astype(np.float32) for i, m in enumerate(linear)}
+    from lipsync_stream.engines import opening
+    from lipsync_stream.engines.recognizer import FEATURES_PER_HOP
+
+    np.savez(out, geometry=np.array([opening.PAST, opening.FUTURE, FEATURES_PER_HOP]), mean=mean.astype(np.float32), std=std.astype(np.float32), layers=len(linear), version=np.array(VERSION), **weights)
+    return OpeningModel(out)
+
+
+HIDDEN = (128, 64)
+BATCH = 256
+VERSION = "opening-1"
+
+
+def engine_model(args: argparse.Namespace) -> None:
+    """The opening model (engines/opening.py): chosen by leave-speakers-out folds over the
+    training speakers, against the engine's own opening; --out writes the one trained on all."""
+    import tempfile
+
+    train = load("train")
+    rows = {m.clip.id: hop_rows(m.pcm)[0] for m in train}
+    real = {m.clip.id: (opening_inputs(rows[m.clip.id], np.clip(frame_hops(m.frames), 0, len(rows[m.clip.id]) - 1)), targets(m)[:, 0]) for m in train}
+    xs, ys = synthetic_openings(args.synthetic, args.seed) if args.synthetic else (np.zeros((0, next(iter(real.values()))[0].shape[1])), np.zeros(0))
+    print(f"real: {len(train)} clips, {sum(len(y) for _x, y in real.values()) / FPS:.0f} s; synthetic: {len(ys)} hops from {args.synthetic} utterances")
+    work = Path(tempfile.mkdtemp())
+
+    def fit(clips: list[Measured], seed: int) -> object:
+        x_real = np.concatenate([real[m.clip.id][0] for m in clips])
+        y_real = np.concatenate([real[m.clip.id][1] for m in clips])
+        keep = np.random.default_rng(seed).choice(len(ys), min(len(ys), len(y_real)), replace=False)
+        return fit_opening(np.concatenate([x_real, xs[keep]]), np.concatenate([y_real, ys[keep]]), args, seed, work / f"{seed}.npz")
 
     ours: list[dict[int, float]] = []
     engine: list[dict[int, float]] = []
     if args.only_repo:
         # Trained on one source's clips (say, a permissively licensed one), scored on all others.
-        scaler, model = fit([m for m in train if m.clip.repo == args.only_repo])
-        for m in (m for m in train if m.clip.repo != args.only_repo):
-            ours.append(correlation_at_lags(m.opening, model.predict(scaler.transform(rows[m.clip.id][0]))))
-            engine.append(correlation_at_lags(m.opening, engine_open(m)))
-    for speaker in sorted({m.clip.speaker for m in train}) if not args.only_repo else []:
-        scaler, model = fit([m for m in train if m.clip.speaker != speaker])
-        for m in (m for m in train if m.clip.speaker == speaker):
-            ours.append(correlation_at_lags(m.opening, model.predict(scaler.transform(rows[m.clip.id][0]))))
-            engine.append(correlation_at_lags(m.opening, engine_open(m)))
+        folds = [[m for m in train if m.clip.repo != args.only_repo]]
+    else:
+        speakers = sorted({m.clip.speaker for m in train})
+        np.random.default_rng(123).shuffle(speakers)
+        folds = [[m for m in train if m.clip.speaker in speakers[k :: args.folds]] for k in range(args.folds)]
+    from lipsync_stream.engines.opening import WEIGHTS
+
+    installed = (ROOT / "src" / "lipsync_stream" / "engines" / WEIGHTS).is_file()  # else the engine cannot run
+    for k, scored in enumerate(folds):
+        model = fit([m for m in train if m not in scored], args.seed + k)
+        for m in scored:
+            ours.append(correlation_at_lags(m.opening, smoothed_openings(model, rows[m.clip.id], m.frames)))
+            if installed:
+                engine.append(correlation_at_lags(m.opening, engine_open(m)))
 
     def summary(rs: list[dict[int, float]]) -> str:
+        if not rs:
+            return "-"
         best = np.array([max(r, key=lambda k: r[k]) for r in rs])
         return f"r {np.mean([r[0] for r in rs]):.2f}, best lag within +-1 on {np.mean(np.abs(best) <= 1):.0%} (median {np.median(best):+.0f})"
 
-    how = f"trained on {args.only_repo}, scored on the other training clips" if args.only_repo else "leave-one-speaker-out"
-    print(f"{how}, against the real opening ({len(ours)} clips): model {summary(ours)}; the engine today {summary(engine)}")
+    how = f"trained on {args.only_repo}, scored on the other training clips" if args.only_repo else f"{args.folds} folds of training speakers left out"
+    print(f"{how}, against the real opening ({len(ours)} clips): model {summary(ours)}; the engine as installed {summary(engine)}")
     if args.out is not None:
-        scaler, model = fit([m for m in train if not args.only_repo or m.clip.repo == args.only_repo])
-        layers = {f"w{i}": w.astype(np.float32) for i, w in enumerate(model.coefs_)} | {f"b{i}": b.astype(np.float32) for i, b in enumerate(model.intercepts_)}
-        np.savez(args.out, classes=np.array(["open"]), mean=scaler.mean_.astype(np.float32), std=scaler.scale_.astype(np.float32), layers=len(model.coefs_), version=np.array("mouth-1"), **layers)
+        fit([m for m in train if not args.only_repo or m.clip.repo == args.only_repo], args.seed)
+        (work / f"{args.seed}.npz").replace(args.out)
         print(f"wrote {args.out}")
 
 

@@ -91,15 +91,22 @@ class VisemeRecognizer:
 
 
 @njit(nogil=True, cache=True)
+def hidden_layers(h, weights, biases):  # type: ignore[no-untyped-def]
+    """The layers on rows *h* (normalised inputs, float32): ReLU hidden layers, then the last
+    layer's raw outputs (shared by the recognizer and :mod:`.opening`)."""
+    last = len(weights) - 1
+    for i in range(len(weights)):
+        h = np.dot(h, weights[i]) + biases[i]
+        if i < last:
+            h = np.maximum(h, np.float32(0.0))
+    return h
+
+
+@njit(nogil=True, cache=True)
 def forward(x, mean, scale, weights, biases, out):  # type: ignore[no-untyped-def]
     """The network on every row of *x* (float32), softmax memberships into *out*: normalised
     inputs, ReLU hidden layers, a softmax output layer."""
-    last = len(weights) - 1
-    for r in range(x.shape[0]):
-        h = (x[r] - mean) * scale
-        for i in range(len(weights)):
-            h = np.dot(h, weights[i]) + biases[i]
-            if i < last:
-                h = np.maximum(h, np.float32(0.0))
-        h = np.exp(h - h.max())
-        out[r] = h / h.sum()
+    h = hidden_layers((x - mean) * scale, weights, biases)
+    for r in range(h.shape[0]):
+        e = np.exp(h[r] - h[r].max())
+        out[r] = e / e.sum()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +31,11 @@ import numpy as np
 from numba import njit
 
 from ..protocol import FPS, SAMPLE_RATE, AudioFrame
-from . import features, interior, meshwarp
+from . import features, interior, meshwarp, opening
 from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
 from .features import BAND0, BANDS, HOP, LEVEL, MURMUR_MID, MURMUR_UPPER, VOICING, HopCache
 from .meshwarp import compose_region
+from .opening import OpeningModel, smoothed_z
 from .recognizer import CONTEXT, FEATURES_PER_HOP, PEAK_FLOOR_DB, VisemeRecognizer, forward, hop_inputs_into
 
 VISEMES = ("sil", "closed", "a", "e", "i", "o", "fv", "rest")
@@ -55,13 +57,23 @@ _TARGET_MATRIX = np.array([[t.open, t.width, t.round, t.tuck] for t in (TARGETS[
 GATE_DB = -50.0  # absolute: below this it is silence
 FLOOR_BELOW_PEAK_DB = 38.0  # relative: this far under the loudest recent speech is silence too
 PEAK_DECAY_DB_PER_FRAME = 0.03
+# A recording's pauses are not digital silence but its room: hops less than ABOVE_NOISE_DB over
+# the quietest frame of the last NOISE_FRAMES (minimum statistics) are silence too.
+ABOVE_NOISE_DB = 12.0
+NOISE_FRAMES = 45  # 1.5 s: speech leaves gaps between words well within it
 LEAD_S, SPREAD_S = 0.02, 0.04  # the rules' kernel over hops: where the mouth listens most
 CLOSURE_PAST_S = 0.04  # speech this recent before a silence makes the silence a closure
 PAST_HOPS, FUTURE_HOPS = -int(CONTEXT[0]), int(CONTEXT[-1])  # the recognizer's: 100 ms before the centre, 80 after
-_HOP_OFFSETS = np.arange(-PAST_HOPS, FUTURE_HOPS + 1)
+# Hops a frame reads: the recognizer's, and further back for the opening model's predictions.
+_FIRST = -max(PAST_HOPS, opening.SMOOTH_PAST + opening.PAST)
+_HOP_OFFSETS = np.arange(_FIRST, max(FUTURE_HOPS, opening.SMOOTH_FUTURE + opening.FUTURE) + 1)
+_HEARD_SPAN = np.array([-PAST_HOPS - _FIRST, -PAST_HOPS - _FIRST + len(CONTEXT)])  # the recognizer's hops among them
+# The opening model's inputs: for each hop from SMOOTH_PAST before the centre to SMOOTH_FUTURE
+# after, the rows (indices into the frame's hops) from PAST before it to FUTURE after.
+_OPENING_ROWS = np.array([np.arange(c - opening.PAST, c + opening.FUTURE + 1) - _FIRST for c in range(-opening.SMOOTH_PAST, opening.SMOOTH_FUTURE + 1)])
 _LOW, _F1, _F2 = (BAND0 + list(BANDS).index(band) for band in ("low", "f1", "f2"))
 LOOKAHEAD_SAMPLES = 1280  # 80 ms after the frame's end: FUTURE_HOPS past its centre plus half a hop window
-CONTEXT_SAMPLES = 1600  # 100 ms before the frame's start
+CONTEXT_SAMPLES = -_FIRST * HOP  # 160 ms before the frame's start (costs no latency)
 
 
 @njit(nogil=True, cache=True)
@@ -85,18 +97,22 @@ def silence_and_hum(row, floor_db):  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, cache=True)
-def _decide(m, offsets, peak_db, mean, scale, weights, biases):  # type: ignore[no-untyped-def]
+def _decide(m, offsets, peak_db, noise_db, heard, opening_rows, mean, scale, weights, biases, o_mean, o_scale, o_weights, o_biases):  # type: ignore[no-untyped-def]
     """One frame from its hops' rows *m* at *offsets* (seconds from the frame's centre), in one
     call that does not hold the GIL: (viseme memberships, strongest closure inside the frame,
-    whether every hop is silence or hum, the loudness tracker's new peak)."""
+    whether every hop the recognizer hears is silence or hum, the loudness tracker's new peak,
+    the share of speech, the opening model's z, the level of the frame's quietest hop).
+    *noise_db*: the room's level (:data:`NOISE_FRAMES`). *heard*: the recognizer's hops (start, stop); *opening_rows*: the
+    opening model's inputs; then the recognizer's and the opening model's networks."""
     n = m.shape[0]
     half_frame = 0.5 / FPS
-    loudest = -np.inf
+    loudest, quietest = -np.inf, np.inf
     for i in range(n):
         if abs(offsets[i]) <= half_frame:
             loudest = max(loudest, m[i, LEVEL])
+            quietest = min(quietest, m[i, LEVEL])
     peak = max(loudest, peak_db - PEAK_DECAY_DB_PER_FRAME, PEAK_FLOOR_DB)
-    floor_db = max(GATE_DB, peak - FLOOR_BELOW_PEAK_DB)
+    floor_db = max(GATE_DB, peak - FLOOR_BELOW_PEAK_DB, noise_db + ABOVE_NOISE_DB)
     # The rules say how much of the frame is silence (from the level: exact on any voice);
     # the recognizer which shape the sound under the frame's centre needs.
     quiet, hum = np.empty(n), np.empty(n)
@@ -109,10 +125,15 @@ def _decide(m, offsets, peak_db, mean, scale, weights, biases):  # type: ignore[
     silent = weighted / total
     inputs = np.empty((n, FEATURES_PER_HOP), np.float32)
     hop_inputs_into(m, np.full(n, peak), inputs)
-    heard = np.empty((1, len(biases[-1])), np.float32)
-    forward(inputs.reshape(1, -1), mean, scale, weights, biases, heard)
-    frame_m = (1.0 - silent) * heard[0].astype(np.float64)
+    memberships = np.empty((1, len(biases[-1])), np.float32)
+    forward(inputs[heard[0] : heard[1]].reshape(1, -1), mean, scale, weights, biases, memberships)
+    frame_m = (1.0 - silent) * memberships[0].astype(np.float64)
     frame_m[0] += silent
+    k, width = opening_rows.shape
+    batch = np.empty((k, width * FEATURES_PER_HOP), np.float32)
+    for j in range(k):
+        batch[j] = inputs[opening_rows[j]].reshape(-1)
+    z = smoothed_z(batch, o_mean, o_scale, o_weights, o_biases)
     # A closure inside the frame: a hum or m, or a silence that follows speech (a stop's closure,
     # or the end of a phrase). Silence before the first sound is not one: the lips may part early.
     after_speech = inside_hum = inside_quiet = 0.0
@@ -122,7 +143,7 @@ def _decide(m, offsets, peak_db, mean, scale, weights, biases):  # type: ignore[
         if abs(offsets[i]) <= half_frame:
             inside_hum, inside_quiet = max(inside_hum, hum[i]), max(inside_quiet, quiet[i])
     closure = max(inside_hum, inside_quiet * after_speech, frame_m[1])
-    return frame_m, closure, (quiet + hum).min() > 0.98, peak
+    return frame_m, closure, (quiet[heard[0] : heard[1]] + hum[heard[0] : heard[1]]).min() > 0.98, peak, 1.0 - silent, z, quietest
 
 
 @dataclass(frozen=True)
@@ -139,6 +160,7 @@ class VisemeStream(EngineStream):
     def __init__(self, engine: VisemeEngine) -> None:
         self.engine = engine
         self.peak_db = -20.0
+        self._quietest: deque[float] = deque(maxlen=NOISE_FRAMES)  # each recent frame's quietest hop, dB
         self._hops = HopCache()
 
     def analyse(self, frame: AudioFrame) -> FrameAnalysis:
@@ -153,12 +175,18 @@ class VisemeStream(EngineStream):
         started = time.perf_counter()
         m = self._hops.matrix(window, centres, frame.start, frame.valid, frame.epoch)
         self.feature_seconds += time.perf_counter() - started
-        frame_m, closure, all_quiet, self.peak_db = _decide(m, offsets, self.peak_db, *self.engine.recognizer.kernel_args)
+        engine = self.engine
+        noise_db = min(self._quietest) if self._quietest else -np.inf
+        frame_m, closure, all_quiet, self.peak_db, speaking, z, quietest = _decide(m, offsets, self.peak_db, noise_db, _HEARD_SPAN, _OPENING_ROWS, *engine.recognizer.kernel_args, *engine.opening.kernel_args)
+        self._quietest.append(quietest)
         if all_quiet:
             shape = MouthShape()
         else:
+            # The recognizer says the shape and where the lips press together; the opening model,
+            # which heard real people, how far they part otherwise.
             params = frame_m @ _TARGET_MATRIX
-            shape = MouthShape(float(params[0]), float(params[1]), float(params[2]), float(params[3]))
+            opened = (speaking - frame_m[1]) * min(max(opening.BASE + opening.GAIN * z, 0.0), 1.0)
+            shape = MouthShape(opened, float(params[1]), float(params[2]), float(params[3]))
         if closure > 0.5:
             # Lips meet: no blur across a closure, but keep the spread/rounding it is coarticulated with.
             shape = MouthShape(0.0, shape.width * 0.5, shape.round * 0.5, 0.0)
@@ -171,6 +199,7 @@ class VisemeStream(EngineStream):
         # An all-zero window is silence in every hop: the rules give the rest shape, whatever came
         # before (no smoothing state); only the loudness peak decays, as analyse() would do.
         self.peak_db = max(self.peak_db - PEAK_DECAY_DB_PER_FRAME, -35.0)
+        self._quietest.append(-np.inf)
         return True
 
     def draw(self, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any = None) -> Region | None:
@@ -186,6 +215,7 @@ class VisemeEngine(Engine):
 
     def __init__(self) -> None:
         self.recognizer = VisemeRecognizer()
+        self.opening = OpeningModel()
 
     def stream(self) -> VisemeStream:
         return VisemeStream(self)

@@ -1,0 +1,74 @@
+"""The opening model: how far a real speaker's lips part, heard from the recognizer's hop inputs.
+
+The viseme recognizer (:mod:`.recognizer`) was trained on synthetic speech with exact phoneme
+timings: it hears which shape a sound needs, but on recordings of real people its opening
+followed their lips worse than plain loudness. This small network was trained on people: the
+inner-lip opening that the face mesh measures on real talking-head clips (the training speakers
+of ``bench/realspeech_corpus.tsv``), with espeak-ng speech mixed in, by ``tools/train_mouth.py``.
+Its target is the opening *standardised per speaker* (``z``: 0 is this speaker's usual, 1 one
+spread wider), since how wide a mouth opens is the face's, not the speech's; the engine maps
+``z`` onto its own 0..1 scale with :data:`BASE` and :data:`GAIN`.
+
+Each prediction hears :data:`PAST` hops before its hop and :data:`FUTURE` after (the same
+per-hop inputs as the recognizer: 24-band spectral shape, level under the loudest recent speech,
+voicing). A frame's opening is the mean of the predictions at the hops from :data:`SMOOTH_PAST`
+before its centre to :data:`SMOOTH_FUTURE` after: a real mouth moves smoothly, and averaging
+neighbouring predictions follows it better than any one of them (leave-one-speaker-out r 0.40
+for one prediction, 0.44 for the mean; ``tools/train_mouth.py``). Everything it hears lies
+within the viseme engine's lookahead: it costs no latency. All of a frame's predictions are one
+batched product of small matrices, compiled, without the GIL.
+"""
+
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from numba import njit
+
+from .recognizer import FEATURES_PER_HOP, hidden_layers
+
+PAST, FUTURE = 10, 5  # hops one prediction hears before and after its own
+SMOOTH_PAST, SMOOTH_FUTURE = 6, 3  # hops around a frame's centre whose predictions are averaged
+BASE, GAIN = 0.35, 0.25  # the engine's opening for z = 0, and per unit of z
+WEIGHTS = "opening.npz"
+INPUTS = (PAST + 1 + FUTURE) * FEATURES_PER_HOP
+
+
+class OpeningModel:
+    """The trained network; :meth:`predict` for rows of one prediction's inputs."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        source = path if path is not None else Path(str(resources.files("lipsync_stream.engines") / WEIGHTS))
+        with np.load(source, allow_pickle=False) as data:
+            geometry = tuple(int(v) for v in data["geometry"])
+            self.mean = data["mean"].astype(np.float32)
+            self.scale = (1.0 / data["std"]).astype(np.float32)
+            n_layers = int(data["layers"])
+            self.layers = [(np.ascontiguousarray(data[f"w{i}"], np.float32), np.ascontiguousarray(data[f"b{i}"], np.float32)) for i in range(n_layers)]
+            self.version = str(data["version"])
+        if geometry != (PAST, FUTURE, FEATURES_PER_HOP) or self.layers[0][0].shape[0] != INPUTS or self.layers[-1][0].shape[1] != 1:
+            raise ValueError(f"{source.name}: a network for {geometry} (hops before, after, features per hop) with {self.layers[0][0].shape[0]} inputs does not fit this engine's {(PAST, FUTURE, FEATURES_PER_HOP)}")
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        """(n,) z for (n, INPUTS) inputs."""
+        x = np.ascontiguousarray(np.atleast_2d(inputs), np.float32)
+        return _each(x, *self.kernel_args)
+
+    @functools.cached_property
+    def kernel_args(self) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
+        """The network for :func:`smoothed_z`: mean, scale, the layers' weights and biases."""
+        return self.mean, self.scale, tuple(w for w, _ in self.layers), tuple(b for _, b in self.layers)
+
+
+@njit(nogil=True, cache=True)
+def _each(x, mean, scale, weights, biases):  # type: ignore[no-untyped-def]
+    return hidden_layers((x - mean) * scale, weights, biases)[:, 0]
+
+
+@njit(nogil=True, cache=True)
+def smoothed_z(x, mean, scale, weights, biases):  # type: ignore[no-untyped-def]
+    """The mean prediction over the rows of *x* (each row one hop's inputs)."""
+    return hidden_layers((x - mean) * scale, weights, biases)[:, 0].mean()
