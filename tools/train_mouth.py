@@ -8,7 +8,7 @@ clip (a speaker's mouth size and resting opening are the face's, not the speech'
 utterances mixed in (the opening of each phoneme's viseme, standardised per utterance); a small
 MLP (torch, from the ``neural`` extra). It is scored the way the engine runs it (the mean of the
 predictions around each frame's centre) by folds of training speakers left out, against the
-engine as installed; ``--out`` writes the model trained on every training speaker (about five
+loudness baseline; ``--out`` writes the model trained on every training speaker (about two
 minutes on two cores):
 
     .venv/bin/python tools/train_mouth.py --engine-model [--out src/lipsync_stream/engines/opening.npz]
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # espeak.py
 sys.path.insert(0, str(ROOT / "tools"))  # train_visemes.py
-from realspeech_corpus import Measured, correlation_at_lags, load  # noqa: E402
+from realspeech_corpus import Measured, correlation_at_lags, load, loudness  # noqa: E402
 
 from lipsync_stream.engines.features import HOP, analyse  # noqa: E402
 from lipsync_stream.engines.recognizer import hop_inputs, peak_track  # noqa: E402
@@ -63,22 +63,6 @@ def hop_rows(pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     f = analyse(pcm, np.arange(n_hops) * HOP + HOP // 2)
     peak = peak_track(f.level_db)
     return hop_inputs(f, peak), f.level_db > peak - 40.0
-
-
-def engine_open(m: Measured) -> np.ndarray:
-    """The viseme engine's own mouth opening for each frame of the clip (no rendering)."""
-    from lipsync_stream.engines.viseme import VisemeEngine
-    from lipsync_stream.protocol import AudioFramer
-
-    engine = VisemeEngine()
-    stream = engine.stream()
-    framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
-    framer.push(m.pcm.astype("<i2").tobytes())
-    framer.flush()
-    out = []
-    while framer.ready():
-        out.append(stream.analyse(framer.pop()).shape.open)
-    return np.array(out[: m.frames])
 
 
 def targets(m: Measured) -> np.ndarray:
@@ -229,7 +213,7 @@ def fit_opening(x: np.ndarray, y: np.ndarray, args: argparse.Namespace, seed: in
     return OpeningModel(out)
 
 
-HIDDEN = (128, 64)
+HIDDEN = (64, 32)
 BATCH = 256
 VERSION = "opening-1"
 
@@ -253,7 +237,7 @@ def engine_model(args: argparse.Namespace) -> None:
         return fit_opening(np.concatenate([x_real, xs[keep]]), np.concatenate([y_real, ys[keep]]), args, seed, work / f"{seed}.npz")
 
     ours: list[dict[int, float]] = []
-    engine: list[dict[int, float]] = []
+    baseline: list[dict[int, float]] = []
     if args.only_repo:
         # Trained on one source's clips (say, a permissively licensed one), scored on all others.
         folds = [[m for m in train if m.clip.repo != args.only_repo]]
@@ -261,15 +245,11 @@ def engine_model(args: argparse.Namespace) -> None:
         speakers = sorted({m.clip.speaker for m in train})
         np.random.default_rng(123).shuffle(speakers)
         folds = [[m for m in train if m.clip.speaker in speakers[k :: args.folds]] for k in range(args.folds)]
-    from lipsync_stream.engines.opening import WEIGHTS
-
-    installed = (ROOT / "src" / "lipsync_stream" / "engines" / WEIGHTS).is_file()  # else the engine cannot run
     for k, scored in enumerate(folds):
         model = fit([m for m in train if m not in scored], args.seed + k)
         for m in scored:
             ours.append(correlation_at_lags(m.opening, smoothed_openings(model, rows[m.clip.id], m.frames)))
-            if installed:
-                engine.append(correlation_at_lags(m.opening, engine_open(m)))
+            baseline.append(correlation_at_lags(m.opening, loudness(m.pcm, m.frames)))
 
     def summary(rs: list[dict[int, float]]) -> str:
         if not rs:
@@ -278,7 +258,7 @@ def engine_model(args: argparse.Namespace) -> None:
         return f"r {np.mean([r[0] for r in rs]):.2f}, best lag within +-1 on {np.mean(np.abs(best) <= 1):.0%} (median {np.median(best):+.0f})"
 
     how = f"trained on {args.only_repo}, scored on the other training clips" if args.only_repo else f"{args.folds} folds of training speakers left out"
-    print(f"{how}, against the real opening ({len(ours)} clips): model {summary(ours)}; the engine as installed {summary(engine)}")
+    print(f"{how}, against the real opening ({len(ours)} clips): model {summary(ours)}; the loudness baseline {summary(baseline)}")
     if args.out is not None:
         fit([m for m in train if not args.only_repo or m.clip.repo == args.only_repo], args.seed)
         (work / f"{args.seed}.npz").replace(args.out)

@@ -15,8 +15,9 @@ voicing). A frame's opening is the mean of the predictions at the hops from :dat
 before its centre to :data:`SMOOTH_FUTURE` after: a real mouth moves smoothly, and averaging
 neighbouring predictions follows it better than any one of them (leave-one-speaker-out r 0.40
 for one prediction, 0.44 for the mean; ``tools/train_mouth.py``). Everything it hears lies
-within the viseme engine's lookahead: it costs no latency. All of a frame's predictions are one
-batched product of small matrices, compiled, without the GIL.
+within the viseme engine's lookahead: it costs no latency. Consecutive frames share most of those hops: each
+prediction is computed once and kept by its hop's position in the stream
+(:class:`PredictionCache`), compiled, without the GIL.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
+from .features import HOP
 from .recognizer import FEATURES_PER_HOP, hidden_layers
 
 PAST, FUTURE = 10, 5  # hops one prediction hears before and after its own
@@ -68,7 +70,40 @@ def _each(x, mean, scale, weights, biases):  # type: ignore[no-untyped-def]
     return hidden_layers((x - mean) * scale, weights, biases)[:, 0]
 
 
+class PredictionCache:
+    """One stream's predictions by hop position, so that consecutive frames, whose smoothing
+    windows overlap, compute each once. A prediction is kept only when every hop it hears lies
+    wholly in real audio; the cache is cleared when SKIP moves the stream (a new epoch)."""
+
+    SLOTS = 32  # a frame averages SMOOTH_PAST + SMOOTH_FUTURE + 1 predictions; the next one moves 3.3 hops
+
+    def __init__(self) -> None:
+        self.positions = np.full(self.SLOTS, np.iinfo(np.int64).min, np.int64)
+        self.values = np.zeros(self.SLOTS)
+        self.epoch = 0
+
+    def for_epoch(self, epoch: int) -> PredictionCache:
+        if epoch != self.epoch:
+            self.positions[:] = np.iinfo(np.int64).min
+            self.epoch = epoch
+        return self
+
+
 @njit(nogil=True, cache=True)
-def smoothed_z(x, mean, scale, weights, biases):  # type: ignore[no-untyped-def]
-    """The mean prediction over the rows of *x* (each row one hop's inputs)."""
-    return hidden_layers((x - mean) * scale, weights, biases)[:, 0].mean()
+def smoothed_z(inputs, rows, at, keep, positions, values, mean, scale, weights, biases):  # type: ignore[no-untyped-def]
+    """The mean of the predictions at hops *at* (stream positions), the j-th from the hop rows
+    ``inputs[rows[j]]``: from the cache (*positions*, *values*: a hop at stream position p sits
+    in slot p // HOP mod SLOTS) or computed, and kept where *keep*."""
+    total = 0.0
+    n_slots = len(positions)
+    for j in range(rows.shape[0]):
+        slot = (at[j] // HOP) % n_slots
+        if positions[slot] == at[j]:
+            total += values[slot]
+            continue
+        x = inputs[rows[j]].reshape(1, -1)
+        z = float(hidden_layers((x - mean) * scale, weights, biases)[0, 0])
+        if keep[j]:
+            positions[slot], values[slot] = at[j], z
+        total += z
+    return total / rows.shape[0]

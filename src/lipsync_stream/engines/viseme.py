@@ -33,9 +33,9 @@ from numba import njit
 from ..protocol import FPS, SAMPLE_RATE, AudioFrame
 from . import features, interior, meshwarp, opening
 from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
-from .features import BAND0, BANDS, HOP, LEVEL, MURMUR_MID, MURMUR_UPPER, VOICING, HopCache
+from .features import BAND0, BANDS, HOP, LEVEL, MURMUR_MID, MURMUR_UPPER, VOICING, WIN, HopCache
 from .meshwarp import compose_region
-from .opening import OpeningModel, smoothed_z
+from .opening import OpeningModel, PredictionCache, smoothed_z
 from .recognizer import CONTEXT, FEATURES_PER_HOP, PEAK_FLOOR_DB, VisemeRecognizer, forward, hop_inputs_into
 
 VISEMES = ("sil", "closed", "a", "e", "i", "o", "fv", "rest")
@@ -70,7 +70,8 @@ _HOP_OFFSETS = np.arange(_FIRST, max(FUTURE_HOPS, opening.SMOOTH_FUTURE + openin
 _HEARD_SPAN = np.array([-PAST_HOPS - _FIRST, -PAST_HOPS - _FIRST + len(CONTEXT)])  # the recognizer's hops among them
 # The opening model's inputs: for each hop from SMOOTH_PAST before the centre to SMOOTH_FUTURE
 # after, the rows (indices into the frame's hops) from PAST before it to FUTURE after.
-_OPENING_ROWS = np.array([np.arange(c - opening.PAST, c + opening.FUTURE + 1) - _FIRST for c in range(-opening.SMOOTH_PAST, opening.SMOOTH_FUTURE + 1)])
+_OPENING_CENTRES = np.arange(-opening.SMOOTH_PAST, opening.SMOOTH_FUTURE + 1) - _FIRST
+_OPENING_ROWS = _OPENING_CENTRES[:, None] + np.arange(-opening.PAST, opening.FUTURE + 1)[None, :]
 _LOW, _F1, _F2 = (BAND0 + list(BANDS).index(band) for band in ("low", "f1", "f2"))
 LOOKAHEAD_SAMPLES = 1280  # 80 ms after the frame's end: FUTURE_HOPS past its centre plus half a hop window
 CONTEXT_SAMPLES = -_FIRST * HOP  # 160 ms before the frame's start (costs no latency)
@@ -97,13 +98,15 @@ def silence_and_hum(row, floor_db):  # type: ignore[no-untyped-def]
 
 
 @njit(nogil=True, cache=True)
-def _decide(m, offsets, peak_db, noise_db, heard, opening_rows, mean, scale, weights, biases, o_mean, o_scale, o_weights, o_biases):  # type: ignore[no-untyped-def]
+def _decide(m, offsets, peak_db, noise_db, heard, at, keep, positions, values, mean, scale, weights, biases, o_mean, o_scale, o_weights, o_biases):  # type: ignore[no-untyped-def]
     """One frame from its hops' rows *m* at *offsets* (seconds from the frame's centre), in one
     call that does not hold the GIL: (viseme memberships, strongest closure inside the frame,
     whether every hop the recognizer hears is silence or hum, the loudness tracker's new peak,
     the share of speech, the opening model's z, the level of the frame's quietest hop).
-    *noise_db*: the room's level (:data:`NOISE_FRAMES`). *heard*: the recognizer's hops (start, stop); *opening_rows*: the
-    opening model's inputs; then the recognizer's and the opening model's networks."""
+    *noise_db*: the room's level (:data:`NOISE_FRAMES`). *heard*: the recognizer's hops (start,
+    stop); *at*, *keep*, *positions*, *values*: the opening model's hops, which of their
+    predictions may be kept, and its cache (:func:`.opening.smoothed_z`); then the recognizer's
+    and the opening model's networks."""
     n = m.shape[0]
     half_frame = 0.5 / FPS
     loudest, quietest = -np.inf, np.inf
@@ -129,11 +132,7 @@ def _decide(m, offsets, peak_db, noise_db, heard, opening_rows, mean, scale, wei
     forward(inputs[heard[0] : heard[1]].reshape(1, -1), mean, scale, weights, biases, memberships)
     frame_m = (1.0 - silent) * memberships[0].astype(np.float64)
     frame_m[0] += silent
-    k, width = opening_rows.shape
-    batch = np.empty((k, width * FEATURES_PER_HOP), np.float32)
-    for j in range(k):
-        batch[j] = inputs[opening_rows[j]].reshape(-1)
-    z = smoothed_z(batch, o_mean, o_scale, o_weights, o_biases)
+    z = smoothed_z(inputs, _OPENING_ROWS, at, keep, positions, values, o_mean, o_scale, o_weights, o_biases)
     # A closure inside the frame: a hum or m, or a silence that follows speech (a stop's closure,
     # or the end of a phrase). Silence before the first sound is not one: the lips may part early.
     after_speech = inside_hum = inside_quiet = 0.0
@@ -162,6 +161,7 @@ class VisemeStream(EngineStream):
         self.peak_db = -20.0
         self._quietest: deque[float] = deque(maxlen=NOISE_FRAMES)  # each recent frame's quietest hop, dB
         self._hops = HopCache()
+        self._predictions = PredictionCache()
 
     def analyse(self, frame: AudioFrame) -> FrameAnalysis:
         window = frame.window
@@ -177,7 +177,11 @@ class VisemeStream(EngineStream):
         self.feature_seconds += time.perf_counter() - started
         engine = self.engine
         noise_db = min(self._quietest) if self._quietest else -np.inf
-        frame_m, closure, all_quiet, self.peak_db, speaking, z, quietest = _decide(m, offsets, self.peak_db, noise_db, _HEARD_SPAN, _OPENING_ROWS, *engine.recognizer.kernel_args, *engine.opening.kernel_args)
+        # The opening model's hops, and whether all they hear is real audio (then kept for the next frames).
+        at = frame.start + centres[_OPENING_CENTRES]
+        keep = centres[_OPENING_CENTRES + opening.FUTURE] + WIN // 2 <= frame.valid
+        cache = self._predictions.for_epoch(frame.epoch)
+        frame_m, closure, all_quiet, self.peak_db, speaking, z, quietest = _decide(m, offsets, self.peak_db, noise_db, _HEARD_SPAN, at, keep, cache.positions, cache.values, *engine.recognizer.kernel_args, *engine.opening.kernel_args)
         self._quietest.append(quietest)
         if all_quiet:
             shape = MouthShape()
