@@ -3,7 +3,7 @@
 Pure functions and small classes: parse the first message, cut PCM16 audio into 30 fps frames,
 encode and decode frame messages, and name the errors. Nothing here touches a socket, so the
 server, the clients and the tests all share exactly one definition of every byte
-(the README's Protocol section describes every byte and every decision).
+(docs/protocol.md describes every byte and every decision).
 """
 
 from __future__ import annotations

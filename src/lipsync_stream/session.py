@@ -4,7 +4,7 @@ The server feeds it messages with :meth:`Session.receive` and asks :meth:`Sessio
 to do now: render a frame, wait (until a time, or until the next message), finish, or fail.
 Time is passed in, never read, so pacing, limits and idle frames are tested with a fake clock.
 
-Pacing (the protocol's section 3; README, Protocol): frame *k* is released no earlier than ``t0 + k/30 - lead``, where
+Pacing (the protocol's section 3; docs/protocol.md): frame *k* is released no earlier than ``t0 + k/30 - lead``, where
 ``t0`` is when the first frame was ready. When a frame becomes ready later than its playing time
 ``t0 + k/30`` because its audio came late (the client stopped sending for a while), ``t0`` moves so that frame *k* is due
 ``lead`` ago: the client gets ``lead`` of frames at once to refill its buffer, then 30 fps again.

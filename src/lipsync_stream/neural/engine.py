@@ -126,7 +126,7 @@ class Wav2LipEngine(Engine):
 
     def __init__(self, model: Path | None = None, device: str = "auto", max_batch: int = 32, max_wait: float = 0.005) -> None:
         if model is None:
-            raise CheckpointError("the wav2lip engine needs a checkpoint: --model PATH (a Wav2Lip .pth, see README: Learned engines)")
+            raise CheckpointError("the wav2lip engine needs a checkpoint: --model PATH (a Wav2Lip .pth, see docs/engines.md: Learned engines)")
         self.device = pick_device(device)
         if self.device == "cpu":
             import torch
