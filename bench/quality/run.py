@@ -1,8 +1,10 @@
 """Lip-sync quality harness: renders speech on characters and measures the mouth in the frames.
 
-    .venv/bin/python bench/quality/run.py [--engine viseme] [--out docs/quality]
+    .venv/bin/python bench/quality/run.py [--engine viseme] [--out docs/quality] [--synth flite]
 
-Needs Debian's espeak-ng (speech with phoneme timings). Cases: sentences in several espeak-ng
+Needs Debian's espeak-ng (speech with phoneme timings); ``--synth flite`` says the sentences in
+Flite's five voices instead (Debian's ``flite``; the phonemes found by pocketsphinx's forced
+alignment, ``tests/flite.py``): a synthesizer the recognizer was not built around. Cases: sentences in several espeak-ng
 voices, with the viseme each phoneme should show; and hand-made sounds (a loud hum, sustained
 vowels, words with silence between them). Characters: the embedded default, and Grace Hopper's
 portrait (matplotlib sample data) made into a video and run through ``prepare``.
@@ -71,15 +73,16 @@ def resample(pcm: np.ndarray, rate: int) -> np.ndarray:
     return resample_to(pcm, rate, SAMPLE_RATE)
 
 
-def frame_labels(phonemes: list[Phoneme], n_frames: int, lead_in: float) -> list[str]:
-    """Expected viseme at each frame's centre; frames near a change are not scored."""
+def frame_labels(phonemes: list[Phoneme], n_frames: int, lead_in: float, visemes: dict[str, str] = PHONEME_VISEME) -> list[str]:
+    """Expected viseme at each frame's centre (*visemes*: the synthesizer's phoneme -> viseme);
+    frames near a change are not scored."""
     labels = []
     for k in range(n_frames):
         t = (k + 0.5) / FPS - lead_in
         label = "sil"
         for p in phonemes:
             if p.start <= t < p.end:
-                label = PHONEME_VISEME.get(p.symbol, "rest")
+                label = visemes.get(p.symbol, "rest")
                 # Only the steady middle of a phoneme is scored, and silence only well away
                 # from speech (the mouth may start moving up to 100 ms early).
                 margin = 0.1 if label == "sil" else 0.25 * (p.end - p.start)
@@ -93,17 +96,26 @@ def frame_labels(phonemes: list[Phoneme], n_frames: int, lead_in: float) -> list
     return labels
 
 
-def espeak_cases() -> list[Case]:
-    speaker = Espeak()
+def synth_cases(synth: str) -> list[Case]:
+    """The harness sentences in every voice of *synth*: espeak-ng's four held-out voices, or
+    Flite's five voices with phonemes found by forced alignment (``tests/flite.py``)."""
+    if synth == "flite":
+        from flite import ARPABET_VISEME, Flite
+        from flite import VOICES as FLITE_VOICES
+
+        speaker: Espeak | Flite = Flite()
+        voices, visemes = FLITE_VOICES, ARPABET_VISEME
+    else:
+        speaker, voices, visemes = Espeak(), VOICES, PHONEME_VISEME
     cases = []
     lead = 0.4
-    for voice in VOICES:
+    for voice in voices:
         for i, text in enumerate(SENTENCES):
             pcm, rate, phonemes = speaker.say(text, voice)
             speech = resample(pcm, rate)
             full = np.concatenate([silence(lead), speech, silence(0.4)])
             n = -(-len(full) * FPS // SAMPLE_RATE)
-            cases.append(Case(f"{voice}#{i + 1}", full, frame_labels(phonemes, n, lead)))
+            cases.append(Case(f"{voice}#{i + 1}", full, frame_labels(phonemes, n, lead, visemes)))
     return cases
 
 
@@ -272,15 +284,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Lip-sync quality harness")
     parser.add_argument("--engine", default="viseme")
     parser.add_argument("--out", type=Path, default=Path("docs/quality"), help="where the contact sheet goes")
+    parser.add_argument("--synth", choices=["espeak", "flite"], default="espeak", help="the sentences' synthesizer (flite: Debian's flite and pocketsphinx)")
     args = parser.parse_args()
     start = time.perf_counter()
-    cases = espeak_cases() + handmade_cases()
+    cases = synth_cases(args.synth) + handmade_cases()
     print(f"engine {args.engine}; {len(cases)} cases, {sum(len(c.pcm) for c in cases) / SAMPLE_RATE:.1f} s of audio")
     with tempfile.TemporaryDirectory() as tmp:
         characters = [("default", load_default_character()), ("hopper", hopper_character(Path(tmp)))]
         results = [(name, measure(ch, cases, args.engine)) for name, ch in characters]
     summary = {name: report(name, m) for name, m in results}
-    sheet = args.out / f"contact-sheet-{args.engine}.jpg"
+    sheet = args.out / f"contact-sheet-{args.engine}{'' if args.synth == 'espeak' else '-' + args.synth}.jpg"
     contact_sheet(results, sheet)
     print(f"\ncontact sheet: {sheet}; {time.perf_counter() - start:.0f} s")
     ok = all(abs(s["offset"]) <= 1 and s["closed"] >= 0.95 for s in summary.values())
