@@ -12,9 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+
+def viseme_table(groups: dict[str, str]) -> dict[str, str]:
+    """phoneme -> viseme, from each viseme's phonemes (a string of them, space-separated)."""
+    return {symbol: viseme for viseme, symbols in groups.items() for symbol in symbols.split()}
+
+
 # espeak-ng phoneme mnemonics -> the viseme a viewer expects
-PHONEME_VISEME: dict[str, str] = {}
-for _v, _symbols in {
+PHONEME_VISEME = viseme_table({
     "closed": "p b m",
     "fv": "f v",
     "a": "a a# A: aI aU V aa A@ a@ 0 VR aI2 aI@ aI3",
@@ -22,9 +27,7 @@ for _v, _symbols in {
     "i": "i i: I j i@ i@3 IR",
     "o": "O: oU OI u: U w O@ U@ O u o@ O2 0U",
     "sil": "_ _: _! _;",
-}.items():
-    for _s in _symbols.split():
-        PHONEME_VISEME[_s] = _v
+})
 
 
 #: the quality harness's voices and sentences; the viseme recognizer is trained on none of these voices

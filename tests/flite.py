@@ -16,13 +16,12 @@ import wave
 from pathlib import Path
 
 import numpy as np
-from espeak import Phoneme, resample_to
+from espeak import Phoneme, resample_to, viseme_table
 
 VOICES = ["kal", "kal16", "awb", "rms", "slt"]
 
 #: ARPAbet (pocketsphinx's phones) -> the engine's visemes
-ARPABET_VISEME: dict[str, str] = {}
-for _v, _symbols in {
+ARPABET_VISEME = viseme_table({
     "closed": "P B M",
     "fv": "F V",
     "a": "AA AE AW AY",
@@ -30,9 +29,7 @@ for _v, _symbols in {
     "i": "IY IH Y",
     "o": "OW OY UW UH W AO",
     "sil": "SIL",
-}.items():
-    for _s in _symbols.split():
-        ARPABET_VISEME[_s] = _v
+})
 
 
 class Flite:

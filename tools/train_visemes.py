@@ -93,6 +93,12 @@ def utterance(speaker: Espeak, text: str, voice: str, rate: int, pitch: int, rng
     pcm, sr, phonemes = speaker.say(text, voice, rate, pitch)
     speech = resample_to(pcm, sr, SAMPLE_RATE).astype(np.float64)
     speech = (colour(speech, rng) if augment else speech) * 10 ** (gain_db / 20)
+    return labelled(speech, phonemes, PHONEME_VISEME, rng)
+
+
+def labelled(speech: np.ndarray, phonemes: list, visemes: dict[str, str], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[type-arg]
+    """*speech* (16 kHz, float) with PAD_S of faint noise before and after, as int16, and the
+    viseme of the phoneme under each 10 ms hop's centre (*visemes*: phoneme -> viseme)."""
     pad = np.zeros(int(PAD_S * SAMPLE_RATE))
     signal = np.concatenate([pad, speech, pad])
     signal += rng.normal(0, 32768 * 10 ** (rng.uniform(-75, -55) / 20), len(signal))
@@ -101,7 +107,7 @@ def utterance(speaker: Espeak, text: str, voice: str, rate: int, pitch: int, rng
     centres = (np.arange(n_hops) * HOP + HOP // 2) / SAMPLE_RATE - PAD_S
     for p in phonemes:
         inside = (centres >= p.start) & (centres < p.end)
-        labels[inside] = VISEMES.index(PHONEME_VISEME.get(p.symbol, "rest"))
+        labels[inside] = VISEMES.index(visemes.get(p.symbol, "rest"))
     return np.clip(signal, -32768, 32767).astype(np.int16), labels
 
 
@@ -141,16 +147,7 @@ def flite_utterance(speaker, text: str, voice: str, rng: np.random.Generator) ->
 
     pcm, sr, phonemes = speaker.say(text, voice, stretch=float(rng.uniform(0.8, 1.5)), f0=float(rng.uniform(90, 220)))
     speech = resample_to(pcm, sr, SAMPLE_RATE).astype(np.float64) * 10 ** (rng.uniform(-24, 0) / 20) / max(1.0, np.abs(pcm).max() / 32767)
-    pad = np.zeros(int(PAD_S * SAMPLE_RATE))
-    signal = np.concatenate([pad, speech, pad])
-    signal += rng.normal(0, 32768 * 10 ** (rng.uniform(-75, -55) / 20), len(signal))
-    n_hops = len(signal) // HOP
-    labels = np.full(n_hops, VISEMES.index("sil"))
-    centres = (np.arange(n_hops) * HOP + HOP // 2) / SAMPLE_RATE - PAD_S
-    for p in phonemes:
-        inside = (centres >= p.start) & (centres < p.end)
-        labels[inside] = VISEMES.index(ARPABET_VISEME.get(p.symbol, "rest"))
-    return np.clip(signal, -32768, 32767).astype(np.int16), labels
+    return labelled(speech, phonemes, ARPABET_VISEME, rng)
 
 
 def flite_dataset(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
