@@ -21,6 +21,7 @@ or a silence right after speech, closes the lips.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import deque
@@ -57,10 +58,13 @@ _TARGET_MATRIX = np.array([[t.open, t.width, t.round, t.tuck] for t in (TARGETS[
 GATE_DB = -50.0  # absolute: below this it is silence
 FLOOR_BELOW_PEAK_DB = 38.0  # relative: this far under the loudest recent speech is silence too
 PEAK_DECAY_DB_PER_FRAME = 0.03
-# A recording's pauses are not digital silence but its room: hops less than ABOVE_NOISE_DB over
-# the quietest frame of the last NOISE_FRAMES (minimum statistics) are silence too.
+# A recording's pauses are not digital silence but its room: while the sound is as steady as a
+# room (the quietest hop of each of the last STEADY_FRAMES frames within STEADY_DB), hops less
+# than ABOVE_NOISE_DB over the quietest of the last NOISE_FRAMES (minimum statistics) are
+# silence too. Speech, or music under it, is never that steady: it is left to the other rules.
 ABOVE_NOISE_DB = 12.0
 NOISE_FRAMES = 45  # 1.5 s: speech leaves gaps between words well within it
+STEADY_FRAMES, STEADY_DB = 5, 6.0
 LEAD_S, SPREAD_S = 0.02, 0.04  # the rules' kernel over hops: where the mouth listens most
 CLOSURE_PAST_S = 0.04  # speech this recent before a silence makes the silence a closure
 PAST_HOPS, FUTURE_HOPS = -int(CONTEXT[0]), int(CONTEXT[-1])  # the recognizer's: 100 ms before the centre, 80 after
@@ -102,18 +106,17 @@ def _decide(m, offsets, peak_db, noise_db, heard, at, keep, positions, values, m
     """One frame from its hops' rows *m* at *offsets* (seconds from the frame's centre), in one
     call that does not hold the GIL: (viseme memberships, strongest closure inside the frame,
     whether every hop the recognizer hears is silence or hum, the loudness tracker's new peak,
-    the share of speech, the opening model's z, the level of the frame's quietest hop).
-    *noise_db*: the room's level (:data:`NOISE_FRAMES`). *heard*: the recognizer's hops (start,
+    the share of speech, the opening model's z). *noise_db*: the room's level while it is
+    steady, else -inf (:data:`NOISE_FRAMES`). *heard*: the recognizer's hops (start,
     stop); *at*, *keep*, *positions*, *values*: the opening model's hops, which of their
     predictions may be kept, and its cache (:func:`.opening.smoothed_z`); then the recognizer's
     and the opening model's networks."""
     n = m.shape[0]
     half_frame = 0.5 / FPS
-    loudest, quietest = -np.inf, np.inf
+    loudest = -np.inf
     for i in range(n):
         if abs(offsets[i]) <= half_frame:
             loudest = max(loudest, m[i, LEVEL])
-            quietest = min(quietest, m[i, LEVEL])
     peak = max(loudest, peak_db - PEAK_DECAY_DB_PER_FRAME, PEAK_FLOOR_DB)
     floor_db = max(GATE_DB, peak - FLOOR_BELOW_PEAK_DB, noise_db + ABOVE_NOISE_DB)
     # The rules say how much of the frame is silence (from the level: exact on any voice);
@@ -142,7 +145,7 @@ def _decide(m, offsets, peak_db, noise_db, heard, at, keep, positions, values, m
         if abs(offsets[i]) <= half_frame:
             inside_hum, inside_quiet = max(inside_hum, hum[i]), max(inside_quiet, quiet[i])
     closure = max(inside_hum, inside_quiet * after_speech, frame_m[1])
-    return frame_m, closure, (quiet[heard[0] : heard[1]] + hum[heard[0] : heard[1]]).min() > 0.98, peak, 1.0 - silent, z, quietest
+    return frame_m, closure, (quiet[heard[0] : heard[1]] + hum[heard[0] : heard[1]]).min() > 0.98, peak, 1.0 - silent, z
 
 
 @dataclass(frozen=True)
@@ -176,13 +179,15 @@ class VisemeStream(EngineStream):
         m = self._hops.matrix(window, centres, frame.start, frame.valid, frame.epoch)
         self.feature_seconds += time.perf_counter() - started
         engine = self.engine
-        noise_db = min(self._quietest) if self._quietest else -np.inf
+        self._quietest.append(float(m[np.abs(offsets) <= 0.5 / FPS, LEVEL].min()))
+        recent = list(itertools.islice(reversed(self._quietest), STEADY_FRAMES))
+        steady = len(recent) == STEADY_FRAMES and max(recent) - min(recent) < STEADY_DB
+        noise_db = min(self._quietest) if steady else -np.inf
         # The opening model's hops, and whether all they hear is real audio (then kept for the next frames).
         at = frame.start + centres[_OPENING_CENTRES]
         keep = centres[_OPENING_CENTRES + opening.FUTURE] + WIN // 2 <= frame.valid
         cache = self._predictions.for_epoch(frame.epoch)
-        frame_m, closure, all_quiet, self.peak_db, speaking, z, quietest = _decide(m, offsets, self.peak_db, noise_db, _HEARD_SPAN, at, keep, cache.positions, cache.values, *engine.recognizer.kernel_args, *engine.opening.kernel_args)
-        self._quietest.append(quietest)
+        frame_m, closure, all_quiet, self.peak_db, speaking, z = _decide(m, offsets, self.peak_db, noise_db, _HEARD_SPAN, at, keep, cache.positions, cache.values, *engine.recognizer.kernel_args, *engine.opening.kernel_args)
         if all_quiet:
             shape = MouthShape()
         else:
