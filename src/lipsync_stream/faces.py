@@ -20,6 +20,9 @@ from typing import IO, Any
 import cv2
 import numpy as np
 
+from .face_errors import FaceError as FaceError  # raised here; both also importable from this module
+from .face_errors import FaceModelMissing as FaceModelMissing
+
 log = logging.getLogger(__name__)
 
 MAX_PICKLE_BYTES = 1 << 30
@@ -27,14 +30,6 @@ MAX_PICKLE_BYTES = 1 << 30
 KEEP_ARRAY_BYTES = 4096
 #: opcodes a pickle may hold (a real one has a few dozen per frame; at most 900 frames)
 MAX_PICKLE_OPS = 1_000_000
-
-
-class FaceError(Exception):
-    """The face data is unusable: unsafe, malformed, inconsistent, or there is no face."""
-
-
-class FaceModelMissing(FaceError):
-    """Faces must be found, and MediaPipe (the ``[faces]`` extra) is not installed."""
 
 
 # --- restricted unpickling ------------------------------------------------------------------------

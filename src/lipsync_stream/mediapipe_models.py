@@ -18,6 +18,8 @@ import warnings
 from collections.abc import Iterator
 from types import ModuleType
 
+from .face_errors import FaceModelMissing
+
 #: what MediaPipe's C++ side prints while a graph starts (nothing a user can act on)
 NATIVE_NOISE = re.compile(
     rb"^(INFO: Created TensorFlow Lite XNNPACK delegate|WARNING: All log messages before absl::InitializeLog\(\)|"
@@ -76,8 +78,6 @@ def solutions() -> ModuleType:
         try:
             from mediapipe.python import solutions as mp_solutions
         except ImportError as exc:
-            from .faces import FaceModelMissing
-
             raise FaceModelMissing(MISSING) from exc
     warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated")
     return mp_solutions
