@@ -115,6 +115,10 @@ def _git_blob(repo_dir: Path, commit: str, path: str) -> bytes:
     return data
 
 
+#: between a video and its sound in a manifest path, where the repository keeps them apart
+SOUND_APART = "|"
+
+
 def media_path(clip: Clip, cache: Path | None = None) -> Path:
     """Where the clip's video sits in the cache."""
     video = clip.path.split(SOUND_APART)[0]
@@ -127,9 +131,6 @@ def sound_path(clip: Clip, cache: Path | None = None) -> Path | None:
     if SOUND_APART not in clip.path:
         return None
     return (cache or cache_dir()) / "media" / f"{clip.id}.sound{Path(clip.path.split(SOUND_APART)[1]).suffix}"
-
-
-SOUND_APART = "|"
 
 
 def fetch_clip(clip: Clip, repos: Path | None, cache: Path) -> Path:

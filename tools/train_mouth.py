@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # espeak.py
 sys.path.insert(0, str(ROOT / "tools"))  # train_visemes.py
 from realspeech_corpus import Measured, correlation_at_lags, load, loudness  # noqa: E402
+from train_visemes import hop_rows  # noqa: E402
 
-from lipsync_stream.engines.features import HOP, analyse  # noqa: E402
-from lipsync_stream.engines.recognizer import hop_inputs, peak_track  # noqa: E402
+from lipsync_stream.engines.features import HOP  # noqa: E402
 from lipsync_stream.protocol import FPS, SAMPLE_RATE  # noqa: E402
 
 HOPS_PER_SECOND = SAMPLE_RATE // HOP
@@ -45,24 +45,12 @@ HOPS_PER_SECOND = SAMPLE_RATE // HOP
 
 def frame_inputs(m: Measured, past_ms: int, future_ms: int, per_clip: bool = False) -> np.ndarray:
     """(frames, features): each 30 fps frame's context of hop features, centred on its middle."""
-    n_hops = len(m.pcm) // HOP
-    f = analyse(m.pcm, np.arange(n_hops) * HOP + HOP // 2)
-    rows = hop_inputs(f, peak_track(f.level_db))
+    rows = hop_rows(m.pcm)
     offsets = np.arange(-past_ms // 10, future_ms // 10 + 1)
-    centre = ((np.arange(m.frames) + 0.5) / FPS * HOPS_PER_SECOND).astype(int)
-    idx = np.clip(centre[:, None] + offsets[None, :], 0, n_hops - 1)
+    idx = np.clip(frame_hops(m.frames)[:, None] + offsets[None, :], 0, len(rows) - 1)
     if per_clip:  # each feature standardised over the clip: a microphone's colour is not speech
         rows = (rows - rows.mean(axis=0)) / (rows.std(axis=0) + 1e-6)
     return rows[idx].reshape(m.frames, -1)
-
-
-def hop_rows(pcm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The recognizer's per-hop features of *pcm*, and which hops are speech (within 40 dB of
-    the loudest recent)."""
-    n_hops = len(pcm) // HOP
-    f = analyse(pcm, np.arange(n_hops) * HOP + HOP // 2)
-    peak = peak_track(f.level_db)
-    return hop_inputs(f, peak), f.level_db > peak - 40.0
 
 
 def targets(m: Measured) -> np.ndarray:
@@ -77,7 +65,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--per-clip", action="store_true", help="standardise the inputs over each clip")
     parser.add_argument("--heldout", action="store_true", help="train on all training speakers and report the held-out ones (once settings are chosen)")
-    parser.add_argument("--engine-model", action="store_true", help="the opening model on the recognizer's inputs, trained on the real training speakers and synthetic speech, against the engine's own opening (leave one speaker out)")
+    parser.add_argument("--engine-model", action="store_true", help="the opening model the engine ships (engines/opening.py): trained on the real training speakers and synthetic speech, scored by folds of training speakers left out against the loudness baseline")
     parser.add_argument("--synthetic", type=int, default=800, help="espeak-ng utterances mixed in (--engine-model)")
     parser.add_argument("--dropout", type=float, default=0.4, help="with --engine-model")
     parser.add_argument("--epochs", type=int, default=30, help="with --engine-model")
@@ -168,7 +156,7 @@ def synthetic_openings(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng, speaker, xs, ys = np.random.default_rng(seed), Espeak(), [], []
     for i in range(n):
         signal, hop_labels = utterance(speaker, sentence(rng), voices[i % len(voices)], int(rng.integers(120, 220)), int(rng.integers(25, 80)), rng, rng.uniform(-24, 0))
-        rows, _speech = hop_rows(signal)
+        rows = hop_rows(signal)
         at = np.arange(0, min(len(rows), len(hop_labels)), 3)
         y = np.array([TARGETS[VISEMES[k]].open for k in hop_labels[at]])
         xs.append(opening_inputs(rows, at))
@@ -224,7 +212,7 @@ def engine_model(args: argparse.Namespace) -> None:
     import tempfile
 
     train = load("train")
-    rows = {m.clip.id: hop_rows(m.pcm)[0] for m in train}
+    rows = {m.clip.id: hop_rows(m.pcm) for m in train}
     real = {m.clip.id: (opening_inputs(rows[m.clip.id], np.clip(frame_hops(m.frames), 0, len(rows[m.clip.id]) - 1)), targets(m)[:, 0]) for m in train}
     xs, ys = synthetic_openings(args.synthetic, args.seed) if args.synthetic else (np.zeros((0, next(iter(real.values()))[0].shape[1])), np.zeros(0))
     print(f"real: {len(train)} clips, {sum(len(y) for _x, y in real.values()) / FPS:.0f} s; synthetic: {len(ys)} hops from {args.synthetic} utterances")

@@ -125,14 +125,19 @@ def colour(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out * (np.sqrt(np.mean(x**2)) / (np.sqrt(np.mean(out**2)) + 1e-9))
 
 
+def hop_rows(signal: np.ndarray) -> np.ndarray:
+    """(hops, features): the recognizer's per-hop inputs of *signal*, every 10 ms, with the
+    loudness tracker run over it as the engine streams it."""
+    n_hops = len(signal) // HOP
+    f = analyse(signal, np.arange(n_hops) * HOP + HOP // 2)
+    return hop_inputs(f, peak_track(f.level_db))
+
+
 def inputs_of(signal: np.ndarray) -> np.ndarray:
     """(hops, len(CONTEXT) * features) recognizer inputs for every hop (context clipped at the ends)."""
-    n_hops = len(signal) // HOP
-    centres = np.arange(n_hops) * HOP + HOP // 2
-    f = analyse(signal, centres)
-    rows = hop_inputs(f, peak_track(f.level_db))
-    idx = np.clip(np.arange(n_hops)[:, None] + CONTEXT[None, :], 0, n_hops - 1)
-    return rows[idx].reshape(n_hops, -1)
+    rows = hop_rows(signal)
+    idx = np.clip(np.arange(len(rows))[:, None] + CONTEXT[None, :], 0, len(rows) - 1)
+    return rows[idx].reshape(len(rows), -1)
 
 
 #: Flite's voices trained on; kal (diphone) and slt (a statistical voice) are held out

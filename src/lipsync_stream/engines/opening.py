@@ -13,11 +13,11 @@ Each prediction hears :data:`PAST` hops before its hop and :data:`FUTURE` after 
 per-hop inputs as the recognizer: 24-band spectral shape, level under the loudest recent speech,
 voicing). A frame's opening is the mean of the predictions at the hops from :data:`SMOOTH_PAST`
 before its centre to :data:`SMOOTH_FUTURE` after: a real mouth moves smoothly, and averaging
-neighbouring predictions follows it better than any one of them (leave-one-speaker-out r 0.40
-for one prediction, 0.44 for the mean; ``tools/train_mouth.py``). Everything it hears lies
-within the viseme engine's lookahead: it costs no latency. Consecutive frames share most of those hops: each
-prediction is computed once and kept by its hop's position in the stream
-(:class:`PredictionCache`), compiled, without the GIL.
+neighbouring predictions follows it better than any one of them (folds of training speakers
+left out: r 0.40 for one prediction a frame, 0.45 for the mean; ``tools/train_mouth.py``).
+Everything it hears lies within the viseme engine's lookahead: it costs no latency. Consecutive
+frames share most of those hops: each prediction is computed once and kept by its hop's
+position in the stream (:class:`PredictionCache`), compiled, without the GIL.
 """
 
 from __future__ import annotations
