@@ -14,8 +14,12 @@ real speaker's (in eye-corner distances). Three mouths are compared with the rea
 - (c) the loudness baseline: the opening taken to be the speech's loudness.
 
 Per clip and mean: Pearson r at lag 0 and the best lag within +-6 frames (positive: our mouth
-later than the real one), and the widest opening (95th percentile) against the speaker's. A
-contact sheet shows real frames beside ours at the real speaker's widest openings.
+later than the real one), and the widest opening (95th percentile) against the speaker's. For
+(b), whose mouth comes from the person's own frames (``engines/footage``), two more against the
+real footage: how rough the lips are (the face mesh's lip polylines: the 95th percentile over
+frames of the largest second difference, in mouth widths) and how much the lower face changes
+from frame to frame (mean grey-level change round the mouth). A contact sheet shows real frames
+beside ours at the real speaker's widest openings.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from realspeech_corpus import Measured, correlation_at_lags, load, loudness, mea
 from lipsync_stream.character import Character, CharacterStore, load_default_character  # noqa: E402
 from lipsync_stream.engines import get_engine  # noqa: E402
 from lipsync_stream.fetch import FetchConfig, Fetcher  # noqa: E402
+from lipsync_stream.landmarks import LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER, MOUTH_CORNERS  # noqa: E402
 from lipsync_stream.pipeline import FrameRenderer  # noqa: E402
 from lipsync_stream.prepare import prepare, read_video_30fps, write_video  # noqa: E402
 from lipsync_stream.protocol import AudioFramer, SessionParams, decode_frame  # noqa: E402
@@ -86,6 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     clips = load(args.split)
     rows: dict[str, list[tuple[float, int, float]]] = {"default": [], "reversed": [], "loudness": []}
+    footage_rows: list[tuple[str, float, float]] = []
     sheet_rows = []
     default = load_default_character()
     print(f"engine {args.engine}; {len(clips)} {args.split} clips; r at lag 0 / best lag / widest opening vs the speaker's")
@@ -106,6 +112,8 @@ def main() -> None:
                 points_reversed, _f, state_r = measure_video(reversed_frames)
                 rows["reversed"].append(score(clip.opening, state_r[:, 0]))
                 cells.append(rows["reversed"][-1])
+                real = read_video_30fps(media_path(clip.clip))[: clip.frames]
+                footage_rows.append((clip.clip.id, lip_roughness(points_reversed) / max(lip_roughness(clip.landmarks), 1e-9), lower_face_change(reversed_frames, points_reversed) / max(lower_face_change(real, clip.landmarks), 1e-9)))
             else:
                 cells.append((float("nan"), 0, float("nan")))
             r0, lag, _wide = score(clip.opening, loudness(clip.pcm, clip.frames))
@@ -115,6 +123,11 @@ def main() -> None:
             if args.sheet is not None:
                 sheet_rows.append(sheet_row(clip, [(ours_default, points_default), (reversed_frames, points_reversed)]))
     print("| **mean** | | " + " | ".join(summary(rows[k]) for k in ("default", "reversed", "loudness")) + " |")
+    if footage_rows:
+        print("\n(b) against the real footage (goal: at most 1.5x each)\n\n| clip | lip roughness, ours / real | lower-face change per frame, ours / real |\n|---|---:|---:|")
+        for clip_id, rough, change in footage_rows:
+            print(f"| {clip_id} | {rough:.2f} | {change:.2f} |")
+        print(f"| **mean** | {np.mean([r for _c, r, _x in footage_rows]):.2f} | {np.mean([x for _c, _r, x in footage_rows]):.2f} |")
     if args.sheet is not None and sheet_rows:
         args.sheet.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(args.sheet), np.vstack(sheet_rows), [cv2.IMWRITE_JPEG_QUALITY, 85])
@@ -129,6 +142,25 @@ def summary(rows: list[tuple[float, int, float]]) -> str:
     wide = np.array([x[2] for x in rows])
     widest = f"; widest {np.nanmean(wide):.2f}" if np.isfinite(wide).any() else ""
     return f"r {np.nanmean(r):.2f}; lag within +-1 on {np.mean(np.abs(lags) <= 1):.0%}{widest}"
+
+
+def lip_roughness(points: np.ndarray) -> float:
+    """How rough the lips are in frames with face-mesh *points* (n, 478, 2): per frame the largest
+    second difference along the four lip polylines, in mouth widths; its 95th percentile."""
+    width = np.linalg.norm(points[:, MOUTH_CORNERS[1]] - points[:, MOUTH_CORNERS[0]], axis=1) + 1e-6
+    worst = np.zeros(len(points))
+    for line in (LIPS_UPPER_OUTER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_LOWER_INNER):
+        p = points[:, line]
+        second = np.linalg.norm(p[:, :-2] - 2 * p[:, 1:-1] + p[:, 2:], axis=2).max(axis=1)
+        worst = np.maximum(worst, second / width)
+    return float(np.percentile(worst, 95))
+
+
+def lower_face_change(frames: list[np.ndarray], points: np.ndarray) -> float:
+    """Mean grey-level change round the mouth from each frame to the next (the same crop for both)."""
+    n = min(len(frames), len(points))
+    changes = [np.abs(cv2.cvtColor(mouth_crop(frames[k], points[k]), cv2.COLOR_BGR2GRAY).astype(np.float32) - cv2.cvtColor(mouth_crop(frames[k + 1], points[k]), cv2.COLOR_BGR2GRAY).astype(np.float32)).mean() for k in range(n - 1)]
+    return float(np.mean(changes)) if changes else 0.0
 
 
 def mouth_crop(image: np.ndarray, lm: np.ndarray) -> np.ndarray:

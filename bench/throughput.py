@@ -9,6 +9,7 @@ sessions these are wall times in the render threads and include waiting for the 
 floor: the cost of only JPEG-encoding the same frames, with the ratio. Run by hand:
 
     .venv/bin/python bench/throughput.py [--engine viseme] [--sessions 1 2 4] [--repeat 3] [--workers 1]
+        [--asset-root DIR --character NAME/NAME.mp4]   (a character prepared from video)
 """
 
 from __future__ import annotations
@@ -37,11 +38,11 @@ from lipsync_stream.protocol import frames_for_samples  # noqa: E402
 STAGES = ("features", "engine", "compose", "encode", "send")
 
 
-async def one_session(url: str, pcm: bytes) -> int:
+async def one_session(url: str, pcm: bytes, character: str = "default") -> int:
     """Stream *pcm* and count frames; the client decodes nothing, to keep its cost out."""
     frames = 0
     async with connect(url, max_size=None, compression=None) as ws:
-        await ws.send(json.dumps({"realtime": False}))
+        await ws.send(json.dumps({"realtime": False, "video_reference_url": character}))
         for i in range(0, len(pcm), 8000):
             await ws.send(pcm[i : i + 8000])
         await ws.send("DONE")
@@ -87,17 +88,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per row; the fastest is shown")
     parser.add_argument("--engine", default="viseme", help="lip-sync engine (viseme, energy)")
     parser.add_argument("--workers", type=int, default=1, help="serve --workers N")
+    parser.add_argument("--character", default="default", help="the character to ask for, e.g. NAME/NAME.mp4 of a prepared video under --asset-root")
+    parser.add_argument("--asset-root", help="serve --asset-root DIR")
     args = parser.parse_args()
 
     pcm = load_audio(sample_speech()).astype("<i2").tobytes()
     per_session = frames_for_samples(len(pcm) // 2)
     floor = jpeg_floor()
-    server = ServerProcess(["--engine", args.engine, "--workers", str(args.workers)])
+    server = ServerProcess(["--engine", args.engine, "--workers", str(args.workers), *(["--asset-root", args.asset_root] if args.asset_root else [])])
     base_url = server.url.replace("ws://", "http://").rsplit("/", 1)[0]
     try:
         time.sleep(1.0 * args.workers)
-        asyncio.run(one_session(server.url, pcm[:32000]))  # warm up: character load, imports
-        print(f"engine {args.engine}, workers {args.workers}; {os.cpu_count()} CPUs; {len(pcm) / 32000:.2f} s of audio = {per_session} frames per session; JPEG quality {DEFAULT_JPEG_QUALITY}")
+        asyncio.run(one_session(server.url, pcm[:32000], args.character))  # warm up: character load, imports
+        print(f"engine {args.engine}, character {args.character}, workers {args.workers}; {os.cpu_count()} CPUs; {len(pcm) / 32000:.2f} s of audio = {per_session} frames per session; JPEG quality {DEFAULT_JPEG_QUALITY}")
         print()
         print("| sessions | fps | server CPU ms/frame | features | engine | compose | JPEG + pack | send | JPEG-only floor ms | CPU / floor |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -108,7 +111,7 @@ def main() -> None:
                 s0, c0, t0 = stage_seconds(base_url), cpu_seconds(pids), time.perf_counter()
 
                 async def batch() -> list[int]:
-                    return list(await asyncio.gather(*(one_session(server.url, pcm) for _ in range(n))))
+                    return list(await asyncio.gather(*(one_session(server.url, pcm, args.character) for _ in range(n))))
 
                 counts = asyncio.run(batch())
                 wall, cpu = time.perf_counter() - t0, cpu_seconds(pids) - c0

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from .engines.base import MouthGeometry, ReferenceFrame
+from .engines.footage import Footage
 from .engines.mouthbank import InteriorBank
 from .faces import (
     DETECT_MAX_SIDE,
@@ -75,6 +76,7 @@ class Character:
         object.__setattr__(self, "mouths", Landmarks(self.landmarks).mouths())
         object.__setattr__(self, "jpegs", ReferenceJpegs())
         object.__setattr__(self, "interiors", InteriorBank.from_frames(self.frames, self.landmarks))
+        object.__setattr__(self, "footage", Footage.of(self.frames, self.landmarks))
         object.__setattr__(self, "memo", {})
 
     mouths: np.ndarray = field(init=False)  # (N, 4) float32 cx, cy, half_width, angle
@@ -82,6 +84,8 @@ class Character:
     jpegs: ReferenceJpegs = field(init=False, repr=False, compare=False)
     #: its own open-mouth interiors, when the video opens its mouth (drawn otherwise)
     interiors: InteriorBank | None = field(init=False, repr=False, compare=False)
+    #: its own frames as a source of real mouths, when they vary enough (the warp draws otherwise)
+    footage: Footage | None = field(init=False, repr=False, compare=False)
     #: what engines work out once per reference frame (the mesh warp's mouth rigs), see ReferenceFrame.memo
     memo: dict[str, Any] = field(init=False, repr=False, compare=False)
 
@@ -91,7 +95,7 @@ class Character:
     @property
     def nbytes(self) -> int:
         """Memory it holds: frames (mapped), landmarks, and the reference JPEGs encoded so far."""
-        return int(self.frames.nbytes + self.landmarks.nbytes + self.jpegs.nbytes + (self.interiors.nbytes if self.interiors else 0))
+        return int(self.frames.nbytes + self.landmarks.nbytes + self.jpegs.nbytes + (self.interiors.nbytes if self.interiors else 0) + (self.footage.nbytes if self.footage else 0))
 
     def ref_index(self, k: int) -> int:
         """Reference frame for output frame *k*: 0, 1, ..., N-1, N-2, ..., 1, 0, 1, ..."""
@@ -104,7 +108,7 @@ class Character:
     def reference(self, k: int) -> ReferenceFrame:
         i = self.ref_index(k)
         cx, cy, hw, angle = (float(v) for v in self.mouths[i])
-        return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle), self.landmarks[i], self.boxes[i], self.interiors, self.memo)
+        return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle), self.landmarks[i], self.boxes[i], self.interiors, self.footage, self.memo)
 
 
 # --- decoding with bounded memory ---------------------------------------------------------------
@@ -339,7 +343,8 @@ def make_character(key: str, frames: np.ndarray, landmarks: np.ndarray, boxes: n
     landmarks = np.ascontiguousarray(landmarks, dtype=np.float32)
     landmarks.flags.writeable = False
     character = Character(key, frames, boxes, landmarks)
-    log.info("character %s: %d frames, mouth %.0f px wide", key, len(frames), 2 * float(np.median(character.mouths[:, 2])))
+    source = "its own frames" if character.footage is not None else "a warp of its frames"
+    log.info("character %s: %d frames, mouth %.0f px wide, mouths from %s", key, len(frames), 2 * float(np.median(character.mouths[:, 2])), source)
     return character
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .character import LANDMARKS_SUFFIX, MAX_FRAMES, CharacterError, decode_video_timed, square_frames
+from .engines.footage import MouthIndex
 from .faces import FaceError, detect_faces, face_det_results
 from .landmarks import Landmarks, track_landmarks
 from .protocol import FPS
@@ -90,6 +91,11 @@ def prepare(video: Path, out_dir: Path, name: str | None = None, max_frames: int
         pickle.dump(face_det_results(list(square), face_boxes), f, protocol=4)
     landmarks.save(paths.landmarks)
     log.info("wrote %s, %s and %s (%d frames, mouth %.0f px wide)", paths.video, paths.faces.name, paths.landmarks.name, paths.frames, paths.mouth_width)
+    index, found = MouthIndex.build(landmarks.points)
+    if index is not None:
+        log.info("mouths from the person's own frames: %s", found)
+    else:
+        log.warning("no usable mouth variety in this video: %s; its mouth will be warped instead of taken from its own frames (use a clip where the person talks)", found)
     if paths.mouth_width < 40:
         log.warning("the mouth is only %.0f px wide at 512x512: the face is small in this video; lip-sync will be coarse", paths.mouth_width)
     return paths

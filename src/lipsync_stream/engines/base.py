@@ -28,6 +28,7 @@ import numpy as np
 from ..protocol import AudioFrame
 
 if TYPE_CHECKING:
+    from .footage import Footage
     from .mouthbank import InteriorBank
 
 
@@ -51,6 +52,7 @@ class ReferenceFrame:
     landmarks: np.ndarray | None = None  # (478, 2) face-mesh points, when the character has them
     box: np.ndarray | None = None  # (y1, y2, x1, x2) face box, when the character has one
     interiors: InteriorBank | None = None  # the character's own open-mouth interiors, if it has any
+    footage: Footage | None = None  # the character's frames as a source of real mouths, if they vary enough
     #: the character's memo: what engines work out once per reference frame and keep, under keys
     #: of their own, bounded by them (None: nothing is kept with the character)
     memo: dict[str, Any] | None = None

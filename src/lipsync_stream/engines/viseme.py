@@ -25,15 +25,15 @@ import itertools
 import math
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from numba import njit
 
 from ..protocol import FPS, SAMPLE_RATE, AudioFrame
-from . import features, interior, meshwarp, opening
-from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
+from . import features, footage, interior, meshwarp, opening
+from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region, apply_region
 from .features import BAND0, BANDS, HOP, LEVEL, MURMUR_MID, MURMUR_UPPER, VOICING, WIN, HopCache
 from .meshwarp import compose_region
 from .opening import OpeningModel, PredictionCache, smoothed_z
@@ -165,6 +165,7 @@ class VisemeStream(EngineStream):
         self._quietest: deque[float] = deque(maxlen=NOISE_FRAMES)  # each recent frame's quietest hop, dB
         self._hops = HopCache()
         self._predictions = PredictionCache()
+        self._source: int | None = None  # the footage frame the last mouth came from
 
     def analyse(self, frame: AudioFrame) -> FrameAnalysis:
         window = frame.window
@@ -213,7 +214,20 @@ class VisemeStream(EngineStream):
 
     def draw(self, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any = None) -> Region | None:
         assert isinstance(mouth, MouthShape)
-        return compose_region(ref, mouth)
+        if ref.footage is None or ref.landmarks is None:
+            return compose_region(ref, mouth)
+        # A character made from video: the mouth is the person's own, from the frame of the
+        # footage that fits (unit selection), warped the rest of the way if none is close.
+        source = ref.footage
+        choice = source.index.choose(mouth, ref.index, self._source)
+        self._source = choice.frame
+        if choice.frame == ref.index and choice.cost == 0.0:
+            return None  # its own closed lips
+        image, lm = source.frames[choice.frame], source.landmarks[choice.frame]
+        if choice.cost > footage.CLOSE_ENOUGH:
+            nearest = replace(ref, index=choice.frame, image=image, landmarks=lm, footage=None)
+            image = apply_region(image, compose_region(nearest, mouth))
+        return footage.compose(ref, image, lm)
 
 
 class VisemeEngine(Engine):

@@ -1,0 +1,222 @@
+"""A mouth from the character's own footage: the person's real lips, teeth, jaw and chin.
+
+A character made from a talking video has, somewhere in its frames, a mouth close to almost any
+shape speech asks for. The :class:`MouthIndex` (worked out once per character from its
+landmarks, a few kB) knows every frame's mouth state in the mouth's own frame (inner-lip opening
+in mouth widths, width against the video's median: free of head position, size and tilt) and
+where its head is (the still points: nose, eyes, cheekbones).
+
+Per output frame, :meth:`MouthIndex.choose` picks the source frame by unit selection, as
+concatenative speech synthesis picks its units: the distance of its mouth state from the
+target, plus how far its head is from the output frame's (a lower face pasted across a turn of
+the head would not fit), plus a price for leaving the previous choice's run (the next frame of
+the footage, or the same one, is free), so the choice does not flicker. :func:`compose` aligns
+the chosen frame's lower face to the output frame's head (a similarity transform through the
+still points), and blends it in under a feathered mask from under the nose to below the chin,
+with the skin tone matched at the mask's edge, so the jaw and chin outline are the footage's
+own. A closed mouth is always real closed-mouth pixels. Where no frame is close enough, the
+nearest one is warped the rest of the way (:func:`.meshwarp.compose_region`) before it is
+pasted: a small warp of a near mouth, never an open mouth squeezed shut.
+
+A video whose mouth never opens, or never closes, has no index: the warp draws it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from ..landmarks import (
+    CHIN,
+    JAW,
+    LOWER_LIP_INNER_MID,
+    MOUTH_CORNERS,
+    NOSE_BOTTOM,
+    NOSE_WINGS,
+    STILL_POINTS,
+    UPPER_LIP_INNER_MID,
+    MouthFrame,
+)
+from .base import MouthShape, ReferenceFrame, Region
+
+MIN_FRAMES = 30  # a second of footage at least
+CLOSED_OPENING = 0.03  # mouth widths between the inner lips: closed
+MIN_CLOSED_FRAMES = 3
+MIN_WIDEST = 0.12  # the footage's widest openings (95th percentile) must reach this, in mouth widths
+WIDTH_SCALE = 0.10  # relative mouth width at MouthShape.width = +-1 (before the footage's own range)
+OPENING_WEIGHT, WIDTH_WEIGHT = 1.0 / 0.03**2, 1.0 / 0.05**2  # a cost of 1 per 0.03 widths of opening, 0.05 of width
+POSE_WEIGHT = 1.0 / 0.03**2  # per 3 % of the face's size that the still points sit apart after alignment
+SWITCH_COST = 1.5  # leaving the previous choice's run
+TIME_WEIGHT = 1.0 / 300  # per frame between the source and the output frame (10 s: a cost of 1)
+CLOSE_ENOUGH = 4.0  # a chosen frame costing more is warped the rest of the way
+FEATHER = 0.25  # the mask's soft edge, in mouth widths
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The source frame chosen for one output frame."""
+
+    frame: int
+    cost: float
+
+
+class MouthIndex:
+    """Every frame's mouth state and head pose, and the choice of a source frame for a target."""
+
+    def __init__(self, landmarks: np.ndarray) -> None:
+        lm = landmarks.astype(np.float64)
+        frames = [MouthFrame(p) for p in lm]
+        self.openings = np.array([f.to_uv(p[[UPPER_LIP_INNER_MID, LOWER_LIP_INNER_MID]])[:, 1] @ (-1.0, 1.0) for p, f in zip(lm, frames, strict=True)])
+        widths = np.array([f.width for f in frames])
+        self.widths = widths / max(float(np.median(widths)), 1e-6)
+        # Head pose: the still points in the face's own scale, centred.
+        still = lm[:, STILL_POINTS]
+        centred = still - still.mean(axis=1, keepdims=True)
+        self.pose = centred / np.sqrt((centred**2).sum(axis=(1, 2)) / len(STILL_POINTS))[:, None, None]
+        self.widest = float(np.percentile(self.openings, 95))
+        spread = float(np.percentile(self.widths, 90) - np.median(self.widths))
+        self.width_scale = max(spread, 0.5 * WIDTH_SCALE)
+        self.closed = int((self.openings < CLOSED_OPENING).sum())
+
+    def __len__(self) -> int:
+        return len(self.openings)
+
+    @classmethod
+    def build(cls, landmarks: np.ndarray) -> tuple[MouthIndex | None, str]:
+        """The index of a character's frames and what it found, or None and why not, when its
+        footage has too little mouth variety to borrow from (a still, a silent face, a mouth
+        always open)."""
+        if len(landmarks) < MIN_FRAMES:
+            return None, f"only {len(landmarks)} frames ({MIN_FRAMES} needed)"
+        index = cls(landmarks)
+        if index.widest < MIN_WIDEST:
+            return None, f"the mouth hardly opens (widest {index.widest:.2f} mouth widths, {MIN_WIDEST} needed)"
+        if index.closed < MIN_CLOSED_FRAMES:
+            return None, f"the lips close in {index.closed} frames ({MIN_CLOSED_FRAMES} needed)"
+        return index, f"{len(index)} frames, {index.closed} with closed lips, widest opening {index.widest:.2f} mouth widths"
+
+    @classmethod
+    def from_landmarks(cls, landmarks: np.ndarray) -> MouthIndex | None:
+        """The index, or None (see :meth:`build`)."""
+        return cls.build(landmarks)[0]
+
+    def target(self, shape: MouthShape) -> tuple[float, float]:
+        """(opening in mouth widths, relative width) that *shape* asks of this face."""
+        opening = max(shape.open, 0.0) * self.widest / 0.95 if shape.open > 0.02 else 0.0
+        width = 1.0 + self.width_scale * (shape.width - shape.round)
+        return opening, width
+
+    def pose_cost(self, ref_index: int) -> np.ndarray:
+        """Per frame, how far its head is from frame *ref_index*'s after the best rotation."""
+        a = self.pose[ref_index]
+        # Orthogonal Procrustes per frame, in closed form for 2-D: the best angle's residual.
+        cross = np.einsum("nij,ij->n", self.pose[:, :, ::-1] * (1.0, -1.0), a)
+        dot = np.einsum("nij,ij->n", self.pose, a)
+        residual = np.maximum(2.0 - 2.0 * np.hypot(dot, cross) / len(STILL_POINTS), 0.0)
+        return residual * POSE_WEIGHT
+
+    def choose(self, shape: MouthShape, ref_index: int, previous: int | None) -> Choice:
+        """The source frame for *shape* on output frame *ref_index*, after *previous*."""
+        opening, width = self.target(shape)
+        cost = OPENING_WEIGHT * (self.openings - opening) ** 2 + WIDTH_WEIGHT * (self.widths - width) ** 2 + self.pose_cost(ref_index)
+        if opening == 0.0:  # a closed mouth is a closed mouth, however close an open one seems
+            cost = np.where(self.openings < CLOSED_OPENING, cost, np.inf)
+        # Nearer the output frame in time is nearer in light and pose too.
+        cost = cost + TIME_WEIGHT * np.abs(np.arange(len(cost)) - ref_index)
+        if opening == 0.0 and self.openings[ref_index] < CLOSED_OPENING:
+            return Choice(ref_index, 0.0)  # the frame's own closed lips
+        switch = np.full(len(cost), SWITCH_COST)
+        if previous is not None:
+            switch[previous] = 0.0
+            if previous + 1 < len(switch):
+                switch[previous + 1] = 0.0
+        total = cost + switch
+        best = int(np.argmin(total))
+        return Choice(best, float(cost[best]))
+
+
+class Footage:
+    """A character's frames as a source of mouths: the frames (shared, read-only), their
+    landmarks and the index. One per character, shared by its sessions."""
+
+    def __init__(self, frames: np.ndarray, landmarks: np.ndarray, index: MouthIndex) -> None:
+        self.frames, self.landmarks, self.index = frames, landmarks, index
+
+    @classmethod
+    def of(cls, frames: np.ndarray, landmarks: np.ndarray) -> Footage | None:
+        index = MouthIndex.from_landmarks(landmarks) if len(frames) == len(landmarks) else None
+        return cls(frames, landmarks, index) if index is not None else None
+
+    @property
+    def nbytes(self) -> int:
+        """What the index adds (the frames are the character's own)."""
+        return int(self.index.openings.nbytes + self.index.widths.nbytes + self.index.pose.nbytes)
+
+
+def alignment(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The 2x3 similarity transform that carries *source*'s still points onto *target*'s."""
+    matrix, _ = cv2.estimateAffinePartial2D(source[STILL_POINTS].astype(np.float32), target[STILL_POINTS].astype(np.float32), method=cv2.LMEDS)
+    if matrix is None:
+        matrix = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+        matrix[:, 2] = target[STILL_POINTS].mean(axis=0) - source[STILL_POINTS].mean(axis=0)
+    return matrix
+
+
+def lower_face_polygon(lm: np.ndarray) -> np.ndarray:
+    """The region that comes from the source: from just under the nose, out past the mouth
+    corners, down round the jaw to below the chin (the feather then falls on the neck)."""
+    frame = MouthFrame(lm)
+    w = frame.width
+    nose = lm[NOSE_BOTTOM].astype(np.float64)
+    wings = lm[list(NOSE_WINGS)].astype(np.float64)
+    corners = lm[list(MOUTH_CORNERS)].astype(np.float64)
+    jaw = lm[JAW].astype(np.float64)
+    down = frame.ey
+    top_left = wings[0] + 0.15 * w * down - 0.1 * w * frame.ex
+    top_right = wings[1] + 0.15 * w * down + 0.1 * w * frame.ex
+    side_left = corners[0] - 0.35 * w * frame.ex
+    side_right = corners[1] + 0.35 * w * frame.ex
+    chin = lm[CHIN].astype(np.float64) + 0.35 * w * down
+    below = jaw + 0.25 * w * down
+    inner = [p for p in below if np.dot(p - nose, down) > np.dot(side_left - nose, down)]
+    points = [top_left, side_left, *[p for p in inner if np.dot(p - chin, frame.ex) < 0], chin, *[p for p in inner if np.dot(p - chin, frame.ex) > 0], side_right, top_right]
+    return np.array(points)
+
+
+def compose(ref: ReferenceFrame, source_image: np.ndarray, source_lm: np.ndarray, align: int = 16) -> Region:
+    """*ref*'s frame with the lower face of *source_image* (landmarks *source_lm*) blended in."""
+    assert ref.landmarks is not None
+    image = ref.image
+    h, w = image.shape[:2]
+    frame = MouthFrame(ref.landmarks)
+    matrix = alignment(source_lm, ref.landmarks)
+    moved = source_lm.astype(np.float64) @ matrix[:, :2].T + matrix[:, 2]
+    polygon = lower_face_polygon(moved)
+    feather = max(2, int(FEATHER * frame.width))
+    y0 = max(0, int(polygon[:, 1].min()) - feather)
+    y1 = min(h, int(np.ceil(polygon[:, 1].max())) + feather)
+    x0 = max(0, int(polygon[:, 0].min()) - feather)
+    x1 = min(w, int(np.ceil(polygon[:, 0].max())) + feather)
+    top = (y0 // align) * align
+    bottom = min(h, -(-y1 // align) * align)
+    band = image[top:bottom].copy()
+    if y1 - y0 < 8 or x1 - x0 < 8:
+        return top, band
+    shifted = matrix.copy()
+    shifted[:, 2] -= (x0, y0)
+    patch = cv2.warpAffine(source_image, shifted, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    mask = np.zeros((y1 - y0, x1 - x0), np.float32)
+    cv2.fillPoly(mask, [np.round((polygon - (x0, y0)) * 4).astype(np.int32)], (1.0,), lineType=cv2.LINE_AA, shift=2)
+    mask = cv2.GaussianBlur(mask, (0, 0), feather / 2.0)
+    into = band[y0 - top : y1 - top, x0:x1]
+    # Skin tone: the source's light may differ from the output frame's; match the means where
+    # the two meet (the feather), so the edge does not show.
+    edge = (mask > 0.05) & (mask < 0.95)
+    if edge.sum() > 16:
+        shift = into[edge].astype(np.float32).mean(axis=0) - patch[edge].astype(np.float32).mean(axis=0)
+        patch = np.clip(patch.astype(np.float32) + shift, 0, 255)
+    blended = mask[..., None] * patch + (1.0 - mask[..., None]) * into
+    into[:] = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    return top, band
