@@ -39,6 +39,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from realspeech_corpus import Measured, correlation_at_lags, load, loudness, measure_video, media_path  # noqa: E402
 
 from lipsync_stream.character import Character, CharacterStore, load_default_character  # noqa: E402
+from lipsync_stream.client.recorder import Mp4Writer  # noqa: E402
 from lipsync_stream.engines import get_engine  # noqa: E402
 from lipsync_stream.fetch import FetchConfig, Fetcher  # noqa: E402
 from lipsync_stream.landmarks import LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER, MOUTH_CORNERS  # noqa: E402
@@ -88,8 +89,12 @@ def main() -> None:
     parser.add_argument("--split", default="heldout")
     parser.add_argument("--no-reversed", action="store_true", help="skip (b): prepare costs about a second per second of footage")
     parser.add_argument("--sheet", type=Path, help="write a contact sheet (real | default | reversed) here")
+    parser.add_argument("--video", type=Path, help="write each clip side by side (real | default | reversed), with its sound, into this folder (fetched media: keep it out of the repository)")
+    parser.add_argument("--clips", help="only these clip ids, comma-separated")
     args = parser.parse_args()
     clips = load(args.split)
+    if args.clips:
+        clips = [c for c in clips if c.clip.id in args.clips.split(",")]
     rows: dict[str, list[tuple[float, int, float]]] = {"default": [], "reversed": [], "loudness": []}
     footage_rows: list[tuple[str, float, float]] = []
     sheet_rows = []
@@ -120,6 +125,8 @@ def main() -> None:
             rows["loudness"].append((r0, lag, float("nan")))  # (decibels: no opening to compare)
             cells.append(rows["loudness"][-1])
             print(f"| {clip.clip.id} | {clip.frames / 30:.1f} | " + " | ".join(f"{r:.2f} / {lag:+d} / {w:.2f}" for r, lag, w in cells) + " |")
+            if args.video is not None:
+                side_by_side(args.video / f"{clip.clip.id}.mp4", clip, [ours_default, reversed_frames])
             if args.sheet is not None:
                 sheet_rows.append(sheet_row(clip, [(ours_default, points_default), (reversed_frames, points_reversed)]))
     print("| **mean** | | " + " | ".join(summary(rows[k]) for k in ("default", "reversed", "loudness")) + " |")
@@ -169,6 +176,24 @@ def mouth_crop(image: np.ndarray, lm: np.ndarray) -> np.ndarray:
     half = 1.1 * float(np.hypot(*(lm[291] - lm[61])))
     y0, x0 = int(max(0, cy - half)), int(max(0, cx - half))
     return cv2.resize(image[y0 : int(cy + half), x0 : int(cx + half)], (160, 160))
+
+
+def side_by_side(path: Path, clip: Measured, ours: list[list[np.ndarray]]) -> None:
+    """The real clip (scaled to 512 high) beside each of *ours*, with the clip's own sound."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    real = read_video_30fps(media_path(clip.clip))[: clip.frames]
+    videos = [v for v in ours if v]
+    n = min([len(real), *(len(v) for v in videos)])
+    scale = 512 / real[0].shape[0]
+    width = int(round(real[0].shape[1] * scale / 2)) * 2
+    writer = Mp4Writer(path, width + 512 * len(videos), 512)
+    per_frame = len(clip.pcm) // max(clip.frames, 1)
+    try:
+        for k in range(n):
+            row = np.hstack([cv2.resize(real[k], (width, 512), interpolation=cv2.INTER_AREA), *(v[k] for v in videos)])
+            writer.add(k, row, clip.pcm[k * per_frame : (k + 1) * per_frame])
+    finally:
+        writer.close()
 
 
 def sheet_row(clip: Measured, ours: list[tuple[list[np.ndarray], np.ndarray]]) -> np.ndarray:

@@ -111,7 +111,7 @@ def test_a_footage_frame_far_from_every_target_is_warped_the_rest_of_the_way() -
     ref = TALKING.reference(3)
     assert ref.landmarks is not None
     choice = footage.index.choose(MouthShape(1.2), ref.index, None)
-    assert choice.cost > CLOSE_ENOUGH
+    assert choice.mismatch > CLOSE_ENOUGH
     as_is = apply_region(ref.image, compose(ref, footage.frames[choice.frame], footage.landmarks[choice.frame])).astype(float)
     drawn = apply_region(ref.image, get_engine("viseme").stream().draw(ref, MouthShape(1.2))).astype(float)
     lm = ref.landmarks

@@ -9,7 +9,7 @@ import av
 import numpy as np
 import pytest
 
-from lipsync_stream.character import CharacterStore, decode_video, load_default_character
+from lipsync_stream.character import CharacterError, CharacterStore, decode_video, load_default_character
 from lipsync_stream.cli import main
 from lipsync_stream.faces import FaceError, boxes_from_face_det_results, safe_unpickle
 from lipsync_stream.fetch import FetchConfig, Fetcher
@@ -76,3 +76,10 @@ def test_video_without_a_face_is_refused_clearly(tmp_path: Path) -> None:
         prepare(clip, tmp_path / "x", progress=False)
     assert main(["prepare", str(clip), "-o", str(tmp_path / "y")]) == 1
     assert main(["prepare", str(tmp_path / "missing.mp4"), "-o", str(tmp_path / "y")]) == 1
+
+
+def test_a_character_longer_than_the_server_loads_is_refused_before_any_work(clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(CharacterError, match="1 to 900 frames"):
+        prepare(clip, tmp_path / "long", max_frames=1800, progress=False)
+    assert main(["prepare", str(clip), "-o", str(tmp_path / "long"), "--max-seconds", "60"]) == 1
+    assert not (tmp_path / "long").exists()

@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("video", type=Path, help="any video FFmpeg reads, with one face")
     pr.add_argument("-o", "--output", type=Path, required=True, metavar="DIR", help="directory to write NAME.mp4, NAME.pkl, NAME.landmarks.npz")
     pr.add_argument("--name", default=None, help="file name stem (default: the directory's name)")
-    pr.add_argument("--max-seconds", metavar="SECONDS", type=float, default=30.0, help="use at most this much of the video (default: %(default)s)")
+    pr.add_argument("--max-seconds", metavar="SECONDS", type=float, default=30.0, help="use at most this much of the video, 30 s at most (default: %(default)s)")
 
     for name, helptext in [("render", "render an audio file to an MP4 through a server"), ("demo", "the default character speaking the bundled sentence, to an MP4")]:
         r = _command(sub, name, helptext)

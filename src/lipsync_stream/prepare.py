@@ -23,7 +23,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from .character import LANDMARKS_SUFFIX, MAX_FRAMES, CharacterError, decode_video_timed, square_frames
+from .character import LANDMARKS_SUFFIX, MAX_FRAMES, CharacterError, VideoReader, square_frames
 from .engines.footage import MouthIndex
 from .faces import FaceError, detect_faces, face_det_results
 from .landmarks import Landmarks, track_landmarks
@@ -43,15 +43,37 @@ class Prepared:
 
 
 def read_video_30fps(path: Path, max_frames: int = MAX_FRAMES, progress: bool = False) -> list[np.ndarray]:
-    """Frames of *path* resampled to 30 fps by timestamp (nearest earlier frame), BGR."""
-    with tqdm(desc="decoding", unit="frame", disable=not progress, leave=False) as bar:
-        # Decode a little more than max_frames in case the source runs faster than 30 fps.
-        frames, times, _ = decode_video_timed(path, 2 * max_frames, bar.update)
-    rel = np.asarray(times) - times[0]
-    step = float(np.median(np.diff(rel))) if len(rel) > 1 else 1.0 / FPS  # the last frame lasts this long
-    n_out = min(max_frames, max(1, int(round((rel[-1] + step) * FPS))))
-    idx = np.searchsorted(rel, np.arange(n_out) / FPS + 1e-6, side="right") - 1
-    return [frames[i] for i in np.clip(idx, 0, len(frames) - 1)]
+    """Frames of *path* resampled to 30 fps by timestamp (nearest earlier frame), BGR.
+
+    Resampled as they are decoded: a frame no output frame shows is never kept, so a 60 fps
+    source costs the memory of its 30 fps frames, not twice that.
+    """
+    out: list[np.ndarray] = []
+    pending: av.VideoFrame | None = None  # the latest frame, shown until the next one starts
+    image: np.ndarray | None = None
+    start: float | None = None
+    rel = 0.0
+    steps: list[float] = []
+    with tqdm(desc="decoding", unit="frame", disable=not progress, leave=False) as bar, VideoReader(path, 2 * max_frames) as reader:
+        # Decode up to twice max_frames in case the source runs faster than 30 fps.
+        for frame in reader.frames():
+            t = float(frame.time) if frame.time is not None else reader.count / FPS
+            start = t if start is None else start
+            if pending is not None:
+                steps.append(t - start - rel)
+                while len(out) < max_frames and len(out) / FPS + 1e-6 < t - start:
+                    image = pending.to_ndarray(format="bgr24") if image is None else image
+                    out.append(image)
+            rel, pending, image = t - start, frame, None
+            bar.update(1)
+            if len(out) >= max_frames:
+                break
+    assert pending is not None  # VideoReader raises on a video with no frames
+    step = float(np.median(steps)) if steps else 1.0 / FPS  # the last frame lasts this long
+    n_out = min(max_frames, max(1, int(round((rel + step) * FPS))))
+    last = pending.to_ndarray(format="bgr24")
+    out.extend([last] * (n_out - len(out)))
+    return out
 
 
 def write_video(path: Path, frames: np.ndarray, crf: int = 18) -> None:
@@ -72,6 +94,9 @@ def prepare(video: Path, out_dir: Path, name: str | None = None, max_frames: int
     video = Path(video)
     if not video.is_file():
         raise CharacterError(f"no such video: {video}")
+    if not 0 < max_frames <= MAX_FRAMES:
+        # The server loads no longer character: a longer one would be prepared, then refused.
+        raise CharacterError(f"a character holds 1 to {MAX_FRAMES} frames ({MAX_FRAMES // FPS} s), not {max_frames}")
     name = name or out_dir.resolve().name
     frames = read_video_30fps(video, max_frames, progress)
     log.info("%s: %d frames at 30 fps, %dx%d", video.name, len(frames), frames[0].shape[1], frames[0].shape[0])

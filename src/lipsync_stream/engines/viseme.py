@@ -224,7 +224,7 @@ class VisemeStream(EngineStream):
         if choice.frame == ref.index and choice.cost == 0.0:
             return None  # its own closed lips
         image, lm = source.frames[choice.frame], source.landmarks[choice.frame]
-        if choice.cost > footage.CLOSE_ENOUGH:
+        if choice.mismatch > footage.CLOSE_ENOUGH:
             nearest = replace(ref, index=choice.frame, image=image, landmarks=lm, footage=None)
             image = apply_region(image, compose_region(nearest, mouth))
         return footage.compose(ref, image, lm)
