@@ -19,7 +19,7 @@ later than the real one), and the widest opening (95th percentile) against the s
 real footage: how rough the lips are (the face mesh's lip polylines: the 95th percentile over
 frames of the largest second difference, in mouth widths) and how much the lower face changes
 from frame to frame (mean grey-level change round the mouth). A contact sheet shows real frames
-beside ours at the real speaker's widest openings.
+beside ours at the real speaker's widest openings, nose to chin.
 """
 
 from __future__ import annotations
@@ -91,6 +91,7 @@ def main() -> None:
     parser.add_argument("--sheet", type=Path, help="write a contact sheet (real | default | reversed) here")
     parser.add_argument("--video", type=Path, help="write each clip side by side (real | default | reversed), with its sound, into this folder (fetched media: keep it out of the repository)")
     parser.add_argument("--clips", help="only these clip ids, comma-separated")
+    parser.add_argument("--warp", action="store_true", help="(b) drawn by the warp, as before the mouth came from the person's own frames")
     args = parser.parse_args()
     clips = load(args.split)
     if args.clips:
@@ -113,6 +114,8 @@ def main() -> None:
             points_reversed = np.zeros((0, 478, 2), np.float32)
             if not args.no_reversed:
                 character = reversed_character(clip, media_path(clip.clip), Path(tmp))
+                if args.warp:
+                    object.__setattr__(character, "footage", None)
                 reversed_frames = render(character, clip.pcm, args.engine)
                 points_reversed, _f, state_r = measure_video(reversed_frames)
                 rows["reversed"].append(score(clip.opening, state_r[:, 0]))
@@ -196,17 +199,27 @@ def side_by_side(path: Path, clip: Measured, ours: list[list[np.ndarray]]) -> No
         writer.close()
 
 
+def lower_face_crop(image: np.ndarray, lm: np.ndarray) -> np.ndarray:
+    """200x200 from the nose to below the chin of *image* (face-mesh points *lm*): where a pasted
+    mouth would show a seam, a double chin or a jaw that does not fit."""
+    width = float(np.hypot(*(lm[291] - lm[61])))
+    cx, cy = lm[[61, 291]].mean(axis=0) + (0.0, 0.35 * width)
+    half = 1.3 * width
+    y0, x0 = int(max(0, cy - half)), int(max(0, cx - half))
+    return cv2.resize(image[y0 : int(cy + half), x0 : int(cx + half)], (200, 200), interpolation=cv2.INTER_AREA)
+
+
 def sheet_row(clip: Measured, ours: list[tuple[list[np.ndarray], np.ndarray]]) -> np.ndarray:
     """The real speaker's four widest openings (top), each over our frames at the same moment."""
     real = read_video_30fps(media_path(clip.clip))[: clip.frames]
     picks = sorted(np.argsort(clip.opening)[-4:])
     tiles = []
     for i in picks:
-        column = [mouth_crop(real[i], clip.landmarks[i])]
+        column = [lower_face_crop(real[i], clip.landmarks[i])]
         for frames, points in ours:
             if frames:
                 k = min(i, len(frames) - 1)
-                column.append(mouth_crop(frames[k], points[k]))
+                column.append(lower_face_crop(frames[k], points[k]))
         tiles.append(np.vstack(column))
     row = np.hstack(tiles)
     cv2.putText(row, clip.clip.id, (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1)
