@@ -18,11 +18,12 @@ from lipsync_stream.character import (
     Character,
     CharacterError,
     CharacterStore,
+    crop_square,
     decode_video,
     decode_video_timed,
     face_crop,
     load_default_character,
-    square_frames,
+    square_boxes,
 )
 from lipsync_stream.faces import face_det_results
 from lipsync_stream.fetch import FetchConfig, Fetcher
@@ -67,9 +68,10 @@ def test_crop_is_square_around_the_face_and_never_stretches() -> None:
     import cv2
 
     cv2.circle(frame, (900, 300), 60, (255, 255, 255), -1)
-    frames, new_boxes = square_frames([frame], boxes[:1])
-    assert frames.shape == (1, 512, 512, 3)
-    ys, xs = np.nonzero(frames[0, :, :, 0] > 128)
+    square = crop_square(frame, (x0, y0, side))
+    new_boxes = square_boxes(boxes[:1], (x0, y0, side))
+    assert square.shape == (512, 512, 3)
+    ys, xs = np.nonzero(square[:, :, 0] > 128)
     assert abs((xs.max() - xs.min()) - (ys.max() - ys.min())) <= 2
     assert new_boxes[0, 3] - new_boxes[0, 2] == pytest.approx(200 * 512 / 600, abs=1)
 

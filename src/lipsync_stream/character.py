@@ -236,33 +236,17 @@ def square_boxes(boxes: np.ndarray, crop: tuple[int, int, int]) -> np.ndarray:
     return np.clip(np.round(new), 0, FRAME_WIDTH).astype(np.int32)
 
 
-def square_frames(frames: list[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop and scale *frames* to 512x512 around the faces in *boxes* (source coordinates).
-
-    Returns the frames and the boxes in 512 space. A 512x512 video is taken as it is.
-    """
-    h, w = frames[0].shape[:2]
-    if any(f.shape != frames[0].shape for f in frames):
-        raise CharacterError("video frames change size mid-stream")
-    if (h, w) == (FRAME_HEIGHT, FRAME_WIDTH):
-        return np.stack(frames), boxes.astype(np.int32)
-    crop = face_crop(boxes, w, h)
-    out = np.empty((len(frames), FRAME_HEIGHT, FRAME_WIDTH, 3), dtype=np.uint8)
-    for i, f in enumerate(frames):
-        out[i] = crop_square(f, crop)
-    log.info("cropped %dx%d video to a %d px square at (%d, %d)", w, h, crop[2], crop[0], crop[1])
-    return out, square_boxes(boxes, crop)
-
-
-def detect_faces_streaming(video: Path, stride: int = 3) -> np.ndarray:
-    """Face boxes for every frame of *video* (decoded coordinates), holding no frames.
+def detect_faces_streaming(video: Path, stride: int = 3, max_frames: int = MAX_FRAMES, seconds: float | None = None, progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Face boxes for every frame of *video* (decoded coordinates), holding no frames: of its
+    first *max_frames*, or of those that start in its first *seconds*.
 
     Detection runs on every *stride*-th frame and the last one, each decoded straight to the
     detector's size; the rest is interpolated (:func:`boxes_from_detections`).
     """
     found: dict[int, tuple[int, int, int, int]] = {}
     searched = 0
-    with VideoReader(video) as reader, FaceDetector() as detector:
+    start: float | None = None
+    with VideoReader(video, max_frames) as reader, FaceDetector() as detector:
         s = min(1.0, DETECT_MAX_SIDE / max(reader.width, reader.height))
         small_w, small_h = max(2, round(reader.width * s)), max(2, round(reader.height * s))
 
@@ -274,7 +258,15 @@ def detect_faces_streaming(video: Path, stride: int = 3) -> np.ndarray:
                 found[i] = (round(box[0] / s), round(box[1] / s), round(box[2] / s), round(box[3] / s))
 
         last: tuple[int, av.VideoFrame] | None = None
+        count = 0
         for i, frame in enumerate(reader.frames()):
+            if seconds is not None and frame.time is not None:
+                start = frame.time if start is None else start
+                if frame.time - start >= seconds:
+                    break
+            count = i + 1
+            if progress:
+                progress(1)
             if i % stride:
                 last = (i, frame)
             else:
@@ -282,7 +274,7 @@ def detect_faces_streaming(video: Path, stride: int = 3) -> np.ndarray:
                 detect(i, frame)
         if last is not None:
             detect(*last)
-        return boxes_from_detections(found, reader.count, reader.width, reader.height, searched)
+        return boxes_from_detections(found, count, reader.width, reader.height, searched)
 
 
 class FrameFile:

@@ -13,7 +13,7 @@ import logging
 import math
 import pickle
 import pickletools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -253,26 +253,6 @@ class FaceDetector:
         if x2 - x1 < 8 or y2 - y1 < 8:
             return None
         return y1, y2, x1, x2
-
-
-def sample_indices(n: int, stride: int) -> list[int]:
-    """The frames detection runs on: every *stride*-th, and the last."""
-    return sorted(set(range(0, n, max(1, stride))) | {n - 1})
-
-
-def detect_faces(frames: Sequence[np.ndarray], stride: int = 3, progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """Face boxes for every frame: detect every *stride* frames, fill gaps, smooth over time."""
-    picks = sample_indices(len(frames), stride)
-    found: dict[int, tuple[int, int, int, int]] = {}
-    with FaceDetector() as detector:
-        for i in picks:
-            box = detector.detect(frames[i])
-            if box is not None:
-                found[i] = box
-            if progress:
-                progress(1)
-    h, w = frames[0].shape[:2]
-    return boxes_from_detections(found, len(frames), w, h, len(picks))
 
 
 def boxes_from_detections(found: dict[int, tuple[int, int, int, int]], n: int, width: int, height: int, searched: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -23,9 +24,9 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from .character import LANDMARKS_SUFFIX, MAX_FRAMES, CharacterError, VideoReader, square_frames
+from .character import FRAME_HEIGHT, FRAME_WIDTH, LANDMARKS_SUFFIX, MAX_FRAMES, CharacterError, VideoReader, crop_square, detect_faces_streaming, face_crop
 from .engines.footage import MouthIndex
-from .faces import FaceError, detect_faces, face_det_results
+from .faces import FaceError, face_det_results
 from .landmarks import Landmarks, track_landmarks
 from .protocol import FPS
 
@@ -42,38 +43,45 @@ class Prepared:
     mouth_width: float  # median, pixels
 
 
-def read_video_30fps(path: Path, max_frames: int = MAX_FRAMES, progress: bool = False) -> list[np.ndarray]:
-    """Frames of *path* resampled to 30 fps by timestamp (nearest earlier frame), BGR.
+def frames_30fps(path: Path, max_frames: int = MAX_FRAMES, progress: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
+    """The frames of *path* (BGR) resampled to 30 fps by timestamp (the nearest earlier frame),
+    as they are decoded: nothing else is held.
 
-    Resampled as they are decoded: a frame no output frame shows is never kept, so a 60 fps
-    source costs the memory of its 30 fps frames, not twice that.
+    Up to twice *max_frames* are decoded, in case the source runs faster than 30 fps.
     """
-    out: list[np.ndarray] = []
+    emitted = 0
     pending: av.VideoFrame | None = None  # the latest frame, shown until the next one starts
     image: np.ndarray | None = None
     start: float | None = None
     rel = 0.0
     steps: list[float] = []
-    with tqdm(desc="decoding", unit="frame", disable=not progress, leave=False) as bar, VideoReader(path, 2 * max_frames) as reader:
-        # Decode up to twice max_frames in case the source runs faster than 30 fps.
+    with VideoReader(path, 2 * max_frames) as reader:
         for frame in reader.frames():
             t = float(frame.time) if frame.time is not None else reader.count / FPS
             start = t if start is None else start
             if pending is not None:
                 steps.append(t - start - rel)
-                while len(out) < max_frames and len(out) / FPS + 1e-6 < t - start:
+                while emitted < max_frames and emitted / FPS + 1e-6 < t - start:
                     image = pending.to_ndarray(format="bgr24") if image is None else image
-                    out.append(image)
+                    yield image
+                    emitted += 1
             rel, pending, image = t - start, frame, None
-            bar.update(1)
-            if len(out) >= max_frames:
-                break
+            if progress:
+                progress(1)
+            if emitted >= max_frames:
+                return
     assert pending is not None  # VideoReader raises on a video with no frames
     step = float(np.median(steps)) if steps else 1.0 / FPS  # the last frame lasts this long
     n_out = min(max_frames, max(1, int(round((rel + step) * FPS))))
-    last = pending.to_ndarray(format="bgr24")
-    out.extend([last] * (n_out - len(out)))
-    return out
+    image = pending.to_ndarray(format="bgr24")
+    for _ in range(n_out - emitted):
+        yield image
+
+
+def read_video_30fps(path: Path, max_frames: int = MAX_FRAMES, progress: bool = False) -> list[np.ndarray]:
+    """Frames of *path* resampled to 30 fps (:func:`frames_30fps`), all in memory: for tools."""
+    with tqdm(desc="decoding", unit="frame", disable=not progress, leave=False) as bar:
+        return list(frames_30fps(path, max_frames, bar.update))
 
 
 def write_video(path: Path, frames: np.ndarray, crf: int = 18) -> None:
@@ -98,12 +106,22 @@ def prepare(video: Path, out_dir: Path, name: str | None = None, max_frames: int
         # The server loads no longer character: a longer one would be prepared, then refused.
         raise CharacterError(f"a character holds 1 to {MAX_FRAMES} frames ({MAX_FRAMES // FPS} s), not {max_frames}")
     name = name or out_dir.resolve().name
-    frames = read_video_30fps(video, max_frames, progress)
-    log.info("%s: %d frames at 30 fps, %dx%d", video.name, len(frames), frames[0].shape[1], frames[0].shape[0])
-    with tqdm(total=len(frames) // 3 + 1, desc="finding the face", unit="frame", disable=not progress, leave=False) as bar:
-        boxes = detect_faces(frames, progress=bar.update)
-    square, _ = square_frames(frames, boxes)
-    del frames
+    # Two passes over the video, so that only the 512x512 crops are ever held: the face's
+    # boxes first (every third frame, decoded small), then the frames cropped as they come.
+    with VideoReader(video) as reader:
+        width, height = reader.width, reader.height
+    with tqdm(desc="finding the face", unit="frame", disable=not progress, leave=False) as bar:
+        source_boxes = detect_faces_streaming(video, max_frames=2 * max_frames, seconds=max_frames / FPS, progress=bar.update)
+    whole = (height, width) == (FRAME_HEIGHT, FRAME_WIDTH)  # a 512x512 video is taken as it is
+    crop = (0, 0, FRAME_WIDTH) if whole else face_crop(source_boxes, width, height)
+    square = np.empty((max_frames, FRAME_HEIGHT, FRAME_WIDTH, 3), np.uint8)  # pages are touched as frames come
+    n = 0
+    with tqdm(desc="cropping", unit="frame", disable=not progress, leave=False) as bar:
+        for image in frames_30fps(video, max_frames, bar.update):
+            square[n] = crop_square(image, crop)
+            n += 1
+    square = square[:n]
+    log.info("%s: %d frames at 30 fps, %dx%d%s", video.name, len(square), width, height, "" if whole else f", cropped to a {crop[2]} px square at ({crop[0]}, {crop[1]})")
     with tqdm(total=len(square), desc="landmarks", unit="frame", disable=not progress, leave=False) as bar:
         points = track_landmarks(list(square), progress=bar.update)
     landmarks = Landmarks(points)
