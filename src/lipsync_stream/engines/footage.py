@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from numba import njit
 
 from ..landmarks import (
     CHIN,
@@ -116,34 +117,43 @@ class MouthIndex:
         width = 1.0 + self.width_scale * (shape.width - shape.round)
         return opening, width
 
-    def pose_cost(self, ref_index: int) -> np.ndarray:
-        """Per frame, how far its head is from frame *ref_index*'s after the best rotation."""
-        a = self._flat[ref_index]
-        # Orthogonal Procrustes per frame, in closed form for 2-D: the best angle's residual.
-        cross = self._turned @ a
-        dot = self._flat @ a
-        residual = np.maximum(2.0 - 2.0 * np.hypot(dot, cross) / len(STILL_POINTS), 0.0)
-        return residual * POSE_WEIGHT
-
     def choose(self, shape: MouthShape, ref_index: int, previous: int | None) -> Choice:
         """The source frame for *shape* on output frame *ref_index*, after *previous*."""
         opening, width = self.target(shape)
-        mismatch = OPENING_WEIGHT * (self.openings - opening) ** 2 + WIDTH_WEIGHT * (self.widths - width) ** 2
-        if opening == 0.0:  # a closed mouth is a closed mouth, however close an open one seems
-            mismatch = np.where(self.openings < CLOSED_OPENING, mismatch, np.inf)
-        cost = mismatch + self.pose_cost(ref_index)
-        # Nearer the output frame in time is nearer in light and pose too.
-        cost = cost + TIME_WEIGHT * np.abs(np.arange(len(cost)) - ref_index)
         if opening == 0.0 and self.openings[ref_index] < CLOSED_OPENING:
             return Choice(ref_index, 0.0)  # the frame's own closed lips
-        switch = np.full(len(cost), SWITCH_COST)
-        if previous is not None:
-            switch[previous] = 0.0
-            if previous + 1 < len(switch):
-                switch[previous + 1] = 0.0
-        total = cost + switch
-        best = int(np.argmin(total))
-        return Choice(best, float(cost[best]), float(mismatch[best]))
+        weights = np.array([OPENING_WEIGHT, WIDTH_WEIGHT, POSE_WEIGHT, TIME_WEIGHT, SWITCH_COST, CLOSED_OPENING])
+        best, cost, mismatch = _select(self.openings, self.widths, self._flat, self._turned, ref_index, -1 if previous is None else previous, opening, width, weights)
+        return Choice(best, cost, mismatch) if best >= 0 else Choice(ref_index, 0.0)
+
+
+@njit(nogil=True, cache=True)
+def _select(openings, widths, flat, turned, ref, previous, opening, width, weights):  # type: ignore[no-untyped-def]
+    """Unit selection in one pass over the frames, without the GIL: per frame the mouth's
+    distance from the target (a closed target: closed frames only), the head pose's (the
+    residual of the best rotation onto frame *ref*'s still points: orthogonal Procrustes in
+    closed form for 2-D), the time between them, and the price for leaving the run that
+    *previous* (-1: none) was in. Returns (frame, its cost, the mouth's part of it); frame -1
+    when no frame may be chosen."""
+    opening_w, width_w, pose_w, time_w, switch_cost, closed_below = weights[0], weights[1], weights[2], weights[3], weights[4], weights[5]
+    a = flat[ref]
+    points = flat.shape[1] // 2
+    closed_only = opening == 0.0
+    best, best_total, best_cost, best_mismatch = -1, np.inf, 0.0, 0.0
+    for j in range(len(openings)):
+        if closed_only and openings[j] >= closed_below:
+            continue
+        mismatch = opening_w * (openings[j] - opening) ** 2 + width_w * (widths[j] - width) ** 2
+        dot, cross = 0.0, 0.0
+        for q in range(flat.shape[1]):
+            dot += flat[j, q] * a[q]
+            cross += turned[j, q] * a[q]
+        pose = max(2.0 - 2.0 * np.sqrt(dot * dot + cross * cross) / points, 0.0) * pose_w
+        cost = mismatch + pose + time_w * abs(j - ref)
+        total = cost if previous >= 0 and (j == previous or j == previous + 1) else cost + switch_cost
+        if total < best_total:
+            best, best_total, best_cost, best_mismatch = j, total, cost, mismatch
+    return best, best_cost, best_mismatch
 
 
 class Footage:
@@ -152,6 +162,16 @@ class Footage:
 
     def __init__(self, frames: np.ndarray, landmarks: np.ndarray, index: MouthIndex) -> None:
         self.frames, self.landmarks, self.index = frames, landmarks, index
+        self._polygons: list[np.ndarray | None] = [None] * len(frames)
+
+    def polygon(self, j: int) -> np.ndarray:
+        """Frame *j*'s lower-face polygon (:func:`lower_face_polygon`), worked out once: a
+        similarity transform carries it as it carries the landmarks, so it is the same for
+        every output frame it is pasted into. (Two threads may both work it out: the same.)"""
+        polygon = self._polygons[j]
+        if polygon is None:
+            polygon = self._polygons[j] = lower_face_polygon(self.landmarks[j])
+        return polygon
 
     @classmethod
     def of(cls, frames: np.ndarray, landmarks: np.ndarray) -> Footage | None:
@@ -162,7 +182,8 @@ class Footage:
     def nbytes(self) -> int:
         """What the index adds (the frames are the character's own)."""
         index = self.index
-        return int(index.openings.nbytes + index.widths.nbytes + index.pose.nbytes + index._turned.nbytes)
+        polygons = len(self._polygons) * 2 * (len(JAW) + 6) * 8  # at most, once all are worked out
+        return int(index.openings.nbytes + index.widths.nbytes + index.pose.nbytes + index._turned.nbytes + polygons)
 
 
 def alignment(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -212,16 +233,16 @@ def feathered_mask(polygon: np.ndarray, shape: tuple[int, int], feather: int) ->
     return np.ascontiguousarray(cv2.resize(blurred, None, fx=MASK_SCALE, fy=MASK_SCALE, interpolation=cv2.INTER_LINEAR)[:h, :w])
 
 
-def compose(ref: ReferenceFrame, source_image: np.ndarray, source_lm: np.ndarray, align: int = 16) -> Region:
-    """*ref*'s frame with the lower face of *source_image* (landmarks *source_lm*) blended in."""
+def compose(ref: ReferenceFrame, source_image: np.ndarray, source_lm: np.ndarray, source_polygon: np.ndarray | None = None, align: int = 16) -> Region:
+    """*ref*'s frame with the lower face of *source_image* (landmarks *source_lm*, lower-face
+    polygon *source_polygon* if worked out already) blended in."""
     assert ref.landmarks is not None
     image = ref.image
     h, w = image.shape[:2]
-    frame = MouthFrame(ref.landmarks)
     matrix = alignment(source_lm, ref.landmarks)
-    moved = source_lm.astype(np.float64) @ matrix[:, :2].T + matrix[:, 2]
-    polygon = lower_face_polygon(moved)
-    feather = max(2, int(FEATHER * frame.width))
+    polygon = (lower_face_polygon(source_lm) if source_polygon is None else source_polygon) @ matrix[:, :2].T + matrix[:, 2]
+    corners = ref.landmarks[list(MOUTH_CORNERS)].astype(np.float64)
+    feather = max(2, int(FEATHER * float(np.hypot(*(corners[1] - corners[0])))))
     y0 = max(0, int(polygon[:, 1].min()) - feather)
     y1 = min(h, int(np.ceil(polygon[:, 1].max())) + feather)
     x0 = max(0, int(polygon[:, 0].min()) - feather)
