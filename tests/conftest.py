@@ -17,7 +17,9 @@ import pytest
 from lipsync_stream.audio import load_audio
 from lipsync_stream.cli import sample_speech
 from lipsync_stream.fetch import FetchConfig
-from lipsync_stream.server import LipsyncServer, ServerConfig, running_server
+from lipsync_stream.runner import running_server
+from lipsync_stream.server import LipsyncServer
+from lipsync_stream.server_config import ServerConfig
 
 T = TypeVar("T")
 

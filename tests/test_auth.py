@@ -34,7 +34,9 @@ from lipsync_stream.cli import main
 from lipsync_stream.client import ServerError, stream_audio
 from lipsync_stream.fetch import FetchConfig
 from lipsync_stream.protocol import SessionParams, frames_for_samples
-from lipsync_stream.server import LipsyncServer, ServerConfig, running_server
+from lipsync_stream.runner import running_server
+from lipsync_stream.server import LipsyncServer
+from lipsync_stream.server_config import ServerConfig
 
 # --- the pieces ---------------------------------------------------------------------------------
 

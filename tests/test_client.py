@@ -13,7 +13,9 @@ from lipsync_stream import server as server_module
 from lipsync_stream.client import AudioFeed, LipsyncClient, ServerError, stream_audio
 from lipsync_stream.fetch import FetchConfig
 from lipsync_stream.protocol import SessionParams
-from lipsync_stream.server import LipsyncServer, ServerConfig, running_server
+from lipsync_stream.runner import running_server
+from lipsync_stream.server import LipsyncServer
+from lipsync_stream.server_config import ServerConfig
 from lipsync_stream.session import Limits, Session
 
 Server = tuple[LipsyncServer, str]

@@ -76,7 +76,7 @@ def test_the_choice_does_not_flicker() -> None:
 def test_pasting_a_frame_onto_itself_changes_nothing_visible() -> None:
     ref = TALKING.reference(5)
     assert ref.landmarks is not None
-    top, band = compose(ref, ref.image, ref.landmarks)
+    top, band = compose(ref.image, ref.landmarks, ref.image, ref.landmarks)
     diff = np.abs(band.astype(int) - ref.image[top : top + len(band)].astype(int))
     assert diff.max() <= 2
 
@@ -112,7 +112,7 @@ def test_a_footage_frame_far_from_every_target_is_warped_the_rest_of_the_way() -
     assert ref.landmarks is not None
     choice = footage.index.choose(MouthShape(1.2), ref.index, None)
     assert choice.mismatch > CLOSE_ENOUGH
-    as_is = apply_region(ref.image, compose(ref, footage.frames[choice.frame], footage.landmarks[choice.frame])).astype(float)
+    as_is = apply_region(ref.image, compose(ref.image, ref.landmarks, footage.frames[choice.frame], footage.landmarks[choice.frame])).astype(float)
     drawn = apply_region(ref.image, get_engine("viseme").stream().draw(ref, MouthShape(1.2))).astype(float)
     lm = ref.landmarks
     below = (slice(int(lm[14, 1]), int(lm[152, 1])), slice(int(lm[61, 0]), int(lm[291, 0])))

@@ -25,7 +25,9 @@ from lipsync_stream.auth import FailureThrottle, TokenError, TokenIssuer, add_ke
 from lipsync_stream.connection import MAX_HEAD, MAX_POST_BODY, MAX_UNSENT
 from lipsync_stream.fetch import FetchConfig, Fetcher, FetchError
 from lipsync_stream.protocol import SessionParams, first_message
-from lipsync_stream.server import DRAIN_CLOSE_GRACE, LipsyncServer, ServerConfig, running_server
+from lipsync_stream.runner import running_server
+from lipsync_stream.server import DRAIN_CLOSE_GRACE, LipsyncServer
+from lipsync_stream.server_config import ServerConfig
 
 KEY_FIRST = json.dumps({"video_reference_url": "default", "isJPG": False, "handleSilence": True})
 

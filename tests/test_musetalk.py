@@ -21,7 +21,8 @@ from lipsync_stream.fetch import FetchConfig  # noqa: E402
 from lipsync_stream.neural import CheckpointError  # noqa: E402
 from lipsync_stream.neural.musetalk import FACE_SIZE, MuseTalkFiles, MuseTalkItem, MuseTalkRunner  # noqa: E402
 from lipsync_stream.protocol import SessionParams, frames_for_samples  # noqa: E402
-from lipsync_stream.server import ServerConfig, running_server  # noqa: E402
+from lipsync_stream.runner import running_server  # noqa: E402
+from lipsync_stream.server_config import ServerConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,9 @@ from lipsync_stream.fetch import FetchConfig  # noqa: E402
 from lipsync_stream.neural.wav2lip import Wav2Lip  # noqa: E402
 from lipsync_stream.pipeline import FrameRenderer  # noqa: E402
 from lipsync_stream.protocol import AudioFramer, SessionParams, frames_for_samples  # noqa: E402
-from lipsync_stream.server import LipsyncServer, ServerConfig, running_server  # noqa: E402
+from lipsync_stream.runner import running_server  # noqa: E402
+from lipsync_stream.server import LipsyncServer  # noqa: E402
+from lipsync_stream.server_config import ServerConfig  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,9 @@ from lipsync_stream.protocol import (
     frame_length,
     frames_for_samples,
 )
-from lipsync_stream.server import LipsyncServer, ServerConfig, running_server
+from lipsync_stream.runner import running_server
+from lipsync_stream.server import LipsyncServer
+from lipsync_stream.server_config import ServerConfig
 from lipsync_stream.session import Limits, Session
 
 

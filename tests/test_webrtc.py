@@ -19,7 +19,8 @@ from webrtc_client import Speech, loopback_addresses  # noqa: E402
 from lipsync_stream.auth import add_key  # noqa: E402
 from lipsync_stream.character import load_default_character  # noqa: E402
 from lipsync_stream.fetch import FetchConfig  # noqa: E402
-from lipsync_stream.server import ServerConfig, running_server  # noqa: E402
+from lipsync_stream.runner import running_server  # noqa: E402
+from lipsync_stream.server_config import ServerConfig  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

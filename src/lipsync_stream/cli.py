@@ -24,7 +24,7 @@ from .protocol import DEFAULT_CHARACTER, FPS, SAMPLE_RATE, SessionParams
 from .session import DEFAULT_LEAD, DEFAULT_MAX_MESSAGE_BYTES, Limits
 
 if TYPE_CHECKING:
-    from .server import ServerConfig
+    from .server_config import ServerConfig
 
 log = logging.getLogger("lipsync_stream")
 
@@ -167,7 +167,7 @@ async def _server_url(args: argparse.Namespace, asset_roots: list[Path]) -> Asyn
     if args.server:
         yield args.server
         return
-    from .server import running_server
+    from .runner import running_server
 
     async with running_server(_in_process_config(args, asset_roots)) as (_app, url):
         yield url
@@ -175,7 +175,7 @@ async def _server_url(args: argparse.Namespace, asset_roots: list[Path]) -> Asyn
 
 def _in_process_config(args: argparse.Namespace, asset_roots: list[Path]) -> ServerConfig:
     """The server that `render`, `demo` and `play` start when no --server is given."""
-    from .server import ServerConfig
+    from .server_config import ServerConfig
 
     fetch = FetchConfig(asset_roots=asset_roots, cache_dir=args.cache_dir or default_cache_dir())
     return ServerConfig(port=0, engine=args.engine, jpeg_quality=args.jpeg_quality, asset_roots=asset_roots, fetch=fetch, model=args.model, device=args.device)
@@ -242,7 +242,7 @@ async def _render(args: argparse.Namespace, audio_path: Path) -> int:
 
 def _play(args: argparse.Namespace) -> int:
     from .client.player import Microphone, NullAudioOut, Player, PyAudioOut, write_stats
-    from .server import ServerThread
+    from .runner import ServerThread
 
     pcm = None
     if not args.mic:
@@ -331,7 +331,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
     import ssl
 
     from .auth import KeyFileError, read_keys
-    from .server import ServerConfig
+    from .server_config import ServerConfig
 
     if args.api_keys is None and not args.no_auth and not is_loopback(args.host):
         raise ValueError(f"refusing to serve {args.host} without keys: anyone who can reach it could use it; give --api-keys FILE (see `lipsync-stream keys add`) or --no-auth")
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         return _keys(args)
     if args.command == "serve":
-        from .server import serve_forever
+        from .runner import serve_forever
 
         try:
             config = _serve_config(args)
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         workers = default_workers(args.engine) if args.workers is None else max(1, args.workers)
         try:
             if workers > 1:
-                from .server import serve_workers
+                from .runner import serve_workers
 
                 return serve_workers(config, workers, logging.getLevelName(args.log_level))
             asyncio.run(serve_forever(config))

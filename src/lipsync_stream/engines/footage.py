@@ -24,6 +24,7 @@ A video whose mouth never opens, or never closes, has no index: the warp draws i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -40,7 +41,6 @@ from ..landmarks import (
     UPPER_LIP_INNER_MID,
     MouthFrame,
 )
-from .base import MouthShape, ReferenceFrame, Region
 
 MIN_FRAMES = 30  # a second of footage at least
 CLOSED_OPENING = 0.03  # mouth widths between the inner lips: closed
@@ -49,7 +49,7 @@ MIN_CLOSED_FRAMES = 3
 #: corpus's 34 training clips, 0.36-0.61 per clip): that is where the footage's widest mouths go
 OPEN_AT_WIDEST = 0.48
 MIN_WIDEST = 0.12  # the footage's widest openings (95th percentile) must reach this, in mouth widths
-WIDTH_SCALE = 0.10  # relative mouth width at MouthShape.width = +-1 (before the footage's own range)
+WIDTH_SCALE = 0.10  # relative mouth width at Shape.width = +-1 (before the footage's own range)
 OPENING_WEIGHT, WIDTH_WEIGHT = 1.0 / 0.03**2, 1.0 / 0.05**2  # a cost of 1 per 0.03 widths of opening, 0.05 of width
 POSE_WEIGHT = 1.0 / 0.03**2  # per 3 % of the face's size that the still points sit apart after alignment
 SWITCH_COST = 6.0  # leaving the previous choice's run (6: 27 % of frames jump on the training clips, 40 % at 1.5; r the same)
@@ -57,6 +57,19 @@ TIME_WEIGHT = 1.0 / 300  # per frame between the source and the output frame (10
 CLOSE_ENOUGH = 4.0  # a chosen frame whose mouth is further off (Choice.mismatch) is warped the rest of the way
 FEATHER = 0.25  # the mask's soft edge, in mouth widths
 MASK_SCALE = 4  # the mask is drawn this many times smaller
+
+
+class Shape(Protocol):
+    """The mouth shape asked for (``engines.base.MouthShape`` is one): how open, how wide, how
+    round. (This module takes what it needs, and nothing from the engines' base, which refers to
+    it: one way.)"""
+
+    @property
+    def open(self) -> float: ...
+    @property
+    def width(self) -> float: ...
+    @property
+    def round(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -111,13 +124,13 @@ class MouthIndex:
         """The index, or None (see :meth:`build`)."""
         return cls.build(landmarks)[0]
 
-    def target(self, shape: MouthShape) -> tuple[float, float]:
+    def target(self, shape: Shape) -> tuple[float, float]:
         """(opening in mouth widths, relative width) that *shape* asks of this face."""
         opening = max(shape.open, 0.0) * self.widest / OPEN_AT_WIDEST if shape.open > 0.02 else 0.0
         width = 1.0 + self.width_scale * (shape.width - shape.round)
         return opening, width
 
-    def choose(self, shape: MouthShape, ref_index: int, previous: int | None) -> Choice:
+    def choose(self, shape: Shape, ref_index: int, previous: int | None) -> Choice:
         """The source frame for *shape* on output frame *ref_index*, after *previous*."""
         opening, width = self.target(shape)
         if opening == 0.0 and self.openings[ref_index] < CLOSED_OPENING:
@@ -233,15 +246,14 @@ def feathered_mask(polygon: np.ndarray, shape: tuple[int, int], feather: int) ->
     return np.ascontiguousarray(cv2.resize(blurred, None, fx=MASK_SCALE, fy=MASK_SCALE, interpolation=cv2.INTER_LINEAR)[:h, :w])
 
 
-def compose(ref: ReferenceFrame, source_image: np.ndarray, source_lm: np.ndarray, source_polygon: np.ndarray | None = None, align: int = 16) -> Region:
-    """*ref*'s frame with the lower face of *source_image* (landmarks *source_lm*, lower-face
-    polygon *source_polygon* if worked out already) blended in."""
-    assert ref.landmarks is not None
-    image = ref.image
+def compose(image: np.ndarray, landmarks: np.ndarray, source_image: np.ndarray, source_lm: np.ndarray, source_polygon: np.ndarray | None = None, align: int = 16) -> tuple[int, np.ndarray]:
+    """The output frame *image* (face-mesh points *landmarks*) with the lower face of
+    *source_image* (*source_lm*, its lower-face polygon *source_polygon* if worked out already)
+    blended in: the changed band of rows, ``(top, band)`` (an ``engines.base.Region``)."""
     h, w = image.shape[:2]
-    matrix = alignment(source_lm, ref.landmarks)
+    matrix = alignment(source_lm, landmarks)
     polygon = (lower_face_polygon(source_lm) if source_polygon is None else source_polygon) @ matrix[:, :2].T + matrix[:, 2]
-    corners = ref.landmarks[list(MOUTH_CORNERS)].astype(np.float64)
+    corners = landmarks[list(MOUTH_CORNERS)].astype(np.float64)
     feather = max(2, int(FEATHER * float(np.hypot(*(corners[1] - corners[0])))))
     y0 = max(0, int(polygon[:, 1].min()) - feather)
     y1 = min(h, int(np.ceil(polygon[:, 1].max())) + feather)

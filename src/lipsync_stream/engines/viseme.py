@@ -227,7 +227,7 @@ class VisemeStream(EngineStream):
         if choice.mismatch > footage.CLOSE_ENOUGH:
             nearest = replace(ref, index=choice.frame, image=image, landmarks=lm, footage=None)
             image = apply_region(image, compose_region(nearest, mouth))
-        return footage.compose(ref, image, lm, source.polygon(choice.frame))
+        return footage.compose(ref.image, ref.landmarks, image, lm, source.polygon(choice.frame))
 
 
 class VisemeEngine(Engine):

@@ -34,7 +34,7 @@ from ..client import LipsyncClient, decode_image
 from ..protocol import BYTES_PER_SAMPLE, DEFAULT_CHARACTER, SAMPLE_RATE, SessionParams
 
 if TYPE_CHECKING:
-    from ..server import ServerConfig
+    from ..server_config import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ class AvatarStream:
         """Open the session (starting the in-process server first when there is no URL)."""
         url = self.url
         if url is None:
-            from ..server import ServerConfig, running_server
+            from ..runner import running_server
+            from ..server_config import ServerConfig
 
             _, local = await self._stack.enter_async_context(running_server(self._server_config or ServerConfig(port=0)))
             log.info("lip-sync server started in this process at %s", local)
