@@ -14,19 +14,10 @@ import pytest
 from conftest import run_measured
 
 from lipsync_stream import character as character_module
-from lipsync_stream.character import (
-    Character,
-    CharacterError,
-    CharacterStore,
-    crop_square,
-    decode_video,
-    decode_video_timed,
-    face_crop,
-    load_default_character,
-    square_boxes,
-)
+from lipsync_stream.character import Character, CharacterError, CharacterStore, load_default_character
 from lipsync_stream.faces import face_det_results
 from lipsync_stream.fetch import FetchConfig, Fetcher
+from lipsync_stream.video import VideoReader, crop_square, decode_video, face_crop, square_boxes
 
 
 def write_video(path: Path, frames: list[np.ndarray]) -> None:
@@ -179,7 +170,9 @@ def test_huge_videos_are_scaled_down_while_decoding_and_pickles_follow(store: Ch
         frames.append(big)
     path = store.fetcher.roots[0] / "huge.mp4"
     write_video(path, frames)
-    decoded, _, scale = decode_video_timed(path)
+    decoded = decode_video(path)
+    with VideoReader(path) as reader:
+        scale = reader.scale
     assert decoded[0].shape == (720, 1280, 3) and scale == pytest.approx(0.5)
     boxes = np.array([[500, 1300, 1150, 1900]] * 3)  # in the original 2560x1440 video
     (path.parent / "huge.pkl").write_bytes(pickle.dumps(face_det_results(frames, boxes)))

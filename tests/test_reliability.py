@@ -20,11 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from lipsync_stream import server as server_module
-from lipsync_stream.character import (
-    Character,
-    default_character_files,
-    load_default_character,
-)
+from lipsync_stream.character import Character, default_character_files, load_default_character
 from lipsync_stream.client import ServerError, decode_image, stream_audio
 from lipsync_stream.engines.base import apply_region
 from lipsync_stream.fetch import FetchConfig, FetchError
