@@ -7,7 +7,8 @@ import pytest
 
 from lipsync_stream.character import load_default_character
 from lipsync_stream.engines.base import MouthShape, ReferenceFrame, apply_region
-from lipsync_stream.engines.meshwarp import MouthFrame, compose_region, rig_for, tps_apply, tps_fit
+from lipsync_stream.engines.meshwarp import MouthFrame, compose_region, rig_for
+from lipsync_stream.engines.spline import tps_apply, tps_fit
 from lipsync_stream.engines.viseme import TARGETS
 from lipsync_stream.landmarks import FaceMesher
 

@@ -40,7 +40,8 @@ from speech_synth import hum, silence, vowel  # noqa: E402
 
 from lipsync_stream.character import Character, CharacterStore, load_default_character  # noqa: E402
 from lipsync_stream.engines import get_engine  # noqa: E402
-from lipsync_stream.engines.meshwarp import FEATHER_PX, MouthFrame, rig_for  # noqa: E402
+from lipsync_stream.engines.meshwarp import MouthFrame, rig_for  # noqa: E402
+from lipsync_stream.engines.spline import FEATHER_PX  # noqa: E402
 from lipsync_stream.engines.viseme import VISEMES  # noqa: E402
 from lipsync_stream.fetch import FetchConfig, Fetcher  # noqa: E402
 from lipsync_stream.landmarks import FaceMesher  # noqa: E402
