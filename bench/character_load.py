@@ -38,7 +38,7 @@ from serverproc import ServerProcess, process_tree  # noqa: E402
 from startup import first_frame  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from lipsync_stream.character import load_default_character  # noqa: E402
+from lipsync_stream.characters.character import load_default_character  # noqa: E402
 
 
 def make_video(path: Path, side: int, n_frames: int) -> None:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from serverproc import ServerProcess  # noqa: E402
 from test_hostile import non_reader, ping_flood, ws_frame  # noqa: E402  (the quick probes' clients)
 
-from lipsync_stream.auth import add_key  # noqa: E402
+from lipsync_stream.serve.auth import add_key  # noqa: E402
 
 ROWS: list[tuple[str, str, str]] = []
 

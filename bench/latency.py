@@ -28,7 +28,7 @@ from serverproc import ServerProcess  # noqa: E402
 
 from lipsync_stream.audio import load_audio  # noqa: E402
 from lipsync_stream.cli import sample_speech  # noqa: E402
-from lipsync_stream.protocol import decode_frame, frame_start, frames_for_samples  # noqa: E402
+from lipsync_stream.wire.protocol import decode_frame, frame_start, frames_for_samples  # noqa: E402
 
 CHUNK = 4000  # samples: 250 ms
 

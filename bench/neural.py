@@ -110,7 +110,7 @@ def model_table(ckpt: Path, device: str, batches: list[int], tmp: Path) -> None:
 async def realtime_session(url: str, pcm: bytes, latencies: list[float]) -> int:
     from websockets.asyncio.client import connect
 
-    from lipsync_stream.protocol import decode_frame, frame_start
+    from lipsync_stream.wire.protocol import decode_frame, frame_start
 
     async with connect(url, max_size=None, compression=None) as ws:
         await ws.send(json.dumps({}))

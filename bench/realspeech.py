@@ -38,14 +38,14 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from realspeech_corpus import Measured, correlation_at_lags, load, loudness, measure_video, media_path  # noqa: E402
 
-from lipsync_stream.character import Character, CharacterStore, load_default_character  # noqa: E402
+from lipsync_stream.characters.character import Character, CharacterStore, load_default_character  # noqa: E402
+from lipsync_stream.characters.fetch import FetchConfig, Fetcher  # noqa: E402
+from lipsync_stream.characters.landmarks import LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER, MOUTH_CORNERS  # noqa: E402
+from lipsync_stream.characters.prepare import prepare, read_video_30fps, write_video  # noqa: E402
 from lipsync_stream.client.recorder import Mp4Writer  # noqa: E402
 from lipsync_stream.engines import get_engine  # noqa: E402
-from lipsync_stream.fetch import FetchConfig, Fetcher  # noqa: E402
-from lipsync_stream.landmarks import LIPS_LOWER_INNER, LIPS_LOWER_OUTER, LIPS_UPPER_INNER, LIPS_UPPER_OUTER, MOUTH_CORNERS  # noqa: E402
 from lipsync_stream.pipeline import FrameRenderer  # noqa: E402
-from lipsync_stream.prepare import prepare, read_video_30fps, write_video  # noqa: E402
-from lipsync_stream.protocol import AudioFramer, SessionParams, decode_frame  # noqa: E402
+from lipsync_stream.wire.protocol import AudioFramer, SessionParams, decode_frame  # noqa: E402
 
 
 def render(character: Character, pcm: np.ndarray, engine_name: str) -> list[np.ndarray]:

@@ -37,10 +37,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
 from lipsync_stream.audio import load_audio  # noqa: E402
-from lipsync_stream.fetch import default_cache_dir  # noqa: E402
-from lipsync_stream.landmarks import EYE_OUTER, LOWER_LIP_INNER_MID, MOUTH_CORNERS, NOSE_TIP, UPPER_LIP_INNER_MID, FaceMesher, MouthFrame, fill_gaps  # noqa: E402
-from lipsync_stream.prepare import read_video_30fps  # noqa: E402
-from lipsync_stream.protocol import FPS, SAMPLE_RATE  # noqa: E402
+from lipsync_stream.characters.fetch import default_cache_dir  # noqa: E402
+from lipsync_stream.characters.landmarks import EYE_OUTER, LOWER_LIP_INNER_MID, MOUTH_CORNERS, NOSE_TIP, UPPER_LIP_INNER_MID, FaceMesher, MouthFrame, fill_gaps  # noqa: E402
+from lipsync_stream.characters.prepare import read_video_30fps  # noqa: E402
+from lipsync_stream.wire.protocol import FPS, SAMPLE_RATE  # noqa: E402
 
 MANIFEST = HERE / "realspeech_corpus.tsv"
 SHARED = HERE.parents[1] / "shared" / "realspeech"

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serverproc import ServerProcess  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from lipsync_stream.character import load_default_character  # noqa: E402
+from lipsync_stream.characters.character import load_default_character  # noqa: E402
 
 
 def make_video(path: Path, seconds: float = 10.0) -> None:

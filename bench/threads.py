@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable
 
 from lipsync_stream.audio import load_audio
-from lipsync_stream.character import load_default_character
+from lipsync_stream.characters.character import load_default_character
 from lipsync_stream.cli import sample_speech
 from lipsync_stream.engines import get_engine
 from lipsync_stream.engines.meshwarp import compose_region
 from lipsync_stream.jpeg import MCU
 from lipsync_stream.pipeline import DEFAULT_JPEG_QUALITY, FrameRenderer
-from lipsync_stream.protocol import AudioFrame, AudioFramer, SessionParams
+from lipsync_stream.wire.protocol import AudioFrame, AudioFramer, SessionParams
 
 
 def audio_frames(engine_lookahead: int, engine_context: int) -> list[AudioFrame]:

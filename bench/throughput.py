@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serverproc import ServerProcess, process_tree  # noqa: E402
 
 from lipsync_stream.audio import load_audio  # noqa: E402
-from lipsync_stream.character import load_default_character  # noqa: E402
+from lipsync_stream.characters.character import load_default_character  # noqa: E402
 from lipsync_stream.cli import sample_speech  # noqa: E402
 from lipsync_stream.pipeline import DEFAULT_JPEG_QUALITY, encode_jpeg  # noqa: E402
-from lipsync_stream.protocol import frames_for_samples  # noqa: E402
+from lipsync_stream.wire.protocol import frames_for_samples  # noqa: E402
 
 STAGES = ("features", "engine", "compose", "encode", "send")
 

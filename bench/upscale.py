@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from lipsync_stream.character import load_default_character  # noqa: E402
+from lipsync_stream.characters.character import load_default_character  # noqa: E402
 from lipsync_stream.composite import face_box, lower_face_mask, sharpen  # noqa: E402
 
 SIDE = 96

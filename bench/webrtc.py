@@ -28,14 +28,14 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError  # noqa: E402
 from webrtc_client import Speech, loopback_addresses  # noqa: E402
 
-from lipsync_stream import webrtc  # noqa: E402
 from lipsync_stream.audio import load_audio  # noqa: E402
+from lipsync_stream.characters.fetch import FetchConfig  # noqa: E402
 from lipsync_stream.cli import sample_speech  # noqa: E402
 from lipsync_stream.client import stream_audio  # noqa: E402
-from lipsync_stream.fetch import FetchConfig  # noqa: E402
-from lipsync_stream.protocol import FRAME_HEIGHT, FRAME_WIDTH, SessionParams, decode_frame  # noqa: E402
-from lipsync_stream.runner import running_server  # noqa: E402
-from lipsync_stream.server_config import ServerConfig  # noqa: E402
+from lipsync_stream.serve import webrtc  # noqa: E402
+from lipsync_stream.serve.runner import running_server  # noqa: E402
+from lipsync_stream.serve.server_config import ServerConfig  # noqa: E402
+from lipsync_stream.wire.protocol import FRAME_HEIGHT, FRAME_WIDTH, SessionParams, decode_frame  # noqa: E402
 
 # loopback only: aioice leaves it out of its host candidates otherwise
 aioice.ice.get_host_addresses = loopback_addresses

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from lipsync_stream.audio import load_audio
+from lipsync_stream.characters.fetch import FetchConfig
 from lipsync_stream.cli import sample_speech
-from lipsync_stream.fetch import FetchConfig
-from lipsync_stream.runner import running_server
-from lipsync_stream.server import LipsyncServer
-from lipsync_stream.server_config import ServerConfig
+from lipsync_stream.serve.runner import running_server
+from lipsync_stream.serve.server import LipsyncServer
+from lipsync_stream.serve.server_config import ServerConfig
 
 T = TypeVar("T")
 

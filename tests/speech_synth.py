@@ -50,7 +50,7 @@ REFERENCE = ReferenceFrame(0, np.zeros((512, 512, 3), np.uint8), MouthGeometry(2
 
 def engine_frames(engine, pcm: np.ndarray, analyse: bool = False) -> list:  # type: ignore[no-untyped-def]
     """Run *pcm* through *engine* frame by frame as a session would; mouth shapes (or analyses)."""
-    from lipsync_stream.protocol import AudioFramer
+    from lipsync_stream.wire.protocol import AudioFramer
 
     framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
     framer.push(pcm.astype("<i2").tobytes())

@@ -7,10 +7,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lipsync_stream.character import Character, load_default_character, make_character
+from lipsync_stream.characters.character import Character, load_default_character, make_character
+from lipsync_stream.characters.landmarks import LIPS_LOWER_INNER, LIPS_UPPER_INNER
 from lipsync_stream.engines.base import MouthShape, apply_region
 from lipsync_stream.engines.meshwarp import _MOVING, compose_region, rig_for
-from lipsync_stream.landmarks import LIPS_LOWER_INNER, LIPS_UPPER_INNER
 
 OPEN_FRAMES = range(10, 20)
 YELLOW = np.array([0.55, 1.0, 1.15], np.float32)  # BGR gains: the teeth turn yellow

@@ -18,25 +18,15 @@ from conftest import wait_until_idle
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from lipsync_stream import auth
-from lipsync_stream.auth import (
-    FailureThrottle,
-    KeyFileError,
-    KeyRing,
-    TokenError,
-    TokenIssuer,
-    add_key,
-    parse_keys,
-    read_keys,
-    remove_key,
-)
+from lipsync_stream.characters.fetch import FetchConfig
 from lipsync_stream.cli import main
 from lipsync_stream.client import ServerError, stream_audio
-from lipsync_stream.fetch import FetchConfig
-from lipsync_stream.protocol import SessionParams, frames_for_samples
-from lipsync_stream.runner import running_server
-from lipsync_stream.server import LipsyncServer
-from lipsync_stream.server_config import ServerConfig
+from lipsync_stream.serve import auth
+from lipsync_stream.serve.auth import FailureThrottle, KeyFileError, KeyRing, TokenError, TokenIssuer, add_key, parse_keys, read_keys, remove_key
+from lipsync_stream.serve.runner import running_server
+from lipsync_stream.serve.server import LipsyncServer
+from lipsync_stream.serve.server_config import ServerConfig
+from lipsync_stream.wire.protocol import SessionParams, frames_for_samples
 
 # --- the pieces ---------------------------------------------------------------------------------
 

@@ -8,8 +8,8 @@ from conftest import collect_for
 
 from lipsync_stream.client import ServerError
 from lipsync_stream.integrations.avatar import END_PADDING_SECONDS, AvatarStream
-from lipsync_stream.runner import running_server
-from lipsync_stream.server_config import ServerConfig
+from lipsync_stream.serve.runner import running_server
+from lipsync_stream.serve.server_config import ServerConfig
 
 
 async def test_a_reply_by_url_comes_back_whole_and_ends_where_it_ends(speech: np.ndarray) -> None:

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from conftest import run_measured
 
-from lipsync_stream import character as character_module
-from lipsync_stream.character import Character, CharacterError, CharacterStore, load_default_character
-from lipsync_stream.faces import face_det_results
-from lipsync_stream.fetch import FetchConfig, Fetcher
-from lipsync_stream.video import VideoReader, crop_square, decode_video, face_crop, square_boxes
+from lipsync_stream.characters import character as character_module
+from lipsync_stream.characters.character import Character, CharacterError, CharacterStore, load_default_character
+from lipsync_stream.characters.faces import face_det_results
+from lipsync_stream.characters.fetch import FetchConfig, Fetcher
+from lipsync_stream.characters.video import VideoReader, crop_square, decode_video, face_crop, square_boxes
 
 
 def write_video(path: Path, frames: list[np.ndarray]) -> None:
@@ -201,8 +201,8 @@ def _canvas_video(path: Path, side: int, n: int) -> None:
 
 STORE_CODE = """
 from pathlib import Path
-from lipsync_stream.character import CharacterError, CharacterStore
-from lipsync_stream.fetch import FetchConfig, Fetcher
+from lipsync_stream.characters.character import CharacterError, CharacterStore
+from lipsync_stream.characters.fetch import FetchConfig, Fetcher
 store = CharacterStore(Fetcher(FetchConfig(asset_roots=[Path({root!r})], cache_dir=Path({cache!r}))))
 def rss_mb():
     return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) / 1024

@@ -11,7 +11,7 @@ import pytest
 from conftest import free_port, wait_healthy
 
 from lipsync_stream.audio import save_wav
-from lipsync_stream.character import default_character_files
+from lipsync_stream.characters.character import default_character_files
 from lipsync_stream.cli import build_parser, main
 
 
@@ -113,7 +113,7 @@ def test_serve_runs_one_worker_per_four_cores_by_default_and_one_for_learned_eng
     from lipsync_stream.cli import default_workers
     from lipsync_stream.client import stream_audio
     from lipsync_stream.cpus import cpus
-    from lipsync_stream.protocol import SessionParams, frames_for_samples
+    from lipsync_stream.wire.protocol import SessionParams, frames_for_samples
 
     assert default_workers("wav2lip") == 1
     assert default_workers("viseme") == max(1, min(4, cpus() // 4))

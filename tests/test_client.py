@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lipsync_stream import server as server_module
+from lipsync_stream.characters.fetch import FetchConfig
 from lipsync_stream.client import AudioFeed, LipsyncClient, ServerError, stream_audio
-from lipsync_stream.fetch import FetchConfig
-from lipsync_stream.protocol import SessionParams
-from lipsync_stream.runner import running_server
-from lipsync_stream.server import LipsyncServer
-from lipsync_stream.server_config import ServerConfig
-from lipsync_stream.session import Limits, Session
+from lipsync_stream.serve import server as server_module
+from lipsync_stream.serve.runner import running_server
+from lipsync_stream.serve.server import LipsyncServer
+from lipsync_stream.serve.server_config import ServerConfig
+from lipsync_stream.wire.protocol import SessionParams
+from lipsync_stream.wire.session import Limits, Session
 
 Server = tuple[LipsyncServer, str]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lipsync_stream.character import load_default_character
+from lipsync_stream.characters.character import load_default_character
 from lipsync_stream.composite import crop_input, face_box, lower_face_mask, paste_face
 
 

@@ -17,7 +17,7 @@ import pytest
 from conftest import free_port, wait_healthy
 
 from lipsync_stream.client import stream_audio
-from lipsync_stream.protocol import SessionParams, frames_for_samples
+from lipsync_stream.wire.protocol import SessionParams, frames_for_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 

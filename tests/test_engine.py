@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from speech_synth import engine_frames
 
-from lipsync_stream.character import load_default_character
+from lipsync_stream.characters.character import load_default_character
 from lipsync_stream.engines import CLOSED, MouthShape, get_engine
 from lipsync_stream.engines.base import ReferenceFrame, apply_region
 from lipsync_stream.engines.mouthwarp import compose_mouth, roi_bounds
-from lipsync_stream.protocol import AudioFramer
+from lipsync_stream.wire.protocol import AudioFramer
 
 ENGINE = get_engine("energy")
 

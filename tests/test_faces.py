@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lipsync_stream.character import load_default_character
-from lipsync_stream.faces import FaceDetector, FaceError, boxes_from_face_det_results, face_det_results, load_face_det_results, safe_unpickle
+from lipsync_stream.characters.character import load_default_character
+from lipsync_stream.characters.faces import FaceDetector, FaceError, boxes_from_face_det_results, face_det_results, load_face_det_results, safe_unpickle
 
 
 def detect_one(image: np.ndarray) -> tuple[int, int, int, int] | None:

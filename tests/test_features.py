@@ -39,7 +39,7 @@ def test_the_mel_spectrum_puts_a_tone_in_its_band_and_tells_vowels_apart() -> No
 
 def test_hop_cache_gives_exactly_what_computing_gives(speech: np.ndarray) -> None:
     from lipsync_stream.engines.features import HopCache
-    from lipsync_stream.protocol import AudioFramer
+    from lipsync_stream.wire.protocol import AudioFramer
 
     framer = AudioFramer(lookahead=1280, context=960)
     framer.push(speech[:24000].tobytes())

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lipsync_stream.fetch import FetchConfig, Fetcher, FetchError
+from lipsync_stream.characters.fetch import FetchConfig, Fetcher, FetchError
 
 
 @pytest.fixture

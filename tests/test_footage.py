@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from talking import OPEN_FRAMES, talking_character
 
-from lipsync_stream.character import load_default_character, make_character
+from lipsync_stream.characters.character import load_default_character, make_character
+from lipsync_stream.characters.prepare import prepare, write_video
 from lipsync_stream.engines import get_engine
 from lipsync_stream.engines.base import CLOSED, MouthShape, apply_region
 from lipsync_stream.engines.footage import CLOSE_ENOUGH, MouthIndex, compose
 from lipsync_stream.engines.viseme import TARGETS
-from lipsync_stream.prepare import prepare, write_video
 
 TALKING = talking_character()
 
@@ -37,7 +37,7 @@ def test_prepare_tells_when_the_video_has_no_mouth_to_borrow(tmp_path: Path, cap
     still = load_default_character()
     video = tmp_path / "still.mp4"
     write_video(video, np.repeat(np.array(still.frames[:1]), 40, axis=0))
-    with caplog.at_level(logging.INFO, logger="lipsync_stream.prepare"):
+    with caplog.at_level(logging.INFO, logger="lipsync_stream.characters.prepare"):
         prepare(video, tmp_path / "still", progress=False)
     assert "no usable mouth variety" in caplog.text and "warped" in caplog.text
 

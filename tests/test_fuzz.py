@@ -12,11 +12,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lipsync_stream import protocol as p
-from lipsync_stream.character import CharacterError, CharacterStore
-from lipsync_stream.faces import FaceError, boxes_from_face_det_results, safe_unpickle
-from lipsync_stream.fetch import FetchConfig, Fetcher
-from lipsync_stream.protocol import AudioFramer, ErrorKind, ProtocolError
+from lipsync_stream.characters.character import CharacterError, CharacterStore
+from lipsync_stream.characters.faces import FaceError, boxes_from_face_det_results, safe_unpickle
+from lipsync_stream.characters.fetch import FetchConfig, Fetcher
+from lipsync_stream.wire import protocol as p
+from lipsync_stream.wire.protocol import AudioFramer, ErrorKind, ProtocolError
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.integers(-(10**80), 10**80) | st.floats(allow_nan=True) | st.text(max_size=20),

@@ -21,13 +21,13 @@ import numpy as np
 import pytest
 from websockets.asyncio.client import connect
 
-from lipsync_stream.auth import FailureThrottle, TokenError, TokenIssuer, add_key
-from lipsync_stream.connection import MAX_HEAD, MAX_POST_BODY, MAX_UNSENT
-from lipsync_stream.fetch import FetchConfig, Fetcher, FetchError
-from lipsync_stream.protocol import SessionParams, first_message
-from lipsync_stream.runner import running_server
-from lipsync_stream.server import DRAIN_CLOSE_GRACE, LipsyncServer
-from lipsync_stream.server_config import ServerConfig
+from lipsync_stream.characters.fetch import FetchConfig, Fetcher, FetchError
+from lipsync_stream.serve.auth import FailureThrottle, TokenError, TokenIssuer, add_key
+from lipsync_stream.serve.runner import running_server
+from lipsync_stream.serve.server import DRAIN_CLOSE_GRACE, LipsyncServer
+from lipsync_stream.serve.server_config import ServerConfig
+from lipsync_stream.wire.connection import MAX_HEAD, MAX_POST_BODY, MAX_UNSENT
+from lipsync_stream.wire.protocol import SessionParams, first_message
 
 KEY_FIRST = json.dumps({"video_reference_url": "default", "isJPG": False, "handleSilence": True})
 
@@ -444,7 +444,7 @@ async def test_webrtc_with_a_session_token_sends_frames(webrtc: None, tmp_path: 
 async def test_an_offer_that_never_connects_is_released_and_its_sockets_closed(tmp_path: Path, webrtc: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from aiortc import RTCPeerConnection
 
-    from lipsync_stream import webrtc as server_webrtc
+    from lipsync_stream.serve import webrtc as server_webrtc
 
     monkeypatch.setattr(server_webrtc, "CONNECT_TIMEOUT", 1.0)
     before = udp_sockets()

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lipsync_stream.character import load_default_character
+from lipsync_stream.characters.character import load_default_character
 from lipsync_stream.engines.base import MouthShape, ReferenceFrame, apply_region
 from lipsync_stream.engines.meshwarp import compose_region
 from lipsync_stream.engines.viseme import TARGETS

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import run_measured
 
-from lipsync_stream.character import load_default_character
-from lipsync_stream.faces import FaceError
-from lipsync_stream.landmarks import N_POINTS, FaceMesher, Landmarks, fill_gaps, smooth_track
+from lipsync_stream.characters.character import load_default_character
+from lipsync_stream.characters.faces import FaceError
+from lipsync_stream.characters.landmarks import N_POINTS, FaceMesher, Landmarks, fill_gaps, smooth_track
 
 
 def test_mesh_finds_the_default_mouth() -> None:
@@ -104,8 +104,8 @@ def test_a_landmarks_file_that_inflates_to_a_gibibyte_is_refused_before_inflatin
     assert bomb.stat().st_size < 2 * 1024 * 1024
     code = f"""
 from pathlib import Path
-from lipsync_stream.faces import FaceError
-from lipsync_stream.landmarks import Landmarks
+from lipsync_stream.characters.faces import FaceError
+from lipsync_stream.characters.landmarks import Landmarks
 try:
     Landmarks.load(Path({str(bomb)!r}), 900)
 except FaceError as exc:
@@ -125,8 +125,8 @@ def test_landmarks_for_more_frames_than_a_character_has_are_refused(tmp_path: Pa
 def test_mediapipe_start_up_lines_are_dropped_and_other_stderr_lines_kept(capfd: pytest.CaptureFixture[str]) -> None:
     import os
 
-    from lipsync_stream.landmarks import FaceMesher
-    from lipsync_stream.mediapipe_models import native_noise_filtered
+    from lipsync_stream.characters.landmarks import FaceMesher
+    from lipsync_stream.characters.mediapipe_models import native_noise_filtered
 
     with native_noise_filtered():
         os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")

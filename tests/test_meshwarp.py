@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lipsync_stream.character import load_default_character
+from lipsync_stream.characters.character import load_default_character
+from lipsync_stream.characters.landmarks import FaceMesher
 from lipsync_stream.engines.base import MouthShape, ReferenceFrame, apply_region
 from lipsync_stream.engines.meshwarp import MouthFrame, compose_region, rig_for
 from lipsync_stream.engines.spline import tps_apply, tps_fit
 from lipsync_stream.engines.viseme import TARGETS
-from lipsync_stream.landmarks import FaceMesher
 
 CHARACTER = load_default_character()
 

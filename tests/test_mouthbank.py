@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 from talking import OPEN_FRAMES, talking_character
 
-from lipsync_stream.character import load_default_character
+from lipsync_stream.characters.character import load_default_character
 from lipsync_stream.engines.base import apply_region
 from lipsync_stream.engines.meshwarp import compose_region
 from lipsync_stream.engines.mouthbank import OPENING_BINS, WIDTH_BINS

@@ -15,14 +15,14 @@ pytest.importorskip("transformers")
 
 from musetalk_models import TINY_UNET, make_model_dir  # noqa: E402
 
-from lipsync_stream.character import load_default_character  # noqa: E402
+from lipsync_stream.characters.character import load_default_character  # noqa: E402
+from lipsync_stream.characters.fetch import FetchConfig  # noqa: E402
 from lipsync_stream.client import decode_image, stream_audio  # noqa: E402
-from lipsync_stream.fetch import FetchConfig  # noqa: E402
 from lipsync_stream.neural import CheckpointError  # noqa: E402
 from lipsync_stream.neural.musetalk import FACE_SIZE, MuseTalkFiles, MuseTalkItem, MuseTalkRunner  # noqa: E402
-from lipsync_stream.protocol import SessionParams, frames_for_samples  # noqa: E402
-from lipsync_stream.runner import running_server  # noqa: E402
-from lipsync_stream.server_config import ServerConfig  # noqa: E402
+from lipsync_stream.serve.runner import running_server  # noqa: E402
+from lipsync_stream.serve.server_config import ServerConfig  # noqa: E402
+from lipsync_stream.wire.protocol import SessionParams, frames_for_samples  # noqa: E402
 
 
 @pytest.fixture(scope="module")

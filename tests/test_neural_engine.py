@@ -15,16 +15,16 @@ torch = pytest.importorskip("torch")
 
 from websockets.asyncio.client import connect  # noqa: E402
 
-from lipsync_stream.character import load_default_character  # noqa: E402
+from lipsync_stream.characters.character import load_default_character  # noqa: E402
+from lipsync_stream.characters.fetch import FetchConfig  # noqa: E402
 from lipsync_stream.cli import main  # noqa: E402
 from lipsync_stream.client import ServerError, decode_image, stream_audio  # noqa: E402
-from lipsync_stream.fetch import FetchConfig  # noqa: E402
 from lipsync_stream.neural.wav2lip import Wav2Lip  # noqa: E402
 from lipsync_stream.pipeline import FrameRenderer  # noqa: E402
-from lipsync_stream.protocol import AudioFramer, SessionParams, frames_for_samples  # noqa: E402
-from lipsync_stream.runner import running_server  # noqa: E402
-from lipsync_stream.server import LipsyncServer  # noqa: E402
-from lipsync_stream.server_config import ServerConfig  # noqa: E402
+from lipsync_stream.serve.runner import running_server  # noqa: E402
+from lipsync_stream.serve.server import LipsyncServer  # noqa: E402
+from lipsync_stream.serve.server_config import ServerConfig  # noqa: E402
+from lipsync_stream.wire.protocol import AudioFramer, SessionParams, frames_for_samples  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -234,7 +234,7 @@ async def test_near_silence_keeps_the_lips_closed_without_a_model_call(checkpoin
         speech_frames = frames_for_samples(16000)
         assert engine.service.stats.items <= speech_frames + 3  # noise frames needed no model
         assert engine.service.stats.items >= speech_frames // 2
-        from lipsync_stream.protocol import decode_frame
+        from lipsync_stream.wire.protocol import decode_frame
 
         for k in range(speech_frames + 8, len(frames)):  # well into the noise: the reference itself
             expected = character.jpegs.get(character.ref_index(k), character.reference(k).image, renderer.jpeg_quality).data

@@ -12,7 +12,7 @@ from speech_synth import engine_frames, silence, vowel
 from lipsync_stream.engines import get_engine, opening
 from lipsync_stream.engines.opening import INPUTS, OpeningModel
 from lipsync_stream.engines.viseme import VisemeEngine
-from lipsync_stream.protocol import FPS
+from lipsync_stream.wire.protocol import FPS
 
 
 def test_the_shipped_network_fits_the_engine() -> None:

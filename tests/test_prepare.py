@@ -9,13 +9,13 @@ import av
 import numpy as np
 import pytest
 
-from lipsync_stream.character import CharacterError, CharacterStore, load_default_character
+from lipsync_stream.characters.character import CharacterError, CharacterStore, load_default_character
+from lipsync_stream.characters.faces import FaceError, boxes_from_face_det_results, safe_unpickle
+from lipsync_stream.characters.fetch import FetchConfig, Fetcher
+from lipsync_stream.characters.landmarks import Landmarks
+from lipsync_stream.characters.prepare import prepare, read_video_30fps
+from lipsync_stream.characters.video import decode_video
 from lipsync_stream.cli import main
-from lipsync_stream.faces import FaceError, boxes_from_face_det_results, safe_unpickle
-from lipsync_stream.fetch import FetchConfig, Fetcher
-from lipsync_stream.landmarks import Landmarks
-from lipsync_stream.prepare import prepare, read_video_30fps
-from lipsync_stream.video import decode_video
 
 
 def write_clip(path: Path, frames: list[np.ndarray], fps: int) -> Path:

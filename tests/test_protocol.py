@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from lipsync_stream import protocol as p
-from lipsync_stream.protocol import AudioFramer, Control, ErrorKind, ProtocolError, SessionParams
+from lipsync_stream.wire import protocol as p
+from lipsync_stream.wire.protocol import AudioFramer, Control, ErrorKind, ProtocolError, SessionParams
 
 
 def test_frame_grid_is_round_k_16000_over_30() -> None:

@@ -9,7 +9,7 @@ import pytest
 from lipsync_stream.engines import get_engine
 from lipsync_stream.engines.recognizer import CONTEXT, FEATURES_PER_HOP, VisemeRecognizer
 from lipsync_stream.engines.viseme import VISEMES, VisemeEngine
-from lipsync_stream.protocol import FPS, SAMPLE_RATE, AudioFramer
+from lipsync_stream.wire.protocol import FPS, SAMPLE_RATE, AudioFramer
 
 SENTENCES = [
     "Who knew you would choose the blue shoes?",

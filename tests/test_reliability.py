@@ -19,22 +19,16 @@ from conftest import wait_until_idle
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from lipsync_stream import server as server_module
-from lipsync_stream.character import Character, default_character_files, load_default_character
+from lipsync_stream.characters.character import Character, default_character_files, load_default_character
+from lipsync_stream.characters.fetch import FetchConfig, FetchError
 from lipsync_stream.client import ServerError, decode_image, stream_audio
 from lipsync_stream.engines.base import apply_region
-from lipsync_stream.fetch import FetchConfig, FetchError
-from lipsync_stream.protocol import (
-    FrameMessage,
-    SessionParams,
-    decode_frame,
-    frame_length,
-    frames_for_samples,
-)
-from lipsync_stream.runner import running_server
-from lipsync_stream.server import LipsyncServer
-from lipsync_stream.server_config import ServerConfig
-from lipsync_stream.session import Limits, Session
+from lipsync_stream.serve import server as server_module
+from lipsync_stream.serve.runner import running_server
+from lipsync_stream.serve.server import LipsyncServer
+from lipsync_stream.serve.server_config import ServerConfig
+from lipsync_stream.wire.protocol import FrameMessage, SessionParams, decode_frame, frame_length, frames_for_samples
+from lipsync_stream.wire.session import Limits, Session
 
 
 @pytest.fixture
@@ -341,7 +335,7 @@ async def test_messages_over_the_limit_get_the_json_error_then_1009(tmp_path: Pa
 
 async def test_client_strings_are_logged_escaped(server: tuple[LipsyncServer, str], caplog: pytest.LogCaptureFixture) -> None:
     _, url = server
-    forged = "x.mp4\u2028 INFO lipsync_stream.server: [s9] everything is fine\u001b[2J"
+    forged = "x.mp4\u2028 INFO lipsync_stream.serve.server: [s9] everything is fine\u001b[2J"
     with caplog.at_level(logging.INFO), pytest.raises(ServerError) as info:
         [f async for f in stream_audio(url, np.zeros(100, np.int16), SessionParams(video_reference_url=forged.replace("\u001b", "")))]
     assert info.value.kind == "character_error"

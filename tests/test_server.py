@@ -14,10 +14,10 @@ import pytest
 from conftest import wait_until_idle
 from websockets.asyncio.client import connect
 
-from lipsync_stream.character import default_character_files, load_default_character
+from lipsync_stream.characters.character import default_character_files, load_default_character
 from lipsync_stream.client import LipsyncClient, ServerError, decode_image, stream_audio
-from lipsync_stream.protocol import SessionParams, decode_frame, frames_for_samples
-from lipsync_stream.server import LipsyncServer
+from lipsync_stream.serve.server import LipsyncServer
+from lipsync_stream.wire.protocol import SessionParams, decode_frame, frames_for_samples
 
 Server = tuple[LipsyncServer, str]
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lipsync_stream.protocol import ErrorKind, SessionParams, frame_length, frames_for_samples
-from lipsync_stream.session import Fail, Finish, Limits, Render, Session, Wait
+from lipsync_stream.wire.protocol import ErrorKind, SessionParams, frame_length, frames_for_samples
+from lipsync_stream.wire.session import Fail, Finish, Limits, Render, Session, Wait
 
 LOOKAHEAD = 534
 

@@ -8,7 +8,7 @@ from speech_synth import engine_frames, hum, silence, vowel
 
 from lipsync_stream.engines import DEFAULT_ENGINE, get_engine
 from lipsync_stream.engines.viseme import FrameAnalysis, VisemeEngine
-from lipsync_stream.protocol import FPS
+from lipsync_stream.wire.protocol import FPS
 
 ENGINE = get_engine("viseme")
 

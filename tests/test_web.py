@@ -14,11 +14,11 @@ import httpx
 import numpy as np
 import pytest
 
-from lipsync_stream.auth import add_key
-from lipsync_stream.faces import FaceDetector
-from lipsync_stream.fetch import FetchConfig
-from lipsync_stream.runner import ServerThread
-from lipsync_stream.server_config import ServerConfig
+from lipsync_stream.characters.faces import FaceDetector
+from lipsync_stream.characters.fetch import FetchConfig
+from lipsync_stream.serve.auth import add_key
+from lipsync_stream.serve.runner import ServerThread
+from lipsync_stream.serve.server_config import ServerConfig
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 needs_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (installed by .ci/run)")

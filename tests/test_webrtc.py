@@ -16,11 +16,11 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError  # noqa: E402
 from webrtc_client import Speech, loopback_addresses  # noqa: E402
 
-from lipsync_stream.auth import add_key  # noqa: E402
-from lipsync_stream.character import load_default_character  # noqa: E402
-from lipsync_stream.fetch import FetchConfig  # noqa: E402
-from lipsync_stream.runner import running_server  # noqa: E402
-from lipsync_stream.server_config import ServerConfig  # noqa: E402
+from lipsync_stream.characters.character import load_default_character  # noqa: E402
+from lipsync_stream.characters.fetch import FetchConfig  # noqa: E402
+from lipsync_stream.serve.auth import add_key  # noqa: E402
+from lipsync_stream.serve.runner import running_server  # noqa: E402
+from lipsync_stream.serve.server_config import ServerConfig  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

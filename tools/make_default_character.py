@@ -22,9 +22,9 @@ import numpy as np
 import skimage.data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from lipsync_stream.character import landmarks_path_for  # noqa: E402
-from lipsync_stream.landmarks import Landmarks, track_landmarks  # noqa: E402
-from lipsync_stream.video import decode_video  # noqa: E402
+from lipsync_stream.characters.character import landmarks_path_for  # noqa: E402
+from lipsync_stream.characters.landmarks import Landmarks, track_landmarks  # noqa: E402
+from lipsync_stream.characters.video import decode_video  # noqa: E402
 
 OUT_DIR = Path(__file__).resolve().parents[1] / "src" / "lipsync_stream" / "assets" / "default"
 DOCS_DIR = Path(__file__).resolve().parents[1] / "docs"

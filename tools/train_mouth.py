@@ -38,7 +38,7 @@ from realspeech_corpus import Measured, correlation_at_lags, load, loudness  # n
 from train_visemes import hop_rows  # noqa: E402
 
 from lipsync_stream.engines.features import HOP  # noqa: E402
-from lipsync_stream.protocol import FPS, SAMPLE_RATE  # noqa: E402
+from lipsync_stream.wire.protocol import FPS, SAMPLE_RATE  # noqa: E402
 
 HOPS_PER_SECOND = SAMPLE_RATE // HOP
 

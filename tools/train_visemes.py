@@ -45,7 +45,7 @@ from espeak import HARNESS_VOICES, PHONEME_VISEME, Espeak, resample_to  # noqa: 
 from lipsync_stream.engines.features import HOP, analyse  # noqa: E402
 from lipsync_stream.engines.recognizer import CONTEXT, hop_inputs, peak_track  # noqa: E402
 from lipsync_stream.engines.viseme import VISEMES  # noqa: E402
-from lipsync_stream.protocol import SAMPLE_RATE  # noqa: E402
+from lipsync_stream.wire.protocol import SAMPLE_RATE  # noqa: E402
 
 WORDS = """
 a about all also and any apple are arm as ask at away baby back bad bag ball balloon be bean bed

@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE.parents[1] / "src"))
 from espeak import HARNESS_SENTENCES, HARNESS_VOICES, PHONEME_VISEME, Espeak, Phoneme, resample_to  # noqa: E402
 
 from lipsync_stream.engines import get_engine  # noqa: E402
-from lipsync_stream.protocol import FPS, SAMPLE_RATE, AudioFramer  # noqa: E402
+from lipsync_stream.wire.protocol import FPS, SAMPLE_RATE, AudioFramer  # noqa: E402
 
 VOICES = HARNESS_VOICES
 SENTENCES = [

@@ -38,16 +38,16 @@ from espeak import HARNESS_SENTENCES, HARNESS_VOICES, PHONEME_VISEME, Espeak, Ph
 from hopper_video import make_video  # noqa: E402
 from speech_synth import hum, silence, vowel  # noqa: E402
 
-from lipsync_stream.character import Character, CharacterStore, load_default_character  # noqa: E402
+from lipsync_stream.characters.character import Character, CharacterStore, load_default_character  # noqa: E402
+from lipsync_stream.characters.fetch import FetchConfig, Fetcher  # noqa: E402
+from lipsync_stream.characters.landmarks import FaceMesher  # noqa: E402
+from lipsync_stream.characters.prepare import prepare  # noqa: E402
 from lipsync_stream.engines import get_engine  # noqa: E402
 from lipsync_stream.engines.meshwarp import MouthFrame, rig_for  # noqa: E402
 from lipsync_stream.engines.spline import FEATHER_PX  # noqa: E402
 from lipsync_stream.engines.viseme import VISEMES  # noqa: E402
-from lipsync_stream.fetch import FetchConfig, Fetcher  # noqa: E402
-from lipsync_stream.landmarks import FaceMesher  # noqa: E402
 from lipsync_stream.pipeline import FrameRenderer  # noqa: E402
-from lipsync_stream.prepare import prepare  # noqa: E402
-from lipsync_stream.protocol import FPS, SAMPLE_RATE, AudioFramer, SessionParams, decode_frame  # noqa: E402
+from lipsync_stream.wire.protocol import FPS, SAMPLE_RATE, AudioFramer, SessionParams, decode_frame  # noqa: E402
 
 VOICES, SENTENCES = HARNESS_VOICES, HARNESS_SENTENCES
 CLOSED_GAP = 0.06  # inner-lip opening (mouth widths) under which the lips count as closed

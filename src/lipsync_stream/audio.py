@@ -7,7 +7,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from .protocol import SAMPLE_RATE
+from .wire.protocol import SAMPLE_RATE
 
 
 class AudioError(Exception):

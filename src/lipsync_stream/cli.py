@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .audio import AudioError, load_audio
+from .characters.fetch import FetchConfig, default_cache_dir
 from .cpus import cpus
 from .engines import DEFAULT_ENGINE, ENGINE_NAMES
-from .fetch import FetchConfig, default_cache_dir
 from .neural import ENGINE_ERRORS
-from .protocol import DEFAULT_CHARACTER, FPS, SAMPLE_RATE, SessionParams
-from .session import DEFAULT_LEAD, DEFAULT_MAX_MESSAGE_BYTES, Limits
+from .wire.protocol import DEFAULT_CHARACTER, FPS, SAMPLE_RATE, SessionParams
+from .wire.session import DEFAULT_LEAD, DEFAULT_MAX_MESSAGE_BYTES, Limits
 
 if TYPE_CHECKING:
-    from .server_config import ServerConfig
+    from .serve.server_config import ServerConfig
 
 log = logging.getLogger("lipsync_stream")
 
@@ -167,7 +167,7 @@ async def _server_url(args: argparse.Namespace, asset_roots: list[Path]) -> Asyn
     if args.server:
         yield args.server
         return
-    from .runner import running_server
+    from .serve.runner import running_server
 
     async with running_server(_in_process_config(args, asset_roots)) as (_app, url):
         yield url
@@ -175,7 +175,7 @@ async def _server_url(args: argparse.Namespace, asset_roots: list[Path]) -> Asyn
 
 def _in_process_config(args: argparse.Namespace, asset_roots: list[Path]) -> ServerConfig:
     """The server that `render`, `demo` and `play` start when no --server is given."""
-    from .server_config import ServerConfig
+    from .serve.server_config import ServerConfig
 
     fetch = FetchConfig(asset_roots=asset_roots, cache_dir=args.cache_dir or default_cache_dir())
     return ServerConfig(port=0, engine=args.engine, jpeg_quality=args.jpeg_quality, asset_roots=asset_roots, fetch=fetch, model=args.model, device=args.device)
@@ -242,7 +242,7 @@ async def _render(args: argparse.Namespace, audio_path: Path) -> int:
 
 def _play(args: argparse.Namespace) -> int:
     from .client.player import Microphone, NullAudioOut, Player, PyAudioOut, write_stats
-    from .runner import ServerThread
+    from .serve.runner import ServerThread
 
     pcm = None
     if not args.mic:
@@ -291,9 +291,9 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _prepare(args: argparse.Namespace) -> int:
-    from .character import CharacterError
-    from .faces import FaceError
-    from .prepare import prepare
+    from .characters.character import CharacterError
+    from .characters.faces import FaceError
+    from .characters.prepare import prepare
 
     try:
         out = prepare(args.video, args.output, args.name, max(1, int(args.max_seconds * FPS)), progress=sys.stderr.isatty())
@@ -305,7 +305,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from .auth import KeyFileError, add_key, read_keys, remove_key
+    from .serve.auth import KeyFileError, add_key, read_keys, remove_key
 
     try:
         if args.keys_command == "add":
@@ -330,8 +330,8 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
     """The server's configuration; ValueError says in one line why it cannot start."""
     import ssl
 
-    from .auth import KeyFileError, read_keys
-    from .server_config import ServerConfig
+    from .serve.auth import KeyFileError, read_keys
+    from .serve.server_config import ServerConfig
 
     if args.api_keys is None and not args.no_auth and not is_loopback(args.host):
         raise ValueError(f"refusing to serve {args.host} without keys: anyone who can reach it could use it; give --api-keys FILE (see `lipsync-stream keys add`) or --no-auth")
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys":
         return _keys(args)
     if args.command == "serve":
-        from .runner import serve_forever
+        from .serve.runner import serve_forever
 
         try:
             config = _serve_config(args)
@@ -379,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         workers = default_workers(args.engine) if args.workers is None else max(1, args.workers)
         try:
             if workers > 1:
-                from .runner import serve_workers
+                from .serve.runner import serve_workers
 
                 return serve_workers(config, workers, logging.getLevelName(args.log_level))
             asyncio.run(serve_forever(config))

@@ -14,8 +14,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .characters.landmarks import JAW, NOSE_BOTTOM, NOSE_WINGS
 from .engines.base import ReferenceFrame, Region
-from .landmarks import JAW, NOSE_BOTTOM, NOSE_WINGS
 
 BOTTOM_PAD = 0.05  # the crop reaches this share of the face height below the box (the chin)
 FEATHER = 0.04  # mask softness, as a share of the box width

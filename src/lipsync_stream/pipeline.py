@@ -18,10 +18,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .character import Character
+from .characters.character import Character
 from .engines.base import CLOSED, Engine, LearnedMouth, MouthShape, ReferenceFrame, Region, apply_region
 from .jpeg import MCU
-from .protocol import AudioFrame, SessionParams, encode_frame
+from .wire.protocol import AudioFrame, SessionParams, encode_frame
 
 DEFAULT_JPEG_QUALITY = 85
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lipsync_stream.character import CharacterError, CharacterStore, default_character_files, landmarks_path_for
-from lipsync_stream.fetch import FetchConfig, Fetcher
-from lipsync_stream.mediapipe_models import available
+from lipsync_stream.characters.character import CharacterError, CharacterStore, default_character_files, landmarks_path_for
+from lipsync_stream.characters.fetch import FetchConfig, Fetcher
+from lipsync_stream.characters.mediapipe_models import available
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("mediapipe") is not None, reason="MediaPipe is installed here")
 

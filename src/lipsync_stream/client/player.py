@@ -24,7 +24,7 @@ from typing import Protocol
 import numpy as np
 from websockets.exceptions import ConnectionClosed
 
-from ..protocol import SAMPLE_RATE, FrameMessage, SessionParams
+from ..wire.protocol import SAMPLE_RATE, FrameMessage, SessionParams
 from .stream import AudioFeed, LipsyncClient, ServerError, decode_image
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from ..protocol import FPS, SAMPLE_RATE, FrameMessage, SessionParams, frames_for_samples
+from ..wire.protocol import FPS, SAMPLE_RATE, FrameMessage, SessionParams, frames_for_samples
 from .stream import decode_image, stream_audio
 
 

@@ -14,17 +14,7 @@ import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from ..protocol import (
-    BYTES_PER_SAMPLE,
-    FRAME_HEIGHT,
-    FRAME_WIDTH,
-    SAMPLE_RATE,
-    FrameMessage,
-    SessionParams,
-    decode_frame,
-    first_message,
-    frame_start,
-)
+from ..wire.protocol import BYTES_PER_SAMPLE, FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE, FrameMessage, SessionParams, decode_frame, first_message, frame_start
 
 CHUNK_BYTES = 8000  # 250 ms, what the original endpoint asks clients for
 IN_FLIGHT_SECONDS = 10.0  # audio sent ahead of the frames received, when sending a whole file

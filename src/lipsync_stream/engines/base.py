@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..protocol import AudioFrame
+from ..wire.protocol import AudioFrame
 
 if TYPE_CHECKING:
     from .footage import Footage

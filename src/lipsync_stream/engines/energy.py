@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..protocol import SAMPLE_RATE, AudioFrame
+from ..wire.protocol import SAMPLE_RATE, AudioFrame
 from . import interior
 from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
 from .mouthwarp import compose_mouth

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit
 
-from ..protocol import SAMPLE_RATE
+from ..wire.protocol import SAMPLE_RATE
 
 HOP = 160  # 10 ms
 WIN = 400  # 25 ms

@@ -30,17 +30,7 @@ import cv2
 import numpy as np
 from numba import njit
 
-from ..landmarks import (
-    CHIN,
-    JAW,
-    LOWER_LIP_INNER_MID,
-    MOUTH_CORNERS,
-    NOSE_BOTTOM,
-    NOSE_WINGS,
-    STILL_POINTS,
-    UPPER_LIP_INNER_MID,
-    MouthFrame,
-)
+from ..characters.landmarks import CHIN, JAW, LOWER_LIP_INNER_MID, MOUTH_CORNERS, NOSE_BOTTOM, NOSE_WINGS, STILL_POINTS, UPPER_LIP_INNER_MID, MouthFrame
 
 MIN_FRAMES = 30  # a second of footage at least
 CLOSED_OPENING = 0.03  # mouth widths between the inner lips: closed

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from numba import njit
 
-from ..landmarks import (
+from ..characters.landmarks import (
     CHIN,
     CHIN_SKIN,
     JAW,

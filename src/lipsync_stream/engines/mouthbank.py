@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..landmarks import LIPS_LOWER_INNER, LIPS_UPPER_INNER, LOWER_LIP_INNER_MID, UPPER_LIP_INNER_MID, MouthFrame
+from ..characters.landmarks import LIPS_LOWER_INNER, LIPS_UPPER_INNER, LOWER_LIP_INNER_MID, UPPER_LIP_INNER_MID, MouthFrame
 
 MIN_OPENING = 0.06  # mouth widths between the inner lips: less shows too little inside to keep
 OPENING_BINS = np.array([0.06, 0.12, 0.18, 0.26, 0.36, 0.5])  # cell edges; above the last: the last cell

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from numba import njit
 
-from ..protocol import FPS, SAMPLE_RATE, AudioFrame
+from ..wire.protocol import FPS, SAMPLE_RATE, AudioFrame
 from . import features, footage, interior, meshwarp, opening
 from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region, apply_region
 from .features import BAND0, BANDS, HOP, LEVEL, MURMUR_MID, MURMUR_UPPER, VOICING, WIN, HopCache

@@ -31,10 +31,10 @@ import numpy as np
 
 from ..audio import PcmResampler
 from ..client import LipsyncClient, decode_image
-from ..protocol import BYTES_PER_SAMPLE, DEFAULT_CHARACTER, SAMPLE_RATE, SessionParams
+from ..wire.protocol import BYTES_PER_SAMPLE, DEFAULT_CHARACTER, SAMPLE_RATE, SessionParams
 
 if TYPE_CHECKING:
-    from ..server_config import ServerConfig
+    from ..serve.server_config import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +95,8 @@ class AvatarStream:
         """Open the session (starting the in-process server first when there is no URL)."""
         url = self.url
         if url is None:
-            from ..runner import running_server
-            from ..server_config import ServerConfig
+            from ..serve.runner import running_server
+            from ..serve.server_config import ServerConfig
 
             _, local = await self._stack.enter_async_context(running_server(self._server_config or ServerConfig(port=0)))
             log.info("lip-sync server started in this process at %s", local)

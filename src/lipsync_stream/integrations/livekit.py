@@ -28,7 +28,7 @@ import cv2
 from livekit import rtc
 from livekit.agents.voice.avatar import AudioSegmentEnd, VideoGenerator
 
-from ..protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE
+from ..wire.protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE
 from .avatar import AvatarStream
 
 

@@ -36,7 +36,7 @@ from pipecat.frames.frames import (
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 
 from ..client import ServerError
-from ..protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE
+from ..wire.protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE
 from .avatar import AvatarFrame, AvatarStream
 
 

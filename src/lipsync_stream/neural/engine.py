@@ -19,13 +19,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ..characters.fetch import default_cache_dir
 from ..composite import crop_input, face_box, paste_face
 from ..cpus import cpus
 from ..engines import melspec
 from ..engines.base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
 from ..engines.interior import smoothstep
-from ..fetch import default_cache_dir
-from ..protocol import AudioFrame, frame_length
+from ..wire.protocol import AudioFrame, frame_length
 from . import CheckpointError
 from .checkpoint import load_checkpoint
 from .musetalk import CLIP_FRAMES, CLIP_LEFT, WHISPER_RATE, MuseTalkFiles, MuseTalkItem, MuseTalkRunner

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from .logsafe import shown
+from ..logsafe import shown
 
 log = logging.getLogger(__name__)
 

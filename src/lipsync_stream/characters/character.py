@@ -26,20 +26,17 @@ from typing import Any
 
 import numpy as np
 
+from ..engines.base import MouthGeometry, ReferenceFrame
+from ..engines.footage import Footage
+from ..engines.mouthbank import InteriorBank
+from ..jpeg import ReferenceJpegs
+from ..logsafe import shown
+from ..wire.protocol import DEFAULT_CHARACTER, FRAME_HEIGHT, FRAME_WIDTH
 from .character_errors import CharacterBusy as CharacterBusy
 from .character_errors import CharacterError as CharacterError
-from .engines.base import MouthGeometry, ReferenceFrame
-from .engines.footage import Footage
-from .engines.mouthbank import InteriorBank
-from .faces import (
-    FaceError,
-    load_face_det_results,
-)
+from .faces import FaceError, load_face_det_results
 from .fetch import Fetcher, FetchError, evict_least_recently_used
-from .jpeg import ReferenceJpegs
 from .landmarks import N_POINTS, Landmarks, LandmarkTracker, track_landmarks
-from .logsafe import shown
-from .protocol import DEFAULT_CHARACTER, FRAME_HEIGHT, FRAME_WIDTH
 from .video import MAX_FRAMES, FrameFile, VideoReader, crop_square, decode_video, detect_faces_streaming, face_crop, square_boxes, temporary_twin
 
 log = logging.getLogger(__name__)

@@ -24,11 +24,11 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from ..engines.footage import MouthIndex
+from ..wire.protocol import FPS
 from .character import FRAME_HEIGHT, FRAME_WIDTH, LANDMARKS_SUFFIX, MAX_FRAMES, CharacterError
-from .engines.footage import MouthIndex
 from .faces import FaceError, face_det_results
 from .landmarks import Landmarks, track_landmarks
-from .protocol import FPS
 from .video import VideoReader, crop_square, detect_faces_streaming, face_crop
 
 log = logging.getLogger(__name__)

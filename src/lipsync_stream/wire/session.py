@@ -18,17 +18,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from .protocol import (
-    FPS,
-    SAMPLE_RATE,
-    AudioFrame,
-    AudioFramer,
-    Control,
-    ErrorKind,
-    ProtocolError,
-    SessionParams,
-    parse_control,
-)
+from .protocol import FPS, SAMPLE_RATE, AudioFrame, AudioFramer, Control, ErrorKind, ProtocolError, SessionParams, parse_control
 
 log = logging.getLogger(__name__)
 

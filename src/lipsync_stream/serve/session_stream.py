@@ -1,5 +1,5 @@
 """One session's connection after its handshake: the reader and writer tasks around the
-sans-I/O :class:`~lipsync_stream.session.Session` (the server admits it and hands it over)."""
+sans-I/O :class:`~lipsync_stream.wire.session.Session` (the server admits it and hands it over)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from typing import Protocol
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
+from ..engines.base import Engine
+from ..pipeline import FrameRenderer
+from ..wire.protocol import BYTES_PER_SECOND, ErrorKind
+from ..wire.session import Fail, Finish, Render, Session, State, Wait
 from .auth import ApiKey
-from .engines.base import Engine
 from .metrics import Metrics
-from .pipeline import FrameRenderer
-from .protocol import BYTES_PER_SECOND, ErrorKind
 from .server_config import ServerConfig
-from .session import Fail, Finish, Render, Session, State, Wait
 
 
 class SessionHost(Protocol):

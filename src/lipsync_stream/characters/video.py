@@ -17,9 +17,9 @@ import av
 import cv2
 import numpy as np
 
+from ..wire.protocol import FPS, FRAME_HEIGHT, FRAME_WIDTH
 from .character_errors import CharacterError
 from .faces import DETECT_MAX_SIDE, FaceDetector, boxes_from_detections
-from .protocol import FPS, FRAME_HEIGHT, FRAME_WIDTH
 
 log = logging.getLogger(__name__)
 

@@ -31,8 +31,8 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 from aiortc.mediastreams import MediaStreamError
 from websockets.exceptions import ConnectionClosedOK
 
-from .logsafe import shown
-from .protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE, decode_frame
+from ..logsafe import shown
+from ..wire.protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE, decode_frame
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .cpus import cpus
-from .engines import DEFAULT_ENGINE, engine_class
-from .fetch import FetchConfig
-from .pipeline import DEFAULT_JPEG_QUALITY
-from .session import Limits
+from ..characters.fetch import FetchConfig
+from ..cpus import cpus
+from ..engines import DEFAULT_ENGINE, engine_class
+from ..pipeline import DEFAULT_JPEG_QUALITY
+from ..wire.session import Limits
 
 
 @dataclass

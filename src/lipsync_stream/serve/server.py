@@ -1,4 +1,4 @@
-"""The websocket server: a thin I/O shell around :class:`~lipsync_stream.session.Session`.
+"""The websocket server: a thin I/O shell around :class:`~lipsync_stream.wire.session.Session`.
 
 Per connection: read and validate the first message, get the (shared) character, then run two
 tasks: a reader that hands every client message to the session, and a writer that asks the
@@ -26,27 +26,20 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..characters.character import CharacterBusy, CharacterError, CharacterStore
+from ..characters.fetch import Fetcher
+from ..engines import get_engine
+from ..logsafe import shown
+from ..neural.service import ServiceFull
+from ..pipeline import FrameRenderer
+from ..wire.connection import TOKEN_PATH, WEBRTC_PATH, Connection, HttpRequest, PostResult
+from ..wire.protocol import SAMPLE_RATE, ErrorKind, ProtocolError, SessionParams, error_message, parse_first_message
+from ..wire.session import Session
 from . import auth
 from .admission import Admission, with_body
 from .auth import ApiKey
-from .character import CharacterBusy, CharacterError, CharacterStore
-from .connection import TOKEN_PATH, WEBRTC_PATH, Connection, HttpRequest, PostResult
-from .engines import get_engine
-from .fetch import Fetcher
-from .logsafe import shown
 from .metrics import Metrics
-from .neural.service import ServiceFull
-from .pipeline import FrameRenderer
-from .protocol import (
-    SAMPLE_RATE,
-    ErrorKind,
-    ProtocolError,
-    SessionParams,
-    error_message,
-    parse_first_message,
-)
 from .server_config import ServerConfig
-from .session import Session
 from .session_stream import SessionStream
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,7 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request
 from websockets.protocol import State
 
-from .logsafe import shown
+from ..logsafe import shown
 from .protocol import ErrorKind, error_message
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Running a :class:`~lipsync_stream.server.LipsyncServer`: in this process's event loop (until a
+"""Running a :class:`~lipsync_stream.serve.server.LipsyncServer`: in this process's event loop (until a
 signal, then drained), on an ephemeral port for tests and tools, in a background thread for
 synchronous programs, or as N worker processes sharing one port."""
 
@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 from websockets.asyncio.server import Server
 
-from . import mediapipe_models
-from .cpus import cpus
+from ..characters import mediapipe_models
+from ..cpus import cpus
 from .server import LipsyncServer
 from .server_config import ServerConfig
 

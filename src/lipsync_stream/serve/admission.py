@@ -21,12 +21,12 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from ..logsafe import shown
+from ..wire.connection import TOKEN_PATH, HttpRequest, PostResult
+from ..wire.protocol import ErrorKind, ProtocolError, SessionParams, error_message, first_message, parse_first_message
 from . import auth
 from .auth import ApiKey, FailureThrottle, KeyRing, TokenError, TokenIssuer
-from .connection import TOKEN_PATH, HttpRequest, PostResult
-from .logsafe import shown
 from .metrics import Metrics
-from .protocol import ErrorKind, ProtocolError, SessionParams, error_message, first_message, parse_first_message
 from .server_config import ServerConfig
 
 log = logging.getLogger(__name__)

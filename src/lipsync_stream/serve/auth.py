@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .protocol import MAX_TOKEN_CHARS
+from ..wire.protocol import MAX_TOKEN_CHARS
 
 KEY_PREFIX = "lsk_"
 TOKEN_TTL = 60.0  # seconds to start the session
