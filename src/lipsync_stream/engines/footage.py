@@ -43,7 +43,7 @@ MIN_WIDEST = 0.12  # the footage's widest openings (95th percentile) must reach 
 WIDTH_SCALE = 0.10  # relative mouth width at Shape.width = +-1 (before the footage's own range)
 OPENING_WEIGHT, WIDTH_WEIGHT = 1.0 / 0.03**2, 1.0 / 0.05**2  # a cost of 1 per 0.03 widths of opening, 0.05 of width
 POSE_WEIGHT = 1.0 / 0.03**2  # per 3 % of the face's size that the still points sit apart after alignment
-SWITCH_COST = 6.0  # leaving the previous choice's run (6: 27 % of frames jump on the training clips, 40 % at 1.5; r the same)
+SWITCH_COST = 1.5  # leaving the previous choice's run (rendered, training clips: r 0.30 at 1.5, 0.28 at 6)
 TIME_WEIGHT = 1.0 / 300  # per frame between the source and the output frame (10 s: a cost of 1)
 CLOSE_ENOUGH = 4.0  # a chosen frame whose mouth is further off (Choice.mismatch) is warped the rest of the way
 FEATHER = 0.25  # the mask's soft edge, in mouth widths
