@@ -31,6 +31,9 @@ def test_a_face_whose_mouth_never_opens_is_left_to_the_warp() -> None:
     assert "hardly opens" in MouthIndex.build(still.landmarks)[1]
     assert "frames" in MouthIndex.build(TALKING.landmarks[:12])[1]
     assert "closed lips" in MouthIndex.build(TALKING.landmarks)[1]
+    # a degenerate landmarks file (every point in one place) is no footage, and no division by 0
+    with np.errstate(all="raise"):
+        assert MouthIndex.build(np.zeros((40, 478, 2), np.float32))[0] is None
 
 
 def test_prepare_tells_when_the_video_has_no_mouth_to_borrow(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -84,7 +84,7 @@ class MouthIndex:
         # Head pose: the still points in the face's own scale, centred.
         still = lm[:, STILL_POINTS]
         centred = still - still.mean(axis=1, keepdims=True)
-        self.pose = centred / np.sqrt((centred**2).sum(axis=(1, 2)) / len(STILL_POINTS))[:, None, None]
+        self.pose = centred / np.sqrt(np.maximum((centred**2).sum(axis=(1, 2)) / len(STILL_POINTS), 1e-12))[:, None, None]  # (a degenerate file: no division by 0)
         # flattened, and turned a quarter (x, y -> y, -x), for pose_cost's two dot products
         self._flat = self.pose.reshape(len(lm), -1)
         self._turned = (self.pose[:, :, ::-1] * (1.0, -1.0)).reshape(len(lm), -1)
