@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import shutil
 import subprocess
@@ -226,12 +227,19 @@ def main() -> None:
     print("|---|---|---|---:|---:|---|---:|---:|")
     total = {"train": 0.0, "heldout": 0.0}
     speakers: dict[str, set[str]] = {"train": set(), "heldout": set()}
+    seen: dict[str, str] = {}  # media digest -> clip id: repositories copy each other's examples
     for clip in read_manifest():
         try:
-            m = measure_clip(clip, fetch_clip(clip, args.repos, args.cache), args.cache)
+            media = fetch_clip(clip, args.repos, args.cache)
+            m = measure_clip(clip, media, args.cache)
         except (FileNotFoundError, subprocess.CalledProcessError) as exc:
             print(f"| {clip.id} | {clip.speaker} | {clip.split} | missing: {exc} |")
             continue
+        digest = hashlib.sha256(media.read_bytes()).hexdigest()
+        if digest in seen:
+            print(f"| {clip.id} | {clip.speaker} | {clip.split} | the same file as {seen[digest]}: drop one from the manifest |")
+            continue
+        seen[digest] = clip.id
         r = correlation_at_lags(loudness(m.pcm, m.frames), m.opening)
         best = max(r, key=lambda k: r[k])
         total[clip.split] += m.frames / FPS

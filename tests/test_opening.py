@@ -17,8 +17,8 @@ from lipsync_stream.wire.protocol import FPS
 
 def test_the_shipped_network_fits_the_engine() -> None:
     model = OpeningModel()
-    z = model.predict(np.zeros((4, INPUTS), np.float32))
-    assert z.shape == (4,) and np.isfinite(z).all()
+    out = model.predict(np.zeros((4, INPUTS), np.float32))
+    assert out.shape == (4, 2) and np.isfinite(out).all()  # z, and the logit of closed lips
     engine = get_engine("viseme")
     assert isinstance(engine, VisemeEngine)
     # every hop its predictions hear is inside what the engine asks the session for: no latency added

@@ -38,6 +38,7 @@ from realspeech_corpus import Measured, correlation_at_lags, load, loudness  # n
 from train_visemes import hop_rows  # noqa: E402
 
 from lipsync_stream.engines.features import HOP  # noqa: E402
+from lipsync_stream.engines.opening import CLOSED_BELOW, OUTPUTS  # noqa: E402
 from lipsync_stream.wire.protocol import FPS, SAMPLE_RATE  # noqa: E402
 
 HOPS_PER_SECOND = SAMPLE_RATE // HOP
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--heldout", action="store_true", help="train on all training speakers and report the held-out ones (once settings are chosen)")
     parser.add_argument("--engine-model", action="store_true", help="the opening model the engine ships (engines/opening.py): trained on the real training speakers and synthetic speech, scored by folds of training speakers left out against the loudness baseline")
     parser.add_argument("--synthetic", type=int, default=800, help="espeak-ng utterances mixed in (--engine-model)")
+    parser.add_argument("--synthetic-share", type=float, default=3.0, help="with --engine-model: synthetic rows per real one (z weighs the two alike; the closed lips learn p/b/m from them)")
     parser.add_argument("--dropout", type=float, default=0.4, help="with --engine-model")
     parser.add_argument("--epochs", type=int, default=30, help="with --engine-model")
     parser.add_argument("--folds", type=int, default=6, help="with --engine-model: training speakers split into this many folds, each left out in turn")
@@ -137,36 +139,90 @@ def smoothed_openings(model: object, rows: np.ndarray, frames: int) -> np.ndarra
     SMOOTH_PAST before the frame's centre to SMOOTH_FUTURE after (as ``engines/viseme`` does)."""
     from lipsync_stream.engines import opening
 
-    per_hop = model.predict(opening_inputs(rows, np.arange(len(rows))))  # type: ignore[attr-defined]
+    per_hop = model.predict(opening_inputs(rows, np.arange(len(rows))))[:, 0]  # type: ignore[attr-defined]
     padded = np.pad(per_hop, (opening.SMOOTH_PAST, opening.SMOOTH_FUTURE), mode="edge")
     mean = np.convolve(padded, np.ones(opening.SMOOTH_PAST + opening.SMOOTH_FUTURE + 1) / (opening.SMOOTH_PAST + opening.SMOOTH_FUTURE + 1), "valid")
     return mean[np.clip(frame_hops(frames), 0, len(mean) - 1)]
 
 
-def synthetic_openings(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inputs and z targets from *n* espeak-ng utterances (tools/train_visemes.py's recipe: its
-    training voices, random rates, pitches, loudness): every third hop, the target the opening of
-    the viseme of the phoneme under it, standardised per utterance like a real speaker's."""
+def engine_openings(model: object, pcm: np.ndarray, frames: int) -> np.ndarray:
+    """The viseme engine's opening for each frame of *pcm* with *model* as its opening model, as
+    it streams (before drawing: what the renderer is asked for)."""
+    from lipsync_stream.engines.viseme import VisemeEngine
+    from lipsync_stream.wire.protocol import AudioFramer
+
+    engine = VisemeEngine(model)  # type: ignore[arg-type]
+    stream = engine.stream()
+    framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
+    framer.push(pcm.astype("<i2").tobytes())
+    framer.flush()
+    out = []
+    while framer.ready():
+        out.append(stream.analyse(framer.pop()).shape.open)
+    return np.array(out[:frames] + [0.0] * max(0, frames - len(out)))
+
+
+ANTICIPATION_S = 0.05  # lips part this long before the first sound after a silence (as far as a prediction hears ahead)
+
+
+def background(n: int, rng: np.random.Generator) -> np.ndarray:
+    """RMS-1 sound to put under speech: a room (noise of a random colour) or a music bed (notes
+    of a few harmonics that change at random moments, with a tremolo)."""
+    if rng.random() < 0.5:
+        noise = rng.standard_normal(n)
+        return (out := np.convolve(noise, np.ones(int(rng.integers(1, 16))), "same")) / out.std()
+    t = np.arange(n) / SAMPLE_RATE
+    out = np.zeros(n)
+    for _voice in range(int(rng.integers(2, 6))):
+        start = 0
+        while start < n:
+            length = int(rng.uniform(0.2, 1.2) * SAMPLE_RATE)
+            f0 = 80.0 * 2 ** (rng.integers(0, 40) / 12)
+            for h in range(1, 5):
+                out[start : start + length] += np.sin(2 * np.pi * f0 * h * t[start : start + length]) / h
+            start += length
+    out *= 1 + rng.uniform(0.2, 0.6) * np.sin(2 * np.pi * rng.uniform(1, 6) * t)
+    return out / np.sqrt(np.mean(out**2))
+
+
+def synthetic_openings(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, z targets and closed lips from *n* espeak-ng utterances (tools/train_visemes.py's
+    recipe: its training voices, random rates, pitches, loudness), half of them over a room's
+    noise (20-50 dB under the voice) or a music bed (10-25 dB under): every third hop, the target
+    the opening of the viseme of the phoneme under it, standardised per utterance like a real
+    speaker's, and whether the lips are closed (p/b/m, and silence but for the last
+    ANTICIPATION_S before a sound)."""
     from espeak import Espeak
     from train_visemes import TRAIN_ACCENTS, TRAIN_VARIANTS, sentence, utterance
 
     from lipsync_stream.engines.viseme import TARGETS, VISEMES
 
     voices = [f"{a}+{v}" if v else a for a in TRAIN_ACCENTS for v in TRAIN_VARIANTS]
-    rng, speaker, xs, ys = np.random.default_rng(seed), Espeak(), [], []
+    rng, speaker, xs, ys, closed = np.random.default_rng(seed), Espeak(), [], [], []
     for i in range(n):
         signal, hop_labels = utterance(speaker, sentence(rng), voices[i % len(voices)], int(rng.integers(120, 220)), int(rng.integers(25, 80)), rng, rng.uniform(-24, 0))
+        if rng.random() < 0.5:
+            x = signal.astype(np.float64)
+            voice = np.sqrt(np.mean(x[np.abs(x) > np.abs(x).max() * 0.05] ** 2))
+            under = rng.uniform(20, 50) if rng.random() < 0.5 else rng.uniform(10, 25)
+            signal = np.clip(x + background(len(x), rng) * voice * 10 ** (-under / 20), -32768, 32767).astype(np.int16)
         rows = hop_rows(signal)
         at = np.arange(0, min(len(rows), len(hop_labels)), 3)
         y = np.array([TARGETS[VISEMES[k]].open for k in hop_labels[at]])
         xs.append(opening_inputs(rows, at))
         ys.append((y - y.mean()) / (y.std() + 1e-9))
-    return np.concatenate(xs), np.concatenate(ys)
+        silent = hop_labels == VISEMES.index("sil")
+        ahead = int(ANTICIPATION_S * SAMPLE_RATE / HOP)
+        soon = np.convolve(~silent, np.ones(ahead + 1), "full")[ahead : ahead + len(silent)] > 0  # a sound within ANTICIPATION_S
+        shut = (silent & ~soon) | (hop_labels == VISEMES.index("closed"))
+        closed.append(shut[at])
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(closed).astype(np.float32)
 
 
-def fit_opening(x: np.ndarray, y: np.ndarray, args: argparse.Namespace, seed: int, out: Path) -> object:
-    """A small MLP (torch: dropout, AdamW, one-cycle learning rate) from inputs *x* to z *y*,
-    written to *out* in the shipped format and loaded back with the engine's own code."""
+def fit_opening(x: np.ndarray, y: np.ndarray, closed: np.ndarray, z_weight: np.ndarray, args: argparse.Namespace, seed: int, out: Path) -> object:
+    """A small MLP (torch: dropout, AdamW, one-cycle learning rate) from inputs *x* to z *y*
+    (squared error, weighted by *z_weight* per row) and to the lips being *closed* (cross
+    entropy), written to *out* in the shipped format and loaded back with the engine's own code."""
     import torch
 
     from lipsync_stream.engines.opening import OpeningModel
@@ -178,8 +234,9 @@ def fit_opening(x: np.ndarray, y: np.ndarray, args: argparse.Namespace, seed: in
     for hidden in HIDDEN:
         layers += [torch.nn.Linear(width, hidden), torch.nn.ReLU(), torch.nn.Dropout(args.dropout)]
         width = hidden
-    net = torch.nn.Sequential(*layers, torch.nn.Linear(width, 1))
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(width, OUTPUTS))
     xt, yt = torch.tensor((x - mean) / std, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+    ct, wt = torch.tensor(closed, dtype=torch.float32), torch.tensor(z_weight, dtype=torch.float32)
     batches = len(y) // BATCH
     optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-3, total_steps=args.epochs * batches)
@@ -187,7 +244,8 @@ def fit_opening(x: np.ndarray, y: np.ndarray, args: argparse.Namespace, seed: in
         order = torch.randperm(len(y))
         for b in range(batches):
             pick = order[b * BATCH : (b + 1) * BATCH]
-            loss = torch.nn.functional.mse_loss(net(xt[pick])[:, 0], yt[pick])
+            pred = net(xt[pick])
+            loss = (wt[pick] * (pred[:, 0] - yt[pick]) ** 2).mean() + torch.nn.functional.binary_cross_entropy_with_logits(pred[:, 1], ct[pick])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -203,7 +261,7 @@ def fit_opening(x: np.ndarray, y: np.ndarray, args: argparse.Namespace, seed: in
 
 HIDDEN = (64, 32)
 BATCH = 256
-VERSION = "opening-1"
+VERSION = "opening-2"
 
 
 def engine_model(args: argparse.Namespace) -> None:
@@ -213,18 +271,22 @@ def engine_model(args: argparse.Namespace) -> None:
 
     train = load("train")
     rows = {m.clip.id: hop_rows(m.pcm) for m in train}
-    real = {m.clip.id: (opening_inputs(rows[m.clip.id], np.clip(frame_hops(m.frames), 0, len(rows[m.clip.id]) - 1)), targets(m)[:, 0]) for m in train}
-    xs, ys = synthetic_openings(args.synthetic, args.seed) if args.synthetic else (np.zeros((0, next(iter(real.values()))[0].shape[1])), np.zeros(0))
-    print(f"real: {len(train)} clips, {sum(len(y) for _x, y in real.values()) / FPS:.0f} s; synthetic: {len(ys)} hops from {args.synthetic} utterances")
+    real = {m.clip.id: (opening_inputs(rows[m.clip.id], np.clip(frame_hops(m.frames), 0, len(rows[m.clip.id]) - 1)), targets(m)[:, 0], (m.opening < CLOSED_BELOW).astype(np.float32)) for m in train}
+    xs, ys, cs = synthetic_openings(args.synthetic, args.seed) if args.synthetic else (np.zeros((0, next(iter(real.values()))[0].shape[1])), np.zeros(0), np.zeros(0))
+    print(f"real: {len(train)} clips, {sum(len(y) for _x, y, _c in real.values()) / FPS:.0f} s, lips closed in {np.mean(np.concatenate([c for _x, _y, c in real.values()])):.0%} of frames; synthetic: {len(ys)} hops from {args.synthetic} utterances")
     work = Path(tempfile.mkdtemp())
 
     def fit(clips: list[Measured], seed: int) -> object:
         x_real = np.concatenate([real[m.clip.id][0] for m in clips])
         y_real = np.concatenate([real[m.clip.id][1] for m in clips])
-        keep = np.random.default_rng(seed).choice(len(ys), min(len(ys), len(y_real)), replace=False)
-        return fit_opening(np.concatenate([x_real, xs[keep]]), np.concatenate([y_real, ys[keep]]), args, seed, work / f"{seed}.npz")
+        c_real = np.concatenate([real[m.clip.id][2] for m in clips])
+        # args.synthetic_share synthetic rows for each real one; z still weighs the two alike
+        keep = np.random.default_rng(seed).choice(len(ys), min(len(ys), int(args.synthetic_share * len(y_real))), replace=False)
+        z_weight = np.concatenate([np.ones(len(y_real)), np.full(len(keep), len(y_real) / max(len(keep), 1))])
+        return fit_opening(np.concatenate([x_real, xs[keep]]), np.concatenate([y_real, ys[keep]]), np.concatenate([c_real, cs[keep]]), z_weight, args, seed, work / f"{seed}.npz")
 
     ours: list[dict[int, float]] = []
+    engine: list[dict[int, float]] = []
     baseline: list[dict[int, float]] = []
     if args.only_repo:
         # Trained on one source's clips (say, a permissively licensed one), scored on all others.
@@ -237,6 +299,7 @@ def engine_model(args: argparse.Namespace) -> None:
         model = fit([m for m in train if m not in scored], args.seed + k)
         for m in scored:
             ours.append(correlation_at_lags(m.opening, smoothed_openings(model, rows[m.clip.id], m.frames)))
+            engine.append(correlation_at_lags(m.opening, engine_openings(model, m.pcm, m.frames)))
             baseline.append(correlation_at_lags(m.opening, loudness(m.pcm, m.frames)))
 
     def summary(rs: list[dict[int, float]]) -> str:
@@ -246,7 +309,7 @@ def engine_model(args: argparse.Namespace) -> None:
         return f"r {np.mean([r[0] for r in rs]):.2f}, best lag within +-1 on {np.mean(np.abs(best) <= 1):.0%} (median {np.median(best):+.0f})"
 
     how = f"trained on {args.only_repo}, scored on the other training clips" if args.only_repo else f"{args.folds} folds of training speakers left out"
-    print(f"{how}, against the real opening ({len(ours)} clips): model {summary(ours)}; the loudness baseline {summary(baseline)}")
+    print(f"{how}, against the real opening ({len(ours)} clips): the model's z {summary(ours)}; the engine's opening {summary(engine)}; the loudness baseline {summary(baseline)}")
     if args.out is not None:
         fit([m for m in train if not args.only_repo or m.clip.repo == args.only_repo], args.seed)
         (work / f"{args.seed}.npz").replace(args.out)

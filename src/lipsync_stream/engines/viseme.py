@@ -14,9 +14,16 @@ hum or a voice bar (a nasal murmur has its energy below 300 Hz, a vowel of the s
 does not). The recognizer (:mod:`.recognizer`, a small network trained here on synthetic speech)
 says which of the others the sound under the frame's centre is, from 100 ms before it to 80 ms
 after (within the declared lookahead): it hears rounding and spreading, which the rules on
-formant positions did not. Each viseme has a target mouth shape; a frame's shape is the
-membership-weighted mean. A closure is never blurred: a closure inside the frame's own 33 ms,
-or a silence right after speech, closes the lips.
+formant positions did not. Each viseme has a target mouth shape; a frame's width, rounding and
+tuck are the membership-weighted mean.
+
+How far the lips part, and where they press together, comes from the opening model
+(:mod:`.opening`), trained on real people's mouths: the recognizer, which heard only a
+synthesizer, said "closed" in a fifth of real speakers' frames, mostly where their lips were
+parted. A closure is never blurred: the model's likeliest closure inside the frame's own 33 ms,
+or a hum under it, closes the lips. A pause rests them: when nine in ten of the hops the
+recognizer hears are silence (a short gap between words does not shut a real mouth, and on
+real speakers closing in every gap followed their lips worse).
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from . import features, footage, interior, meshwarp, opening
 from .base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region, apply_region
 from .features import BAND0, BANDS, HOP, LEVEL, MURMUR_MID, MURMUR_UPPER, VOICING, WIN, HopCache
 from .meshwarp import compose_region
-from .opening import OpeningModel, PredictionCache, smoothed_z
+from .opening import OpeningModel, PredictionCache, frame_opening
 from .recognizer import CONTEXT, FEATURES_PER_HOP, PEAK_FLOOR_DB, VisemeRecognizer, forward, hop_inputs_into
 
 VISEMES = ("sil", "closed", "a", "e", "i", "o", "fv", "rest")
@@ -65,8 +72,8 @@ PEAK_DECAY_DB_PER_FRAME = 0.03
 ABOVE_NOISE_DB = 12.0
 NOISE_FRAMES = 45  # 1.5 s: speech leaves gaps between words well within it
 STEADY_FRAMES, STEADY_DB = 5, 6.0
+PAUSE_FROM, PAUSE_TO = 0.9, 1.0  # share of the recognizer's hops that are silent: the lips start to rest, and rest
 LEAD_S, SPREAD_S = 0.02, 0.04  # the rules' kernel over hops: where the mouth listens most
-CLOSURE_PAST_S = 0.04  # speech this recent before a silence makes the silence a closure
 PAST_HOPS, FUTURE_HOPS = -int(CONTEXT[0]), int(CONTEXT[-1])  # the recognizer's: 100 ms before the centre, 80 after
 # Hops a frame reads: the recognizer's, and further back for the opening model's predictions.
 _FIRST = -max(PAST_HOPS, opening.SMOOTH_PAST + opening.PAST)
@@ -106,11 +113,11 @@ def _decide(m, offsets, peak_db, noise_db, heard, at, keep, positions, values, m
     """One frame from its hops' rows *m* at *offsets* (seconds from the frame's centre), in one
     call that does not hold the GIL: (viseme memberships, strongest closure inside the frame,
     whether every hop the recognizer hears is silence or hum, the loudness tracker's new peak,
-    the share of speech, the opening model's z). *noise_db*: the room's level while it is
-    steady, else -inf (:data:`NOISE_FRAMES`). *heard*: the recognizer's hops (start,
-    stop); *at*, *keep*, *positions*, *values*: the opening model's hops, which of their
-    predictions may be kept, and its cache (:func:`.opening.smoothed_z`); then the recognizer's
-    and the opening model's networks."""
+    how far the frame is from a pause (1: not at all), the opening model's z and its closure).
+    *noise_db*: the room's level while it is steady, else -inf (:data:`NOISE_FRAMES`).
+    *heard*: the recognizer's hops (start, stop); *at*, *keep*, *positions*, *values*: the
+    opening model's hops, which of their predictions may be kept, and its cache
+    (:func:`.opening.frame_opening`); then the recognizer's and the opening model's networks."""
     n = m.shape[0]
     half_frame = 0.5 / FPS
     loudest = -np.inf
@@ -135,17 +142,16 @@ def _decide(m, offsets, peak_db, noise_db, heard, at, keep, positions, values, m
     forward(inputs[heard[0] : heard[1]].reshape(1, -1), mean, scale, weights, biases, memberships)
     frame_m = (1.0 - silent) * memberships[0].astype(np.float64)
     frame_m[0] += silent
-    z = smoothed_z(inputs, _OPENING_ROWS, at, keep, positions, values, o_mean, o_scale, o_weights, o_biases)
-    # A closure inside the frame: a hum or m, or a silence that follows speech (a stop's closure,
-    # or the end of a phrase). Silence before the first sound is not one: the lips may part early.
-    after_speech = inside_hum = inside_quiet = 0.0
+    inside = np.abs(offsets[_OPENING_CENTRES]) <= half_frame  # the opening model's hops in the frame's own 33 ms
+    z, closed = frame_opening(inputs, _OPENING_ROWS, at, keep, inside, positions, values, o_mean, o_scale, o_weights, o_biases)
+    # A closure inside the frame: the model's (a stop, an m, the end of a phrase), or a hum.
+    inside_hum = 0.0
     for i in range(n):
-        if -CLOSURE_PAST_S <= offsets[i] < -half_frame:
-            after_speech = max(after_speech, 1.0 - quiet[i])
         if abs(offsets[i]) <= half_frame:
-            inside_hum, inside_quiet = max(inside_hum, hum[i]), max(inside_quiet, quiet[i])
-    closure = max(inside_hum, inside_quiet * after_speech, frame_m[1])
-    return frame_m, closure, (quiet[heard[0] : heard[1]] + hum[heard[0] : heard[1]]).min() > 0.98, peak, 1.0 - silent, z
+            inside_hum = max(inside_hum, hum[i])
+    pause = min(max((quiet[heard[0] : heard[1]].mean() - PAUSE_FROM) / (PAUSE_TO - PAUSE_FROM), 0.0), 1.0)
+    all_quiet = (quiet[heard[0] : heard[1]] + hum[heard[0] : heard[1]]).min() > 0.98
+    return frame_m, max(inside_hum, closed), all_quiet, peak, 1.0 - pause, z, closed
 
 
 @dataclass(frozen=True)
@@ -188,14 +194,14 @@ class VisemeStream(EngineStream):
         at = frame.start + centres[_OPENING_CENTRES]
         keep = centres[_OPENING_CENTRES + opening.FUTURE] + WIN // 2 <= frame.valid
         cache = self._predictions.for_epoch(frame.epoch)
-        frame_m, closure, all_quiet, self.peak_db, speaking, z = _decide(m, offsets, self.peak_db, noise_db, _HEARD_SPAN, at, keep, cache.positions, cache.values, *engine.recognizer.kernel_args, *engine.opening.kernel_args)
+        frame_m, closure, all_quiet, self.peak_db, away_from_pause, z, closed = _decide(m, offsets, self.peak_db, noise_db, _HEARD_SPAN, at, keep, cache.positions, cache.values, *engine.recognizer.kernel_args, *engine.opening.kernel_args)
         if all_quiet:
             shape = MouthShape()
         else:
-            # The recognizer says the shape and where the lips press together; the opening model,
-            # which heard real people, how far they part otherwise.
+            # The recognizer says the shape; the opening model, which heard real people, how far
+            # the lips part (its expectation: the opening z says, where they are not closed).
             params = frame_m @ _TARGET_MATRIX
-            opened = (speaking - frame_m[1]) * min(max(opening.BASE + opening.GAIN * z, 0.0), 1.0)
+            opened = away_from_pause * (1.0 - closed) * min(max(opening.BASE + opening.GAIN * z, 0.0), 1.0)
             shape = MouthShape(opened, float(params[1]), float(params[2]), float(params[3]))
         if closure > 0.5:
             # Lips meet: no blur across a closure, but keep the spread/rounding it is coarticulated with.
@@ -236,9 +242,9 @@ class VisemeEngine(Engine):
     lookahead_samples = LOOKAHEAD_SAMPLES
     context_samples = CONTEXT_SAMPLES
 
-    def __init__(self) -> None:
+    def __init__(self, opening_model: OpeningModel | None = None) -> None:
         self.recognizer = VisemeRecognizer()
-        self.opening = OpeningModel()
+        self.opening = opening_model if opening_model is not None else OpeningModel()
 
     def stream(self) -> VisemeStream:
         return VisemeStream(self)
