@@ -124,6 +124,8 @@ def test_store_uses_a_wav2lip_pickle(store: CharacterStore, monkeypatch: pytest.
     assert c.frames.shape[0] == len(frames)
     # the crop follows the pickle: its box (120x150 px wide... 360x380 px) is centred in the square
     assert c.boxes[0, 1] - c.boxes[0, 0] == pytest.approx(360 * 512 / 480, abs=2)
+    # its maker padded those crops: the learned engines use them as given
+    assert c.boxes_given and c.reference(0).box_given
 
 
 def test_store_reports_bad_references(store: CharacterStore) -> None:

@@ -69,3 +69,11 @@ def test_sharpen_leaves_flat_areas_and_steepens_edges() -> None:
     out = sharpen(step, 0.5).astype(int)
     assert out[:, 18].mean() < 120 and out[:, 21].mean() > 180  # overshoot on each side of the edge
     assert np.array_equal(sharpen(step, 0.0), step)
+
+
+def test_a_wav2lip_pickles_box_is_used_as_given_and_others_are_padded_below() -> None:
+    box = np.array([100, 400, 150, 350])
+    assert face_box(box, given=True) == (100, 400, 150, 350)
+    assert face_box(box) == (100, 415, 150, 350)  # 5 % of its height below: the chin
+    assert face_box(box, pad_below=10) == (100, 410, 150, 350)  # Wav2Lip's inference.py: 10 px
+    assert face_box(np.array([100, 510, 150, 350]), pad_below=10) == (100, 512, 150, 350)  # inside the frame

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from speech_synth import engine_frames
 
 from lipsync_stream.characters.character import load_default_character
@@ -99,3 +100,8 @@ def test_same_audio_same_frames_and_same_reference_whatever_the_audio() -> None:
     masked = runs[0][k].copy()
     masked[y0:y1, x0:x1] = ref.image[y0:y1, x0:x1]
     assert np.array_equal(masked, ref.image)
+
+
+def test_only_an_engine_with_a_reference_pipeline_takes_fidelity_reference() -> None:
+    with pytest.raises(ValueError, match="no --fidelity reference"):
+        get_engine("viseme", fidelity="reference")

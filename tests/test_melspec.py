@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lipsync_stream.engines import melspec
+from lipsync_stream.wire.protocol import frames_for_samples
 
 librosa = pytest.importorskip("librosa")
 
@@ -52,3 +53,21 @@ def test_samples_outside_the_window_read_as_silence() -> None:
     silent_past = melspec.frame_mel(loud[8000:], 8000, 0)  # frame 0: everything before is silence
     assert silent_past[:, :8].max() <= -3.9  # the first 8 mel frames hear nothing
     assert melspec.frame_mel(loud, 0, 3).max() > 0
+
+
+def test_the_reference_mel_of_a_stream_is_wav2lips_whole_utterance_mel() -> None:
+    """``--fidelity reference``: frame k reads the columns int(k * 80 / 30).. of the mel of the whole
+    utterance (reflected at both ends), and the frames past its end its last 16 columns, as
+    Wav2Lip's inference.py chunks them; from a window of the stream, not the whole signal."""
+    rng = np.random.default_rng(0)
+    wav = (rng.standard_normal(16000 * 2 + 123) * 3000).astype(np.int16)
+    whole = melspec.melspectrogram(wav.astype(np.float32) / 32768.0)
+    columns = whole.shape[1]
+    for k in range(frames_for_samples(len(wav))):  # the stream's frames: the last starts inside the audio
+        start = int(k * 80 / 30)
+        expected = whole[:, columns - 16 :] if start + 16 > columns else whole[:, start : start + 16]
+        lo = max(0, k * 16000 // 30 - 4000)  # a window as the engine gets it: 4000 samples of context, 3400 ahead
+        window = wav[lo : k * 16000 // 30 + 3400]
+        np.testing.assert_allclose(melspec.reference_frame_mel(window, lo, k, len(wav)), expected, atol=1e-5)
+    # frame 0 reflects the signal before it; the tuned path reads silence there
+    assert np.abs(melspec.reference_frame_mel(wav, 0, 0, len(wav)) - melspec.frame_mel(wav, 0, 0)).max() > 0.1

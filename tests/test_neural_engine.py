@@ -241,3 +241,84 @@ async def test_near_silence_keeps_the_lips_closed_without_a_model_call(checkpoin
             assert decode_frame(frames[k]).image == expected
     finally:
         engine.close()
+
+
+def wav2lip_inference(network: Wav2Lip, image: np.ndarray, box: tuple[int, int, int, int], wav: np.ndarray, fps: int = 30) -> list[np.ndarray]:
+    """What Wav2Lip's inference.py computes for a still image and a detected face box, from its
+    published formulas: the box padded (0, 10, 0, 0), the mel of the whole utterance cut into
+    16-column chunks from int(i * 80 / fps) (the last chunk the last 16 columns), the crop scaled
+    to 96 bilinearly with its lower half blacked out beside it, the output times 255 truncated to
+    8 bits, scaled back bilinearly and written over the whole box."""
+    import cv2
+
+    from lipsync_stream.engines.melspec import melspectrogram
+
+    y1, y2, x1, x2 = box
+    y2 = min(image.shape[0], y2 + 10)
+    mel = melspectrogram(wav.astype(np.float32) / 32768.0)
+    chunks, i = [], 0
+    while True:
+        start = int(i * 80.0 / fps)
+        if start + 16 > mel.shape[1]:
+            chunks.append(mel[:, mel.shape[1] - 16 :])
+            break
+        chunks.append(mel[:, start : start + 16])
+        i += 1
+    face = cv2.resize(image[y1:y2, x1:x2], (96, 96))
+    masked = face.copy()
+    masked[48:] = 0
+    faces = torch.from_numpy(np.concatenate([masked, face], axis=2)[None].transpose(0, 3, 1, 2) / 255.0).float()
+    frames = []
+    with torch.no_grad():
+        for chunk in chunks:
+            pred = network(torch.from_numpy(chunk[None, None]).float(), faces).numpy().transpose(0, 2, 3, 1)[0] * 255.0
+            frame = image.copy()
+            frame[y1:y2, x1:x2] = cv2.resize(pred.astype(np.uint8), (x2 - x1, y2 - y1))
+            frames.append(frame)
+    return frames
+
+
+def test_reference_fidelity_computes_what_wav2lip_inference_computes(checkpoint: Path, speech: np.ndarray) -> None:
+    """``--fidelity reference``: streamed frame by frame through the engine and the shared model
+    service, every frame within one level of Wav2Lip's own inference on the same still, box,
+    speech and weights (silence and the utterance's end included); the tuned default is not."""
+    from lipsync_stream.characters.character import make_character
+    from lipsync_stream.engines.base import apply_region
+    from lipsync_stream.neural.checkpoint import load_checkpoint
+    from lipsync_stream.neural.engine import Wav2LipEngine
+
+    default = load_default_character()
+    still = make_character("still", default.frames[:1].copy(), default.landmarks[:1].copy(), default.boxes[:1].copy())
+    image, box = still.frames[0], tuple(int(v) for v in still.boxes[0])
+    wav = np.concatenate([np.zeros(3000, np.int16), speech[8000:30000]])
+    network = Wav2Lip()
+    load_checkpoint(network, checkpoint)
+    expected = wav2lip_inference(network.eval(), image, box, wav)  # type: ignore[arg-type]
+    for fidelity in ("reference", "tuned"):
+        engine = Wav2LipEngine(checkpoint, "cpu", fidelity=fidelity)
+        try:
+            stream, handle = engine.stream(), engine.service.open()
+            framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
+            framer.push(wav.tobytes())
+            framer.flush()
+            ours = []
+            while framer.ready():
+                frame = framer.pop()
+                ref = still.reference(frame.index)
+                if not frame.window.any() and stream.silent():
+                    ours.append(ref.image)
+                    continue
+                mouth = stream.mouth(frame, ref)
+                generated = engine.service.submit(handle, mouth.model_input).result() if mouth.strength > 0 else None
+                region = stream.draw(ref, mouth, generated)
+                ours.append(ref.image if region is None else apply_region(ref.image, region))
+        finally:
+            engine.close()
+        # The reference's video stops at its last full mel chunk; the stream sends a frame for every
+        # 1/30 s of audio (the protocol's contract): those last few show the last chunk's mouth too.
+        assert len(ours) == frames_for_samples(len(wav)) and 0 <= len(ours) - len(expected) <= 6
+        worst = max(int(np.abs(a.astype(int) - expected[min(k, len(expected) - 1)].astype(int)).max()) for k, a in enumerate(ours))
+        if fidelity == "reference":
+            assert worst <= 1
+        else:
+            assert worst > 20  # the tuned paste, crop and gate differ where it matters: the face box

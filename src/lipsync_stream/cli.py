@@ -69,6 +69,7 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_NAMES, help="lip-sync engine (default: %(default)s; wav2lip needs the [neural] extra and --model)")
     p.add_argument("--model", type=Path, default=None, metavar="PATH", help="learned engines: wav2lip's checkpoint (.pth or .onnx), musetalk's model directory (as MuseTalk publishes it)")
     p.add_argument("--device", metavar="DEVICE", default="auto", help="learned engines: cpu, cuda, cuda:N, or auto (a GPU when torch sees one; default)")
+    p.add_argument("--fidelity", choices=["tuned", "reference"], default="tuned", help="learned engines: tuned (default: this project's crop, paste and quiet gate) or reference (what the authors' inference code computes; wav2lip only for now)")
     p.add_argument("--jpeg-quality", metavar="1-100", type=int, default=85, help="JPEG quality of frames, 1-100 (default: %(default)s)")
     p.add_argument("--cache-dir", metavar="DIR", type=Path, default=None, help=f"downloads, decoded characters and landmarks (default: $LIPSYNC_STREAM_CACHE, else {default_cache_dir()})")
 
@@ -178,7 +179,7 @@ def _in_process_config(args: argparse.Namespace, asset_roots: list[Path]) -> Ser
     from .serve.server_config import ServerConfig
 
     fetch = FetchConfig(asset_roots=asset_roots, cache_dir=args.cache_dir or default_cache_dir())
-    return ServerConfig(port=0, engine=args.engine, jpeg_quality=args.jpeg_quality, asset_roots=asset_roots, fetch=fetch, model=args.model, device=args.device)
+    return ServerConfig(port=0, engine=args.engine, jpeg_quality=args.jpeg_quality, asset_roots=asset_roots, fetch=fetch, model=args.model, device=args.device, fidelity=args.fidelity)
 
 
 class UsageError(Exception):
@@ -355,7 +356,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         args.host, args.port, list(args.asset_root), args.engine, args.jpeg_quality, limits,
         max_sessions=args.max_sessions, max_loads=max(1, args.max_loads), api_keys=args.api_keys,
         allowed_origins=list(args.allowed_origin), allowed_hosts=list(args.allowed_host), certfile=args.certfile, keyfile=args.keyfile, metrics_port=args.metrics_port,
-        model=args.model, device=args.device, drain_timeout=max(0.0, args.drain_timeout),
+        model=args.model, device=args.device, fidelity=args.fidelity, drain_timeout=max(0.0, args.drain_timeout),
     )  # fmt: skip
     config.fetch = FetchConfig(asset_roots=list(args.asset_root), cache_dir=args.cache_dir or default_cache_dir(), allow_private_urls=args.allow_private_urls)
     return config

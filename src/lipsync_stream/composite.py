@@ -25,18 +25,22 @@ SHARPEN = 0.5
 MCU = 16
 
 
-def face_box(box: np.ndarray, size: tuple[int, int] = (512, 512)) -> tuple[int, int, int, int]:
-    """(y1, y2, x1, x2) of the crop for a face box: padded below, inside the frame."""
+def face_box(box: np.ndarray, size: tuple[int, int] = (512, 512), given: bool = False, pad_below: int | None = None) -> tuple[int, int, int, int]:
+    """(y1, y2, x1, x2) of the crop for a face box, inside the frame: padded below by
+    BOTTOM_PAD of its height, or by *pad_below* pixels (Wav2Lip's inference: 10), unless the box
+    is *given* (a Wav2Lip pickle's crop, which its maker padded already)."""
     y1, y2, x1, x2 = (int(v) for v in box)
-    y2 = min(size[0], y2 + round(BOTTOM_PAD * (y2 - y1)))
+    if not given:
+        y2 = min(size[0], y2 + (round(BOTTOM_PAD * (y2 - y1)) if pad_below is None else pad_below))
     return max(0, y1), y2, max(0, x1), min(size[1], x2)
 
 
-def crop_input(image: np.ndarray, box: tuple[int, int, int, int], side: int) -> np.ndarray:
+def crop_input(image: np.ndarray, box: tuple[int, int, int, int], side: int, interpolation: int = cv2.INTER_AREA) -> np.ndarray:
     """Wav2Lip's face input: (6, side, side) float32, the crop with its lower half blacked out,
-    then the crop itself (BGR, 0..1)."""
+    then the crop itself (BGR, 0..1). Scaled down by area (no aliasing) unless *interpolation*
+    says otherwise (Wav2Lip's own inference: bilinear)."""
     y1, y2, x1, x2 = box
-    crop = cv2.resize(image[y1:y2, x1:x2], (side, side), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    crop = cv2.resize(image[y1:y2, x1:x2], (side, side), interpolation=interpolation).astype(np.float32) / 255.0
     masked = crop.copy()
     masked[side // 2 :] = 0.0
     return np.concatenate([masked, crop], axis=2).transpose(2, 0, 1).copy()
@@ -76,6 +80,21 @@ def sharpen(image: np.ndarray, amount: float, sigma: float = 1.2) -> np.ndarray:
     return cv2.addWeighted(image, 1.0 + amount, blurred, -amount, 0.0)
 
 
+def band_rows(image: np.ndarray, y1: int, y2: int) -> tuple[int, int]:
+    """The rows (top, bottom) of the band of full-width MCU rows that holds rows y1..y2."""
+    return (y1 // MCU) * MCU, min(image.shape[0], -(-y2 // MCU) * MCU)
+
+
+def paste_box(ref: ReferenceFrame, box: tuple[int, int, int, int], face: np.ndarray) -> Region:
+    """Wav2Lip's own paste: the generated *face* scaled to *box* (bilinear) and written over the
+    whole box, no mask, no colour match (``--fidelity reference``)."""
+    y1, y2, x1, x2 = box
+    top, bottom = band_rows(ref.image, y1, y2)
+    band = ref.image[top:bottom].copy()
+    band[y1 - top : y2 - top, x1:x2] = cv2.resize(face, (x2 - x1, y2 - y1))
+    return top, band
+
+
 def paste_face(ref: ReferenceFrame, box: tuple[int, int, int, int], face: np.ndarray, strength: float = 1.0) -> Region:
     """The reference frame with the generated *face* crop pasted into *box*, as (first row,
     band of full-width rows whose top and height are multiples of 16). *strength* < 1 shows
@@ -83,8 +102,7 @@ def paste_face(ref: ReferenceFrame, box: tuple[int, int, int, int], face: np.nda
     assert ref.landmarks is not None, "pasting needs the character's landmarks"
     y1, y2, x1, x2 = box
     image = ref.image
-    top = (y1 // MCU) * MCU
-    bottom = min(image.shape[0], -(-y2 // MCU) * MCU)
+    top, bottom = band_rows(image, y1, y2)
     band = image[top:bottom].copy()
     region = image[y1:y2, x1:x2]
     generated = sharpen(cv2.resize(face, (x2 - x1, y2 - y1), interpolation=cv2.INTER_CUBIC), SHARPEN)

@@ -52,6 +52,7 @@ class Character:
     frames: np.ndarray  # (N, 512, 512, 3) uint8 BGR, read-only
     boxes: np.ndarray  # (N, 4) int32 y1, y2, x1, x2 in 512 space
     landmarks: np.ndarray  # (N, 478, 2) float32 face-mesh points in 512 space
+    boxes_given: bool = False  # the boxes came from a Wav2Lip face_det_results pickle (crops padded by its maker)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mouths", Landmarks(self.landmarks).mouths())
@@ -89,14 +90,15 @@ class Character:
     def reference(self, k: int) -> ReferenceFrame:
         i = self.ref_index(k)
         cx, cy, hw, angle = (float(v) for v in self.mouths[i])
-        return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle), self.landmarks[i], self.boxes[i], self.interiors, self.footage, self.memo)
+        return ReferenceFrame(i, self.frames[i], MouthGeometry(cx, cy, hw, angle), self.landmarks[i], self.boxes[i], self.boxes_given, self.interiors, self.footage, self.memo)
 
 
 # --- decoding with bounded memory ---------------------------------------------------------------
 
 
-def make_character(key: str, frames: np.ndarray, landmarks: np.ndarray, boxes: np.ndarray | None = None) -> Character:
-    """A character from 512x512 frames and their landmarks (boxes default to the face oval)."""
+def make_character(key: str, frames: np.ndarray, landmarks: np.ndarray, boxes: np.ndarray | None = None, boxes_given: bool = False) -> Character:
+    """A character from 512x512 frames and their landmarks (boxes default to the face oval;
+    *boxes_given*: they are a Wav2Lip pickle's crops, to be used as they are)."""
     if frames.shape[1:] != (FRAME_HEIGHT, FRAME_WIDTH, 3):
         raise CharacterError(f"character frames must be {FRAME_WIDTH}x{FRAME_HEIGHT}, got {frames.shape[2]}x{frames.shape[1]}")
     if len(landmarks) != len(frames):
@@ -106,7 +108,7 @@ def make_character(key: str, frames: np.ndarray, landmarks: np.ndarray, boxes: n
     frames.flags.writeable = False
     landmarks = np.ascontiguousarray(landmarks, dtype=np.float32)
     landmarks.flags.writeable = False
-    character = Character(key, frames, boxes, landmarks)
+    character = Character(key, frames, boxes, landmarks, boxes_given and boxes is not None)
     source = "its own frames" if character.footage is not None else "a warp of its frames"
     log.info("character %s: %d frames, mouth %.0f px wide, mouths from %s", key, len(frames), 2 * float(np.median(character.mouths[:, 2])), source)
     return character
@@ -267,7 +269,7 @@ class CharacterStore:
         finally:
             if tracker is not None:
                 tracker.close()
-        return make_character(video_ref, frames, landmarks, boxes)
+        return make_character(video_ref, frames, landmarks, boxes, boxes_given=faces is not None)
 
     @staticmethod
     def _content_key(video: Path, faces: Path | None) -> str:

@@ -37,12 +37,19 @@ def engine_class(name: str) -> type[Engine]:
     return cls
 
 
-def get_engine(name: str = DEFAULT_ENGINE, model: Path | None = None, device: str = "auto", cache_dir: Path | None = None) -> Engine:
+def get_engine(name: str = DEFAULT_ENGINE, model: Path | None = None, device: str = "auto", cache_dir: Path | None = None, fidelity: str = "tuned") -> Engine:
     """An engine instance by name; learned engines load *model* on *device* (``auto``: a GPU if
-    any), and those that keep work on disk (MuseTalk's face latents) keep it under *cache_dir*."""
+    any), and those that keep work on disk (MuseTalk's face latents) keep it under *cache_dir*.
+    *fidelity*: ``reference`` asks a learned engine that has one for its reference pipeline
+    (what its authors' inference code computes) instead of this project's tuned one."""
     cls = engine_class(name)
+    takes = inspect.signature(cls.__init__).parameters
+    if fidelity != "tuned" and "fidelity" not in takes:
+        raise ValueError(f"the {name} engine has no --fidelity {fidelity} (only the wav2lip engine has a reference mode yet)")
     if cls.learned:
-        extra = {"cache_dir": cache_dir} if "cache_dir" in inspect.signature(cls.__init__).parameters else {}
+        extra: dict[str, object] = {"cache_dir": cache_dir} if "cache_dir" in takes else {}
+        if "fidelity" in takes:
+            extra["fidelity"] = fidelity
         return cls(model=model, device=device, **extra)  # type: ignore[call-arg]
     if model is not None:
         raise ValueError(f"the {name} engine takes no model; --model is for learned engines ({', '.join(LEARNED_ENGINES)})")

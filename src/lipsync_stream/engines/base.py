@@ -51,6 +51,7 @@ class ReferenceFrame:
     mouth: MouthGeometry
     landmarks: np.ndarray | None = None  # (478, 2) face-mesh points, when the character has them
     box: np.ndarray | None = None  # (y1, y2, x1, x2) face box, when the character has one
+    box_given: bool = False  # the box is a Wav2Lip face_det_results crop, padded already: used as given
     interiors: InteriorBank | None = None  # the character's own open-mouth interiors, if it has any
     footage: Footage | None = None  # the character's frames as a source of real mouths, if they vary enough
     #: the character's memo: what engines work out once per reference frame and keep, under keys

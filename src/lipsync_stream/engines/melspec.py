@@ -109,3 +109,29 @@ def frame_mel(window: np.ndarray, window_start: int, k: int, fps: int = 30) -> n
     y = _preemphasis(seg)[1:]
     idx = np.arange(STEPS)[:, None] * HOP + np.arange(N_FFT)[None, :]
     return _to_normalised_db(np.abs(np.fft.rfft(y[idx] * _window(), axis=1)))
+
+
+def reference_frame_mel(window: np.ndarray, window_start: int, k: int, end: int | None = None, fps: int = 30) -> np.ndarray:
+    """(80, 16) mel window of video frame *k* as Wav2Lip's own inference computes it over the
+    whole utterance (stream position 0 to *end*, when the stream has ended): the signal is
+    reflected at both of its ends (its STFT's padding), and a frame whose window would reach past
+    the last column takes the last 16 columns instead. *window*, *window_start*: int16 samples
+    and the stream position of the first; they must cover the columns' samples."""
+    m0 = first_mel(k, fps)
+    if end is not None:
+        m0 = max(0, min(m0, 1 + end // HOP - STEPS))
+    lo = m0 * HOP - N_FFT // 2
+    positions = np.arange(lo, (m0 + STEPS - 1) * HOP + N_FFT // 2)
+    reflected = np.abs(positions)  # before the first sample: its mirror image
+    if end is not None:
+        reflected = np.where(reflected >= end, 2 * (end - 1) - reflected, reflected)
+
+    def sample(p: np.ndarray) -> np.ndarray:
+        inside = (p >= window_start) & (p < window_start + len(window)) & (p >= 0)
+        out = np.zeros(len(p), dtype=np.float32)
+        out[inside] = window[p[inside] - window_start].astype(np.float32) / 32768.0
+        return out
+
+    x = sample(reflected) - PREEMPHASIS * sample(reflected - 1)  # pre-emphasis before the reflection, as the reference
+    idx = np.arange(STEPS)[:, None] * HOP + np.arange(N_FFT)[None, :]
+    return _to_normalised_db(np.abs(np.fft.rfft(x[idx] * _window(), axis=1)))

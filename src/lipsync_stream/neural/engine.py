@@ -7,6 +7,13 @@ of all sessions' frames; the generated face is pasted back through the lower-fac
 worker thread. MuseTalk (:mod:`.musetalk`): the audio around the frame and the 256x256 face go
 to the service, which runs whisper, the UNet and the VAE in its thread. Frames of silence, or
 near it, show the reference frame as it is (no model call).
+
+``fidelity="reference"`` (``--fidelity reference``) computes what Wav2Lip's own ``inference.py``
+computes instead (issue 26): the face box padded 10 px below (a Wav2Lip pickle's boxes as given),
+scaled to 96 bilinearly, the mel of the whole utterance (reflected at its start and end, the last
+16 columns for the frames past it), every frame through the model (silence too), its output
+truncated to 8 bits, scaled back bilinearly and written over the whole box in float32 on any
+device. The default, ``tuned``, keeps this project's choices, each measured (docs/engines.md).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import cv2
 import numpy as np
 
 from ..characters.fetch import default_cache_dir
-from ..composite import crop_input, face_box, paste_face
+from ..composite import crop_input, face_box, paste_box, paste_face
 from ..cpus import cpus
 from ..engines import melspec
 from ..engines.base import Engine, EngineStream, LearnedMouth, MouthShape, ReferenceFrame, Region
@@ -53,6 +60,10 @@ QUIET_RANGE_DB = 10.0
 GATE_DB = -50.0  # absolute floor: quieter than this is silence
 FLOOR_BELOW_PEAK_DB = 38.0  # relative floor: this far under the loudest recent speech is silence too
 PEAK_DECAY_DB_PER_FRAME = 0.03
+FIDELITIES = ("tuned", "reference")
+REFERENCE_PAD_BELOW = 10  # px: Wav2Lip's inference.py pads the detected box (top, bottom, left, right) by (0, 10, 0, 0)
+# Frames past the end of an utterance read its last 16 mel columns: the window reaches that far back.
+REFERENCE_CONTEXT = melspec.N_FFT // 2 + (melspec.STEPS + 2) * melspec.HOP
 
 
 class QuietGate:
@@ -91,7 +102,7 @@ class LearnedStream(EngineStream):
         if not isinstance(mouth, LearnedMouth) or generated is None or mouth.strength <= 0.0:
             return None  # the reference's own closed lips
         assert ref.box is not None
-        return paste_face(ref, face_box(ref.box), generated, mouth.strength)
+        return paste_face(ref, face_box(ref.box, given=ref.box_given), generated, mouth.strength)
 
 
 class Wav2LipStream(LearnedStream):
@@ -100,17 +111,34 @@ class Wav2LipStream(LearnedStream):
     def __init__(self, engine: Wav2LipEngine) -> None:
         super().__init__()
         self.engine = engine
+        self.reference = engine.fidelity == "reference"
+
+    def silent(self) -> bool:
+        return not self.reference and super().silent()  # the reference runs the model on silence too
+
+    def draw(self, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any = None) -> Region | None:
+        if not self.reference:
+            return super().draw(ref, mouth, generated)
+        if generated is None:
+            return None
+        assert ref.box is not None
+        return paste_box(ref, face_box(ref.box, given=ref.box_given, pad_below=REFERENCE_PAD_BELOW), generated)
 
     def mouth(self, frame: AudioFrame, ref: ReferenceFrame) -> LearnedMouth:
         """The model's input (16 mel frames from the frame's start, the masked face crop) and how
         much of its mouth to show: none in near-silence, where the lips stay closed."""
         assert ref.box is not None, "the wav2lip engine needs the character's face boxes"
+        if self.reference:
+            end = frame.start + frame.valid if frame.valid < len(frame.window) else None  # the stream has ended there
+            mel = melspec.reference_frame_mel(frame.window, frame.start, frame.index, end)
+            box = face_box(ref.box, given=ref.box_given, pad_below=REFERENCE_PAD_BELOW)
+            return LearnedMouth((mel, crop_input(ref.image, box, FACE_SIZE, cv2.INTER_LINEAR)), 1.0)
         ctx = self.engine.context_samples
         strength = self.gate.strength(frame.window[ctx : ctx + melspec.SPAN_SAMPLES])
         if strength <= 0.0:
             return LearnedMouth(None, 0.0)
         mel = melspec.frame_mel(frame.window, frame.start, frame.index)
-        return LearnedMouth((mel, crop_input(ref.image, face_box(ref.box), FACE_SIZE)), strength)
+        return LearnedMouth((mel, crop_input(ref.image, face_box(ref.box, given=ref.box_given), FACE_SIZE)), strength)
 
 
 class Wav2LipEngine(Engine):
@@ -124,9 +152,15 @@ class Wav2LipEngine(Engine):
     context_samples = melspec.CONTEXT_SAMPLES
     sessions_per_core = 1  # on a CPU the model makes ~20 frames/s: less than one real-time session
 
-    def __init__(self, model: Path | None = None, device: str = "auto", max_batch: int = 32, max_wait: float = 0.005) -> None:
+    def __init__(self, model: Path | None = None, device: str = "auto", max_batch: int = 32, max_wait: float = 0.005, fidelity: str = "tuned") -> None:
         if model is None:
             raise CheckpointError("the wav2lip engine needs a checkpoint: --model PATH (a Wav2Lip .pth, see docs/engines.md: Learned engines)")
+        if fidelity not in FIDELITIES:
+            raise ValueError(f"fidelity {fidelity!r}: one of {', '.join(FIDELITIES)}")
+        self.fidelity = fidelity
+        reference = fidelity == "reference"
+        if reference:
+            self.context_samples = REFERENCE_CONTEXT
         self.device = pick_device(device)
         if self.device == "cpu":
             import torch
@@ -135,13 +169,13 @@ class Wav2LipEngine(Engine):
         path = Path(model)
         runner: Callable[[Sequence[tuple[np.ndarray, np.ndarray]]], list[np.ndarray]]
         if path.suffix.lower() == ".onnx":
-            runner = OnnxWav2LipRunner(path, self.device)
+            runner = OnnxWav2LipRunner(path, self.device, truncate=reference)
             log.info("wav2lip: %s loaded in ONNX Runtime (%s)", path.name, ", ".join(runner.session.get_providers()))
         else:
             network = Wav2Lip()
             load_checkpoint(network, path)
-            runner = Wav2LipRunner(network, self.device)
-            log.info("wav2lip: %s loaded in PyTorch on %s", path.name, self.device)
+            runner = Wav2LipRunner(network, self.device, reference=reference)
+            log.info("wav2lip: %s loaded in PyTorch on %s%s", path.name, self.device, " (fidelity: reference)" if reference else "")
         self.service: InferenceService[tuple[np.ndarray, np.ndarray], np.ndarray] = InferenceService(runner, max_batch=max_batch, max_wait=max_wait, name="wav2lip")
 
     def stream(self) -> Wav2LipStream:
@@ -199,7 +233,7 @@ class MuseTalkEngine(Engine):
         """The reference frame's 256x256 face crop and a key naming it (its pixels' fingerprint:
         a frame of another character at the same place in memory is another key)."""
         assert ref.box is not None
-        box = face_box(ref.box)
+        box = face_box(ref.box, given=ref.box_given)
         key = (ref.index, box, hash(ref.image[::16, ::16].tobytes()))
         face = self._faces.get(key)
         if face is None:

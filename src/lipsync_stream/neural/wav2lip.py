@@ -110,13 +110,15 @@ class Wav2LipRunner:
     """The model function the inference service calls: a batch of (mel, face) inputs -> faces.
 
     Inputs per frame: a (80, 16) float32 mel window and a (6, 96, 96) float32 face (masked
-    reference, then reference; BGR, 0..1). Output per frame: a (96, 96, 3) uint8 BGR face. On a
-    CUDA device the model runs in half precision.
+    reference, then reference; BGR, 0..1). Output per frame: a (96, 96, 3) uint8 BGR face, rounded.
+    On a CUDA device the model runs in half precision. *reference*: as Wav2Lip's inference.py,
+    float32 everywhere and the output truncated to 8 bits.
     """
 
-    def __init__(self, model: Wav2Lip, device: str = "cpu") -> None:
+    def __init__(self, model: Wav2Lip, device: str = "cpu", reference: bool = False) -> None:
         self.device = torch.device(device)
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.reference = reference
+        self.dtype = torch.float16 if self.device.type == "cuda" and not reference else torch.float32
         # channels-last convolutions: a fifth faster at batch 1 on the CPU, the same on a GPU
         self.model = model.to(self.device, self.dtype).to(memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # Module.to takes it; the stubs do not say so
 
@@ -125,7 +127,8 @@ class Wav2LipRunner:
         face = torch.from_numpy(np.stack([f for _, f in items])).to(self.device, self.dtype).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             out = self.model(mel, face)
-        pixels = (out.float().clamp(0.0, 1.0) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        scaled = out.float().clamp(0.0, 1.0) * 255.0
+        pixels = (scaled if self.reference else scaled.round()).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         return list(pixels)
 
 
@@ -136,7 +139,8 @@ class OnnxWav2LipRunner:
     position if named otherwise) and give (B, 3, 96, 96); anything else is refused by name.
     """
 
-    def __init__(self, path: Path, device: str = "cpu") -> None:
+    def __init__(self, path: Path, device: str = "cpu", truncate: bool = False) -> None:
+        self.truncate = truncate  # to 8 bits as Wav2Lip's inference.py does (else rounded)
         try:
             import onnxruntime as ort
         except ImportError:
@@ -160,5 +164,6 @@ class OnnxWav2LipRunner:
         mel = np.stack([m for m, _ in items])[:, None].astype(np.float32)
         face = np.stack([f for _, f in items]).astype(np.float32)
         (out,) = self.session.run(None, {self._names[0]: mel, self._names[1]: face})
-        pixels = np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8).transpose(0, 2, 3, 1)
+        scaled = np.clip(out, 0.0, 1.0) * 255.0
+        pixels = (scaled if self.truncate else np.round(scaled)).astype(np.uint8).transpose(0, 2, 3, 1)
         return list(pixels)

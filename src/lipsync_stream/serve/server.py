@@ -77,7 +77,7 @@ class LipsyncServer:
     def __init__(self, config: ServerConfig | None = None) -> None:
         self.config = config or ServerConfig()
         cv2.setNumThreads(1)  # parallel across sessions, not inside one small image
-        self.engine = get_engine(self.config.engine, self.config.model, self.config.device, self.config.fetch_config().cache_dir)
+        self.engine = get_engine(self.config.engine, self.config.model, self.config.device, self.config.fetch_config().cache_dir, self.config.fidelity)
         c = self.config
         self.store = CharacterStore(Fetcher(c.fetch_config()), c.character_memory_bytes, c.max_loads, c.load_queue_timeout)
         self.executor = ThreadPoolExecutor(c.render_threads, thread_name_prefix="render")

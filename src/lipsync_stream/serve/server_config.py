@@ -51,6 +51,7 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     model: Path | None = None  # learned engines: the checkpoint
     device: str = "auto"  # learned engines: cpu, cuda, cuda:1, or auto (a GPU if torch sees one)
+    fidelity: str = "tuned"  # learned engines: "reference" computes what the authors' inference code computes
     learned_frames_in_flight: int = 8  # an offline session's frames in the model's queue at once
 
     def fetch_config(self) -> FetchConfig:
