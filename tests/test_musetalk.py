@@ -107,3 +107,24 @@ def test_whisper_input_of_a_short_clip_equals_the_extractors_30_s_window(model_d
     theirs = runner.features(clips, sampling_rate=16000, return_tensors="np").input_features
     assert ours.shape == theirs.shape == (3, 80, 3000)
     assert np.abs(ours - theirs).max() < 1e-4
+
+
+def test_the_face_crop_is_centred_on_the_nose_as_musetalks_preprocessing_centres_it() -> None:
+    """As far above the lower nose bridge (68-point 29) as the jaw's lowest point is below it,
+    10 px past that below, the face's width across; the paste uses the same box."""
+    from lipsync_stream.characters.landmarks import JAW
+    from lipsync_stream.neural.engine import MuseTalkEngine
+    from lipsync_stream.neural.musetalk import NASION, PRONASALE, landmark_box
+
+    ref = load_default_character().reference(0)
+    lm = ref.landmarks
+    assert lm is not None
+    y1, y2, x1, x2 = landmark_box(lm)
+    nose_y = lm[NASION, 1] + 2 / 3 * (lm[PRONASALE, 1] - lm[NASION, 1])
+    assert abs((nose_y - y1) - (y2 - 10 - nose_y)) <= 2
+    assert abs(y2 - 10 - lm[JAW, 1].max()) <= 1
+    assert x1 <= lm[JAW, 0].min() and x2 >= lm[JAW, 0].max()
+    assert MuseTalkEngine.box(ref) == (y1, y2, x1, x2)
+    # landmarks that make no box (all in one place): the character's own box
+    flat = np.full_like(lm, 200.0)
+    assert landmark_box(flat) is None

@@ -35,7 +35,7 @@ from ..engines.interior import smoothstep
 from ..wire.protocol import AudioFrame, frame_length
 from . import CheckpointError
 from .checkpoint import load_checkpoint
-from .musetalk import CLIP_FRAMES, CLIP_LEFT, WHISPER_RATE, MuseTalkFiles, MuseTalkItem, MuseTalkRunner
+from .musetalk import CLIP_FRAMES, CLIP_LEFT, WHISPER_RATE, MuseTalkFiles, MuseTalkItem, MuseTalkRunner, landmark_box
 from .musetalk import FACE_SIZE as MUSETALK_FACE
 from .service import InferenceService
 from .wav2lip import FACE_SIZE, OnnxWav2LipRunner, Wav2Lip, Wav2LipRunner
@@ -204,6 +204,11 @@ class MuseTalkStream(LearnedStream):
         item = MuseTalkItem(frame.window.astype(np.float32) / 32768.0, ctx, face, key)
         return LearnedMouth(item, strength)
 
+    def draw(self, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any = None) -> Region | None:
+        if not isinstance(mouth, LearnedMouth) or generated is None or mouth.strength <= 0.0:
+            return None  # the reference's own closed lips
+        return paste_face(ref, self.engine.box(ref), generated, mouth.strength)
+
 
 class MuseTalkEngine(Engine):
     """``--engine musetalk --model DIR``: MuseTalk 1.5 as published (UNet, VAE, whisper-tiny)."""
@@ -229,11 +234,20 @@ class MuseTalkEngine(Engine):
         self.service: InferenceService[MuseTalkItem, np.ndarray] = InferenceService(runner, max_batch=max_batch, max_wait=max_wait, name="musetalk")
         self._faces: dict[tuple[Any, ...], np.ndarray] = {}
 
+    @staticmethod
+    def box(ref: ReferenceFrame) -> tuple[int, int, int, int]:
+        """The face crop as MuseTalk's preprocessing centres it (from the landmarks: half above
+        the lower nose bridge, half below, 10 px past the chin), else the character's box."""
+        found = landmark_box(ref.landmarks, ref.image.shape[:2]) if ref.landmarks is not None else None
+        if found is not None:
+            return found
+        assert ref.box is not None
+        return face_box(ref.box, given=ref.box_given)
+
     def face(self, ref: ReferenceFrame) -> tuple[tuple[Any, ...], np.ndarray]:
         """The reference frame's 256x256 face crop and a key naming it (its pixels' fingerprint:
         a frame of another character at the same place in memory is another key)."""
-        assert ref.box is not None
-        box = face_box(ref.box, given=ref.box_given)
+        box = self.box(ref)
         key = (ref.index, box, hash(ref.image[::16, ::16].tobytes()))
         face = self._faces.get(key)
         if face is None:

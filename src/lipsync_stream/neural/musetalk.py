@@ -51,6 +51,28 @@ WHISPER_DIM = 384
 MAX_UNET_BYTES = 8 * 1024**3
 LATENT_CACHE = 1024  # reference frames whose latents are kept (32 kB each)
 PAD_TAIL = 800  # samples of silence after a clip before its spectrogram (two STFT windows)
+EXTRA_MARGIN = 10  # px under the chin: MuseTalk 1.5's inference adds this to the landmark box
+NASION, PRONASALE = 168, 4  # face-mesh points at the top and the tip of the nose
+FACE_SIDES = (234, 454)  # face-mesh points at the face's sides, level with the eyes (68-point 0 and 16)
+
+
+def landmark_box(landmarks: np.ndarray, size: tuple[int, int] = (512, 512)) -> tuple[int, int, int, int] | None:
+    """(y1, y2, x1, x2) of MuseTalk's face crop, centred as its preprocessing centres it on
+    68-point landmarks, here from the face mesh: across, the face's extent (68-point 0 to 16,
+    and the jaw); down, from as far above the lower nose bridge (68-point 29, two thirds of the
+    way from the nose's top to its tip) as the lowest jaw point is below it, to that point plus
+    EXTRA_MARGIN. None where the landmarks make no box (the caller keeps its own)."""
+    from ..characters.landmarks import JAW
+
+    nose = landmarks[NASION] + (2.0 / 3.0) * (landmarks[PRONASALE] - landmarks[NASION])
+    bottom = float(landmarks[JAW, 1].max())
+    xs = landmarks[[*FACE_SIDES, *JAW], 0]
+    y1 = int(max(0.0, nose[1] - (bottom - nose[1])))
+    y2 = int(min(size[0], bottom + EXTRA_MARGIN))
+    x1, x2 = int(max(0.0, xs.min())), int(min(size[1], xs.max()))
+    if y2 - y1 < 8 or x2 - x1 < 8:
+        return None
+    return y1, y2, x1, x2
 
 #: the published layout, relative to --model DIR
 LAYOUT = {
