@@ -5,10 +5,12 @@
 (``engines/recognizer.hop_inputs``) of the hops from ``opening.PAST`` before a hop to
 ``opening.FUTURE`` after it; the target, the real speaker's inner-lip opening standardised per
 clip (a speaker's mouth size and resting opening are the face's, not the speech's), with espeak-ng
-utterances mixed in (the opening of each phoneme's viseme, standardised per utterance); a small
-MLP (torch, from the ``neural`` extra). It is scored the way the engine runs it (the mean of the
-predictions around each frame's centre) by folds of training speakers left out, against the
-loudness baseline; ``--out`` writes the model trained on every training speaker (about two
+utterances mixed in (the opening of each phoneme's viseme, standardised per utterance; half of
+them over room noise or a music bed); a second output, whether the lips are closed (the real
+inner lips under ``opening.CLOSED_BELOW``; p/b/m and silence in the synthetic speech); a small
+MLP (torch, from the ``neural`` extra). It is scored by folds of training speakers left out,
+twice: the mean of its predictions around each frame's centre, and the opening the engine asks
+for with it (closures and pauses included), against the loudness baseline; ``--out`` writes the model trained on every training speaker (about two
 minutes on two cores):
 
     .venv/bin/python tools/train_mouth.py --engine-model [--out src/lipsync_stream/engines/opening.npz]
