@@ -34,7 +34,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))  # espeak.py
+sys.path.insert(0, str(ROOT / "tests"))  # espeak.py, speech_synth.py
 sys.path.insert(0, str(ROOT / "tools"))  # train_visemes.py
 from realspeech_corpus import Measured, correlation_at_lags, load, loudness  # noqa: E402
 from train_visemes import hop_rows  # noqa: E402
@@ -150,17 +150,11 @@ def smoothed_openings(model: object, rows: np.ndarray, frames: int) -> np.ndarra
 def engine_openings(model: object, pcm: np.ndarray, frames: int) -> np.ndarray:
     """The viseme engine's opening for each frame of *pcm* with *model* as its opening model, as
     it streams (before drawing: what the renderer is asked for)."""
-    from lipsync_stream.engines.viseme import VisemeEngine
-    from lipsync_stream.wire.protocol import AudioFramer
+    from speech_synth import engine_frames
 
-    engine = VisemeEngine(model)  # type: ignore[arg-type]
-    stream = engine.stream()
-    framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
-    framer.push(pcm.astype("<i2").tobytes())
-    framer.flush()
-    out = []
-    while framer.ready():
-        out.append(stream.analyse(framer.pop()).shape.open)
+    from lipsync_stream.engines.viseme import VisemeEngine
+
+    out = [a.shape.open for a in engine_frames(VisemeEngine(model), pcm, analyse=True)]  # type: ignore[arg-type]
     return np.array(out[:frames] + [0.0] * max(0, frames - len(out)))
 
 

@@ -26,9 +26,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
 sys.path.insert(0, str(HERE.parents[1] / "src"))
 from espeak import HARNESS_SENTENCES, HARNESS_VOICES, PHONEME_VISEME, Espeak, Phoneme, resample_to  # noqa: E402
+from speech_synth import engine_frames  # noqa: E402
 
 from lipsync_stream.engines import get_engine  # noqa: E402
-from lipsync_stream.wire.protocol import FPS, SAMPLE_RATE, AudioFramer  # noqa: E402
+from lipsync_stream.wire.protocol import FPS, SAMPLE_RATE  # noqa: E402
 
 VOICES = HARNESS_VOICES
 SENTENCES = [
@@ -62,16 +63,7 @@ def truth(phonemes: list[Phoneme], n_frames: int) -> list[str]:
 
 
 def engine_labels(pcm: np.ndarray) -> list[str]:
-    engine = get_engine("viseme")
-    stream = engine.stream()
-    framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
-    framer.push(pcm.astype("<i2").tobytes())
-    framer.flush()
-    labels = []
-    while framer.ready():
-        analysis = stream.analyse(framer.pop())
-        labels.append("closed" if analysis.closure > 0.5 and analysis.viseme != "sil" else GROUPS[analysis.viseme])
-    return labels
+    return ["closed" if a.closure > 0.5 and a.viseme != "sil" else GROUPS[a.viseme] for a in engine_frames(get_engine("viseme"), pcm, analyse=True)]
 
 
 def pylipsync_labels(pcm: np.ndarray) -> list[str] | None:

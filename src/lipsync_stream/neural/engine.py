@@ -98,11 +98,16 @@ class LearnedStream(EngineStream):
         self.gate.silent()
         return True  # digital silence: the reference frame as it is
 
+    def box(self, ref: ReferenceFrame) -> tuple[int, int, int, int]:
+        """The face crop the model sees and its face is pasted back into: the character's box
+        (a Wav2Lip pickle's as given, else padded below)."""
+        assert ref.box is not None, "learned engines need the character's face boxes"
+        return face_box(ref.box, given=ref.box_given)
+
     def draw(self, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any = None) -> Region | None:
         if not isinstance(mouth, LearnedMouth) or generated is None or mouth.strength <= 0.0:
             return None  # the reference's own closed lips
-        assert ref.box is not None
-        return paste_face(ref, face_box(ref.box, given=ref.box_given), generated, mouth.strength)
+        return paste_face(ref, self.box(ref), generated, mouth.strength)
 
 
 class Wav2LipStream(LearnedStream):
@@ -116,29 +121,30 @@ class Wav2LipStream(LearnedStream):
     def silent(self) -> bool:
         return not self.reference and super().silent()  # the reference runs the model on silence too
 
+    def box(self, ref: ReferenceFrame) -> tuple[int, int, int, int]:
+        if not self.reference:
+            return super().box(ref)
+        assert ref.box is not None, "learned engines need the character's face boxes"
+        return face_box(ref.box, given=ref.box_given, pad_below=REFERENCE_PAD_BELOW)
+
     def draw(self, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any = None) -> Region | None:
         if not self.reference:
             return super().draw(ref, mouth, generated)
-        if generated is None:
-            return None
-        assert ref.box is not None
-        return paste_box(ref, face_box(ref.box, given=ref.box_given, pad_below=REFERENCE_PAD_BELOW), generated)
+        return None if generated is None else paste_box(ref, self.box(ref), generated)
 
     def mouth(self, frame: AudioFrame, ref: ReferenceFrame) -> LearnedMouth:
         """The model's input (16 mel frames from the frame's start, the masked face crop) and how
         much of its mouth to show: none in near-silence, where the lips stay closed."""
-        assert ref.box is not None, "the wav2lip engine needs the character's face boxes"
         if self.reference:
             end = frame.start + frame.valid if frame.valid < len(frame.window) else None  # the stream has ended there
             mel = melspec.reference_frame_mel(frame.window, frame.start, frame.index, end)
-            box = face_box(ref.box, given=ref.box_given, pad_below=REFERENCE_PAD_BELOW)
-            return LearnedMouth((mel, crop_input(ref.image, box, FACE_SIZE, cv2.INTER_LINEAR)), 1.0)
+            return LearnedMouth((mel, crop_input(ref.image, self.box(ref), FACE_SIZE, cv2.INTER_LINEAR)), 1.0)
         ctx = self.engine.context_samples
         strength = self.gate.strength(frame.window[ctx : ctx + melspec.SPAN_SAMPLES])
         if strength <= 0.0:
             return LearnedMouth(None, 0.0)
         mel = melspec.frame_mel(frame.window, frame.start, frame.index)
-        return LearnedMouth((mel, crop_input(ref.image, face_box(ref.box, given=ref.box_given), FACE_SIZE)), strength)
+        return LearnedMouth((mel, crop_input(ref.image, self.box(ref), FACE_SIZE)), strength)
 
 
 class Wav2LipEngine(Engine):
@@ -195,7 +201,6 @@ class MuseTalkStream(LearnedStream):
     def mouth(self, frame: AudioFrame, ref: ReferenceFrame) -> LearnedMouth:
         """The audio around the frame and the reference face (256x256 crop of its box, with
         MuseTalk's margin below the chin), and how much of the generated mouth to show."""
-        assert ref.box is not None, "the musetalk engine needs the character's face boxes"
         ctx = self.engine.context_samples
         strength = self.gate.strength(frame.window[ctx : ctx + frame_length(frame.index)])
         if strength <= 0.0:
@@ -204,10 +209,8 @@ class MuseTalkStream(LearnedStream):
         item = MuseTalkItem(frame.window.astype(np.float32) / 32768.0, ctx, face, key)
         return LearnedMouth(item, strength)
 
-    def draw(self, ref: ReferenceFrame, mouth: MouthShape | LearnedMouth, generated: Any = None) -> Region | None:
-        if not isinstance(mouth, LearnedMouth) or generated is None or mouth.strength <= 0.0:
-            return None  # the reference's own closed lips
-        return paste_face(ref, self.engine.box(ref), generated, mouth.strength)
+    def box(self, ref: ReferenceFrame) -> tuple[int, int, int, int]:
+        return self.engine.box(ref)
 
 
 class MuseTalkEngine(Engine):
