@@ -12,10 +12,10 @@ FROM python:${PYTHON}-slim-bookworm AS build
 RUN python -m venv /opt/lipsync-stream
 COPY pyproject.toml README.md /src/
 COPY src /src/src
-RUN /opt/lipsync-stream/bin/pip install --no-cache-dir '/src[faces]'
+RUN /opt/lipsync-stream/bin/pip install --no-cache-dir /src
 
 FROM python:${PYTHON}-slim-bookworm
-# OpenCV's GUI build (the project's and MediaPipe's) needs these two libraries at run time.
+# OpenCV's GUI build (the project's, for the player) needs these two libraries at run time.
 RUN apt-get update && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --create-home --home-dir /home/lipsync --uid 10001 lipsync \

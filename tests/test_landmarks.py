@@ -120,18 +120,3 @@ def test_landmarks_for_more_frames_than_a_character_has_are_refused(tmp_path: Pa
     Landmarks(np.zeros((20, N_POINTS, 2), np.float32)).save(tmp_path / "long.landmarks.npz")
     with pytest.raises(FaceError, match="holds 20 frames; a character has 1 to 10"):
         Landmarks.load(tmp_path / "long.landmarks.npz", 10)
-
-
-def test_mediapipe_start_up_lines_are_dropped_and_other_stderr_lines_kept(capfd: pytest.CaptureFixture[str]) -> None:
-    import os
-
-    from lipsync_stream.characters.landmarks import FaceMesher
-    from lipsync_stream.characters.mediapipe_models import native_noise_filtered
-
-    with native_noise_filtered():
-        os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
-        os.write(2, b"a line from another thread\n")
-    FaceMesher(video=False).close()
-    err = capfd.readouterr().err
-    assert "XNNPACK" not in err and "absl::InitializeLog" not in err and "inference_feedback_manager" not in err
-    assert "a line from another thread" in err

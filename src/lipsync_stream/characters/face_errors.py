@@ -1,6 +1,6 @@
 """What can go wrong with faces, in a module of its own: raised by the face code (:mod:`.faces`,
-:mod:`.landmarks`) and by the MediaPipe loader (:mod:`.mediapipe_models`), which so need not
-import each other."""
+:mod:`.landmarks`) and by the model loader (:mod:`.facemodels`), which so need not import each
+other."""
 
 from __future__ import annotations
 
@@ -10,4 +10,4 @@ class FaceError(Exception):
 
 
 class FaceModelMissing(FaceError):
-    """Faces must be found, and MediaPipe (the ``[faces]`` extra) is not installed."""
+    """Faces must be found, and the face models are missing from the installed package."""

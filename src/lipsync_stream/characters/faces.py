@@ -2,8 +2,8 @@
 
 A ``face_det_results`` pickle from a URL is untrusted: it is read by an unpickler that can build
 only lists, tuples, numbers, strings and plain numpy arrays (no object dtype), so nothing in it
-can run code. When no pickle is given, faces are found with MediaPipe's face detector, whose
-model ships inside the mediapipe wheel (no download).
+can run code. When no pickle is given, faces are found with MediaPipe's face detector, run by
+ONNX Runtime from a model shipped in this package (:mod:`.facemodels`; no download).
 """
 
 from __future__ import annotations
@@ -217,17 +217,14 @@ DETECT_MAX_SIDE = 640  # frames are scaled down to this for detection: faster, a
 
 
 class FaceDetector:
-    """MediaPipe's full-range face detector (its model ships inside the wheel: no download).
-
-    One per thread: MediaPipe graphs are not safe to share between threads.
-    """
+    """MediaPipe's full-range face detector through ONNX Runtime (:mod:`.facemodels`; the model
+    ships in this package). Holds nothing per call: threads may share one."""
 
     def __init__(self, min_confidence: float = 0.5) -> None:
-        from .mediapipe_models import native_noise_filtered, solutions
+        from .facemodels import FULL_RANGE, session
 
-        with native_noise_filtered():
-            self._detector = solutions().face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
-            self._detector.process(np.zeros((64, 64, 3), np.uint8))  # the graph starts on its first image
+        session(FULL_RANGE.file)  # a missing model is an error now, not at the first frame
+        self.min_confidence = min_confidence
 
     def __enter__(self) -> FaceDetector:
         return self
@@ -236,20 +233,21 @@ class FaceDetector:
         self.close()
 
     def close(self) -> None:
-        self._detector.close()
+        """Nothing to release (the session is shared); kept so callers can scope a detector."""
 
     def detect(self, image: np.ndarray) -> tuple[int, int, int, int] | None:
         """The most confident face in a BGR image as (y1, y2, x1, x2), or None."""
+        from .facemodels import FULL_RANGE, detect_faces
+
         h, w = image.shape[:2]
         scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
         small = image if scale == 1.0 else cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-        result = self._detector.process(cv2.cvtColor(small, cv2.COLOR_BGR2RGB))
-        if not result.detections:
+        faces = detect_faces(cv2.cvtColor(small, cv2.COLOR_BGR2RGB), FULL_RANGE, self.min_confidence)
+        if not faces:
             return None
-        best = max(result.detections, key=lambda d: d.score[0])
-        box = best.location_data.relative_bounding_box
-        x1, y1 = max(0, round(box.xmin * w)), max(0, round(box.ymin * h))
-        x2, y2 = min(w, round((box.xmin + box.width) * w)), min(h, round((box.ymin + box.height) * h))
+        bx1, by1, bx2, by2 = (float(v) / scale for v in faces[0].box)
+        x1, y1 = max(0, round(bx1)), max(0, round(by1))
+        x2, y2 = min(w, round(bx2)), min(h, round(by2))
         if x2 - x1 < 8 or y2 - y1 < 8:
             return None
         return y1, y2, x1, x2

@@ -1,6 +1,6 @@
 """Face landmarks per frame: MediaPipe's 478-point face mesh, gap-filled and smoothed without lag.
 
-The mesh model ships inside the mediapipe wheel (offline). Characters keep all 478 points per
+The mesh model ships in this package as ONNX (:mod:`.facemodels`; offline). Characters keep all 478 points per
 frame in 512x512 pixels; the engines use the lips, jaw, chin and nose. Smoothing is a
 Savitzky-Golay filter applied over the whole clip, which is symmetric in time, so it removes
 detector jitter without the lag a causal filter would add.
@@ -68,14 +68,14 @@ class MouthFrame:
 
 
 class FaceMesher:
-    """MediaPipe FaceMesh in video mode (it tracks between frames). One per thread."""
+    """MediaPipe's attention face mesh through ONNX Runtime (:mod:`.facemodels`); in video mode it
+    follows the face from frame to frame. One per thread (it holds the tracked region)."""
 
     def __init__(self, video: bool = True) -> None:
-        from .mediapipe_models import native_noise_filtered, solutions
+        from .facemodels import FaceMeshTracker, session
 
-        with native_noise_filtered():
-            self._mesh = solutions().face_mesh.FaceMesh(static_image_mode=not video, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.5, min_tracking_confidence=0.5)
-            self._mesh.process(np.zeros((64, 64, 3), np.uint8))  # the graph starts on its first image
+        session("face_landmark_with_attention.onnx")  # a missing model is an error now, not at the first frame
+        self._tracker = FaceMeshTracker(video=video)
 
     def __enter__(self) -> FaceMesher:
         return self
@@ -84,16 +84,11 @@ class FaceMesher:
         self.close()
 
     def close(self) -> None:
-        self._mesh.close()
+        """Nothing to release (the sessions are shared); kept so callers can scope a mesher."""
 
     def landmarks(self, image: np.ndarray) -> np.ndarray | None:
         """(478, 2) float32 pixel coordinates of the face in a BGR image, or None."""
-        h, w = image.shape[:2]
-        result = self._mesh.process(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-        if not result.multi_face_landmarks:
-            return None
-        lm = result.multi_face_landmarks[0].landmark
-        return np.array([(p.x * w, p.y * h) for p in lm], dtype=np.float32)
+        return self._tracker.landmarks_rgb(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
 
 
 def savgol_coefficients(window: int, order: int) -> np.ndarray:

@@ -32,7 +32,7 @@ from ..wire.protocol import FRAME_HEIGHT, FRAME_WIDTH, SAMPLE_RATE
 from .avatar import AvatarStream
 
 
-class LipsyncVideoGenerator(VideoGenerator):  # type: ignore[misc]  # livekit is not installed beside [faces] (mypy's environment)
+class LipsyncVideoGenerator(VideoGenerator):  # type: ignore[misc]  # livekit publishes no type information: its classes are Any to mypy
     """The avatar for LiveKit's avatar runner: *avatar*'s session (None: ``AvatarStream()``, a
     server in this process with the default character). The session opens on first use (or
     :meth:`start`); :meth:`aclose` ends it."""

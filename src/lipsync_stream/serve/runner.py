@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 from websockets.asyncio.server import Server
 
-from ..characters import mediapipe_models
+from ..characters import facemodels
 from ..cpus import cpus
 from .server import LipsyncServer
 from .server_config import ServerConfig
@@ -57,8 +57,8 @@ async def serve_forever(config: ServerConfig) -> None:
         log.info("serving LipsyncStream on %s://%s:%d/LipsyncStream, the page at %s://%s:%d/ (engine %s, at most %d sessions, %s)", scheme, host, port, page, host, port, app.engine.name, app.max_sessions, access)
         if config.metrics_port is not None:
             log.info("metrics at http://%s:%d/metrics", config.metrics_host, config.metrics_port)
-        if not mediapipe_models.available():
-            log.warning(mediapipe_models.MISSING)
+        if not facemodels.available():
+            log.warning("the face models are missing from %s (a trimmed install?): only the default character and prepared ones load", facemodels.MODELS)
         await stop.wait()
         log.info("shutting down: draining for at most %g s (a second signal stops at once)", config.drain_timeout)
         stop.clear()

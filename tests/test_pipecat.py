@@ -1,6 +1,6 @@
 """The pipecat video service in a real pipecat pipeline: TTS audio frames in, image frames and the
 frames' audio out, with the lip-sync server in this process (no network service). Runs where the
-``[pipecat]`` extra is installed (the README's test command makes that environment)."""
+``[pipecat]`` extra is installed (the README's test command installs it with every other extra)."""
 
 from __future__ import annotations
 

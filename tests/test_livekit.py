@@ -1,7 +1,7 @@
 """The LiveKit Agents video generator, driven as LiveKit's avatar runner drives it (push_audio,
 clear_buffer, async iteration), with the lip-sync server in this process: no LiveKit server.
-Runs where the ``[livekit]`` extra is installed (the README's test command makes that
-environment)."""
+Runs where the ``[livekit]`` extra is installed (the README's test command installs it with
+every other extra)."""
 
 from __future__ import annotations
 
