@@ -77,7 +77,7 @@ def licence_file(text: str, sources: dict[str, bytes]) -> str:
         *(f"  {MODELS[name]}  <-  {name} (sha256 {hashlib.sha256(data).hexdigest()})" for name, data in sources.items()),
         "",
         "Changes: the same computation written as ONNX operators (layout NCHW inside; PReLU written as",
-        "relu(x) + alpha (x - relu(x)); MediaPipe's custom operators written as ONNX subgraphs).",
+        "alpha x + (1 - alpha) relu(x); MediaPipe's custom operators written as ONNX subgraphs).",
         "They are distributed under the Apache License, Version 2.0:",
         "",
     ]
@@ -332,16 +332,20 @@ class Converter:
         self.names[outs[0]] = self.activation(out, opts.FusedActivationFunction())
 
     def op_prelu(self, op: Any, ins: list[int], outs: list[int], stem: str) -> None:
-        """PReLU as relu(x) + alpha (x - relu(x)): the same numbers, and ONNX Runtime keeps these
-        operators in its blocked layout, where its PRelu with per-channel slopes does not (half
-        the mesh's time went to PRelu and the layout changes around it)."""
+        """PReLU on a feature map as alpha x + (1 - alpha) relu(x), the two products per-channel 1x1
+        convolutions: ONNX Runtime keeps convolutions and their sum in its blocked layout, where
+        its PRelu with per-channel slopes (or a per-channel Mul) makes it change layout around
+        every one; the mesh runs in 0.6 of the time, the same numbers to 1e-4 px."""
         alpha = self.consts[ins[1]]
-        if len(self.shape(ins[0])) == 4:  # [.., C] per channel -> [C, 1, 1]
-            alpha = alpha.reshape(-1)[:, None, None]
         x = self.value(ins[0])
-        positive = self.node("Relu", [x], "relu")
-        negative = self.node("Mul", [self.node("Sub", [x, positive], "neg"), self.const(np.ascontiguousarray(alpha), "alpha")], "scaled")
-        self.names[outs[0]] = self.node("Add", [positive, negative], stem)
+        if len(self.shape(ins[0])) != 4:
+            self.names[outs[0]] = self.node("PRelu", [x, self.const(alpha, "alpha")], stem)
+            return
+        channels = alpha.size
+        slope = alpha.astype(np.float32).reshape(channels, 1, 1, 1)
+        scaled = self.node("Conv", [x, self.const(np.ascontiguousarray(slope), "alpha")], "ax", kernel_shape=[1, 1], group=channels)
+        rest = self.node("Conv", [self.node("Relu", [x], "relu"), self.const(np.ascontiguousarray(1 - slope), "beta")], "br", kernel_shape=[1, 1], group=channels)
+        self.names[outs[0]] = self.node("Add", [scaled, rest], stem)
 
     def op_relu(self, op: Any, ins: list[int], outs: list[int], stem: str) -> None:
         self.names[outs[0]] = self.node("Relu", [self.value(ins[0])], stem)

@@ -171,11 +171,12 @@ class Region:
         return cls((x1 + x2) / 2, (y1 + y2) / 2, ROI_SCALE * max(x2 - x1, y2 - y1), angle)
 
     def crop(self, image_rgb: np.ndarray, size: int) -> np.ndarray:
-        """The region warped to size x size, corners to corners, edges replicated."""
+        """The region warped to size x size, corners to corners, edges replicated (MediaPipe
+        fits a perspective map to the four corners; a turned square's is this affine one)."""
         corners = cv2.boxPoints(((self.cx, self.cy), (self.side, self.side), math.degrees(self.angle)))
-        target = np.array([[0, size], [0, 0], [size, 0], [size, size]], np.float32)
-        m = cv2.getPerspectiveTransform(corners.astype(np.float32), target)
-        return cv2.warpPerspective(image_rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        target = np.array([[0, size], [0, 0], [size, 0]], np.float32)
+        m = cv2.getAffineTransform(corners[:3].astype(np.float32), target)
+        return cv2.warpAffine(image_rgb, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
     def project(self, points: np.ndarray, size: int) -> np.ndarray:
         """Points in the crop's pixels back to the image's."""
