@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -128,3 +129,60 @@ def test_the_face_crop_is_centred_on_the_nose_as_musetalks_preprocessing_centres
     # landmarks that make no box (all in one place): the character's own box
     flat = np.full_like(lm, 200.0)
     assert landmark_box(flat) is None
+
+
+def streamed_items(engine: Any, pcm: np.ndarray, ref: Any) -> dict[int, MuseTalkItem | None]:
+    """What a session's MuseTalk stream asks the model for, frame by frame, for *pcm* sent at once."""
+    from lipsync_stream.neural.engine import MuseTalkStream
+    from lipsync_stream.wire.protocol import AudioFramer
+
+    framer = AudioFramer(engine.lookahead_samples, engine.context_samples)
+    framer.push(pcm.tobytes())
+    framer.flush()
+    stream = MuseTalkStream(engine)
+    items = {}
+    while framer.ready():
+        frame = framer.pop()
+        items[frame.index] = stream.mouth(frame, ref).model_input
+    return items
+
+
+def test_a_streamed_frame_is_encoded_where_the_whole_utterance_puts_it(model_dir: Path, speech: np.ndarray) -> None:
+    """Streamed frames see whisper's window as MuseTalk's reference does for the whole utterance:
+    the same positions, zero vectors before the start; where the stream has all the utterance
+    in a frame's window, its tokens are the whole utterance's."""
+    from lipsync_stream.neural.engine import MuseTalkEngine, MuseTalkStream
+    from lipsync_stream.wire.protocol import frame_start
+
+    engine = MuseTalkEngine(model_dir, device="cpu")
+    try:
+        runner = MuseTalkRunner(MuseTalkFiles.find(model_dir))  # the same weights as the engine's
+        ref = load_default_character().reference(0)
+        pcm = speech[: 3 * 16000]  # shorter than the 4 s of context: every frame sees it from its start
+        items = {k: item for k, item in streamed_items(engine, pcm, ref).items() if item is not None}  # quiet frames: none
+        whole = pcm.astype(np.float32) / 32768.0
+        last = max(k for k in items if frame_start(k) + engine.lookahead_samples + 600 >= len(pcm))  # its window reaches the end
+        early = min(items)
+        key, face = engine.face(ref)
+        offline = runner.audio_tokens([MuseTalkItem(whole, frame_start(k), face, key) for k in (early, last)])
+        streamed = runner.audio_tokens([items[early], items[last]])
+        spread = float(offline.std())
+        assert float((streamed[1] - offline[1]).pow(2).mean().sqrt()) < 1e-3 * spread  # all of it seen: the same tokens
+        assert items[early].at == 0 and items[early].offset == frame_start(early)  # at its place in the window
+        near = float((streamed[0] - offline[0]).pow(2).mean().sqrt()) / spread  # the future unseen: close, not equal
+        assert 0 < near < 1.0
+    finally:
+        engine.close()
+
+    # --fidelity reference: every frame sees its whole segment, so every frame's tokens are the
+    # whole utterance's, and quiet frames go through the model too
+    reference = MuseTalkEngine(model_dir, device="cpu", fidelity="reference")
+    try:
+        got = streamed_items(reference, pcm, ref)
+        assert all(item is not None for item in got.values()) and not MuseTalkStream(reference).silent()
+        picked = [0, early, len(got) // 2]
+        offline = runner.audio_tokens([MuseTalkItem(whole, frame_start(k), face, key) for k in picked])
+        streamed = runner.audio_tokens([item for k in picked if (item := got[k]) is not None])
+        assert float((streamed - offline).pow(2).mean().sqrt()) < 1e-3 * spread
+    finally:
+        reference.close()

@@ -201,6 +201,13 @@ def test_reading_pauses_while_enough_audio_waits_and_resumes_as_frames_go() -> N
     assert live.reading_paused
     live.fail(ErrorKind.LIMIT, "x")
     assert not live.reading_paused  # a failing session reads nothing more anyway
+    # an engine that looks further ahead than the buffer (MuseTalk's reference mode: 30 s) is
+    # given its lookahead before reading pauses: otherwise no frame could ever be made
+    far = Session(SessionParams(realtime=False), now=0.0, lookahead=3 * 16000, limits=limits)
+    far.receive(speech(2.5), 0.0)
+    assert not far.reading_paused and not isinstance(far.next_step(0.0), Render)
+    far.receive(speech(0.6), 0.0)
+    assert far.reading_paused and isinstance(far.next_step(0.0), Render)
 
 
 def test_client_cannot_raise_server_limits() -> None:

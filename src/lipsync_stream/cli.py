@@ -69,7 +69,7 @@ def _add_server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default=DEFAULT_ENGINE, choices=ENGINE_NAMES, help="lip-sync engine (default: %(default)s; wav2lip needs the [neural] extra and --model)")
     p.add_argument("--model", type=Path, default=None, metavar="PATH", help="learned engines: wav2lip's checkpoint (.pth or .onnx), musetalk's model directory (as MuseTalk publishes it)")
     p.add_argument("--device", metavar="DEVICE", default="auto", help="learned engines: cpu, cuda, cuda:N, or auto (a GPU when torch sees one; default)")
-    p.add_argument("--fidelity", choices=["tuned", "reference"], default="tuned", help="learned engines: tuned (default: this project's crop, paste and quiet gate) or reference (what the authors' inference code computes; wav2lip only for now)")
+    p.add_argument("--fidelity", choices=["tuned", "reference"], default="tuned", help="learned engines: tuned (default: this project's crop, paste and quiet gate) or reference (what the authors' inference code computes: wav2lip; musetalk's whole-utterance audio features, for rendering files)")
     p.add_argument("--jpeg-quality", metavar="1-100", type=int, default=85, help="JPEG quality of frames, 1-100 (default: %(default)s)")
     p.add_argument("--cache-dir", metavar="DIR", type=Path, default=None, help=f"downloads, decoded characters and landmarks (default: $LIPSYNC_STREAM_CACHE, else {default_cache_dir()})")
 

@@ -45,7 +45,7 @@ def get_engine(name: str = DEFAULT_ENGINE, model: Path | None = None, device: st
     cls = engine_class(name)
     takes = inspect.signature(cls.__init__).parameters
     if fidelity != "tuned" and "fidelity" not in takes:
-        raise ValueError(f"the {name} engine has no --fidelity {fidelity} (only the wav2lip engine has a reference mode yet)")
+        raise ValueError(f"the {name} engine has no --fidelity {fidelity} (the wav2lip and musetalk engines have one)")
     if cls.learned:
         extra: dict[str, object] = {"cache_dir": cache_dir} if "cache_dir" in takes else {}
         if "fidelity" in takes:

@@ -35,7 +35,7 @@ from ..engines.interior import smoothstep
 from ..wire.protocol import AudioFrame, frame_length
 from . import CheckpointError
 from .checkpoint import load_checkpoint
-from .musetalk import CLIP_FRAMES, CLIP_LEFT, WHISPER_RATE, MuseTalkFiles, MuseTalkItem, MuseTalkRunner, landmark_box
+from .musetalk import CLIP_FRAMES, CLIP_LEFT, MEL_HOP, PAST_SAMPLES, SEGMENT_SAMPLES, WHISPER_RATE, MuseTalkFiles, MuseTalkItem, MuseTalkRunner, landmark_box
 from .musetalk import FACE_SIZE as MUSETALK_FACE
 from .service import InferenceService
 from .wav2lip import FACE_SIZE, OnnxWav2LipRunner, Wav2Lip, Wav2LipRunner
@@ -91,10 +91,13 @@ class LearnedStream(EngineStream):
     """What every learned engine's stream does alike: silence shows the reference frame, and a
     generated face is pasted back through the lower-face mask at the gate's strength."""
 
-    def __init__(self) -> None:
+    def __init__(self, reference: bool = False) -> None:
         self.gate = QuietGate()
+        self.reference = reference  # --fidelity reference: what the published code computes
 
     def silent(self) -> bool:
+        if self.reference:
+            return False  # the reference runs the model on silence too
         self.gate.silent()
         return True  # digital silence: the reference frame as it is
 
@@ -114,12 +117,8 @@ class Wav2LipStream(LearnedStream):
     """One session's use of the Wav2Lip engine."""
 
     def __init__(self, engine: Wav2LipEngine) -> None:
-        super().__init__()
+        super().__init__(engine.fidelity == "reference")
         self.engine = engine
-        self.reference = engine.fidelity == "reference"
-
-    def silent(self) -> bool:
-        return not self.reference and super().silent()  # the reference runs the model on silence too
 
     def box(self, ref: ReferenceFrame) -> tuple[int, int, int, int]:
         if not self.reference:
@@ -195,18 +194,25 @@ class MuseTalkStream(LearnedStream):
     """One session's use of the MuseTalk engine."""
 
     def __init__(self, engine: MuseTalkEngine) -> None:
-        super().__init__()
+        super().__init__(engine.fidelity == "reference")
         self.engine = engine
 
     def mouth(self, frame: AudioFrame, ref: ReferenceFrame) -> LearnedMouth:
         """The audio around the frame and the reference face (256x256 crop of its box, with
         MuseTalk's margin below the chin), and how much of the generated mouth to show."""
         ctx = self.engine.context_samples
-        strength = self.gate.strength(frame.window[ctx : ctx + frame_length(frame.index)])
+        strength = 1.0 if self.reference else self.gate.strength(frame.window[ctx : ctx + frame_length(frame.index)])
         if strength <= 0.0:
             return LearnedMouth(None, 0.0)
         key, face = self.engine.face(ref)
-        item = MuseTalkItem(frame.window.astype(np.float32) / 32768.0, ctx, face, key)
+        here = frame.start + ctx  # the frame's first sample in the stream
+        segment = here - here % SEGMENT_SAMPLES  # the reference's 30 s segment that holds it
+        grid = 2 * MEL_HOP
+        first = max(segment, frame.start, 0)  # nothing before the stream or the segment
+        first = -(-first // grid) * grid  # on whisper's 20 ms grid, as the segment's own frames are
+        last = min(frame.start + len(frame.window), segment + SEGMENT_SAMPLES)
+        audio = frame.window[first - frame.start : last - frame.start].astype(np.float32) / 32768.0
+        item = MuseTalkItem(audio, here - first, face, key, at=first - segment)
         return LearnedMouth(item, strength)
 
     def box(self, ref: ReferenceFrame) -> tuple[int, int, int, int]:
@@ -219,14 +225,23 @@ class MuseTalkEngine(Engine):
     name = "musetalk"
     learned = True
     # The frame's 10 encoder frames reach 6 x 20 ms past its start, and the encoder's convolutions
-    # a little further; before it, half a second gives whisper's attention some context.
+    # a little further; before it, 4 s give whisper's attention the context it would have offline
+    # (bench/musetalk_context.py).
     lookahead_samples = (CLIP_FRAMES - CLIP_LEFT) * 16000 // WHISPER_RATE + 480 - frame_length(0)
-    context_samples = 8000
+    context_samples = PAST_SAMPLES
     sessions_per_core = 1
 
-    def __init__(self, model: Path | None = None, device: str = "auto", max_batch: int = 16, max_wait: float = 0.005, cache_dir: Path | None = None) -> None:
+    def __init__(self, model: Path | None = None, device: str = "auto", max_batch: int = 16, max_wait: float = 0.005, cache_dir: Path | None = None, fidelity: str = "tuned") -> None:
         if model is None:
             raise CheckpointError("the musetalk engine needs its model directory: --model DIR (musetalkV15/, sd-vae/, whisper/ as MuseTalk publishes them)")
+        if fidelity not in FIDELITIES:
+            raise ValueError(f"fidelity {fidelity!r}: one of {', '.join(FIDELITIES)}")
+        self.fidelity = fidelity
+        if fidelity == "reference":
+            # Whisper sees each frame's whole 30 s segment, as the reference encodes it: the
+            # tokens are the whole utterance's, at the cost of waiting for the segment's end
+            # (for rendering files; a live stream would lag by up to 30 s). No quiet gate.
+            self.context_samples = self.lookahead_samples = SEGMENT_SAMPLES
         self.device = pick_device(device)
         if self.device == "cpu":
             import torch

@@ -10,8 +10,11 @@ whisper-tiny's encoder features of the audio around the frame. Per frame:
   the cache directory (named by the VAE's weights and the face's pixels);
 - the audio: whisper-tiny's feature extractor (80 log-mel bands, 30 s windows) and its encoder,
   every hidden state (the embedding and each layer: 5 x 384 at 50 per second); for the frame
-  starting at time t, the 10 encoder frames from ``floor(50 t) - 4`` on, flattened to 50 tokens of
-  384, plus a sinusoidal position encoding, are the cross-attention context;
+  starting at time t, the 10 encoder frames from ``floor(50 t) - 4`` on (zero vectors before the
+  utterance), flattened to 50 tokens of 384, plus a sinusoidal position encoding, are the
+  cross-attention context. The reference encodes the whole utterance, 30 s a window; a stream
+  cannot wait for it, so a frame is encoded from the 4 s before it and the lookahead after it,
+  placed where they lie in the utterance's 30 s segment (``MuseTalkItem.at``);
 - the UNet's 4x32x32 output is decoded by the VAE into the generated 256x256 face.
 
 This module loads the files as MuseTalk publishes them (:class:`MuseTalkFiles`) and runs batches
@@ -51,6 +54,13 @@ WHISPER_DIM = 384
 MAX_UNET_BYTES = 8 * 1024**3
 LATENT_CACHE = 1024  # reference frames whose latents are kept (32 kB each)
 PAD_TAIL = 800  # samples of silence after a clip before its spectrogram (two STFT windows)
+#: MuseTalk's reference encodes an utterance in 30 s segments: whisper's whole window each
+SEGMENT_SAMPLES = 30 * 16000
+MEL_HOP = 160  # samples per log-mel column (100 a second); encoder frames are two columns
+#: audio before a frame that a streamed frame is encoded with (bench/musetalk_context.py: past
+#: 2 s more changes nothing measurable; whisper's window is 30 s whatever the context, so this
+#: costs no model time)
+PAST_SAMPLES = 4 * 16000
 EXTRA_MARGIN = 10  # px under the chin: MuseTalk 1.5's inference adds this to the landmark box
 NASION, PRONASALE = 168, 4  # face-mesh points at the top and the tip of the nose
 FACE_SIDES = (234, 454)  # face-mesh points at the face's sides, level with the eyes (68-point 0 and 16)
@@ -135,13 +145,17 @@ class MuseTalkItem:
 
     ``audio``: float32 samples (16 kHz) from some time before the frame to after it;
     ``offset``: where the frame starts in ``audio``, in samples; ``face``: the 256x256 BGR crop
-    of the reference frame; ``face_key``: names that crop, so that its latents are kept.
+    of the reference frame; ``face_key``: names that crop, so that its latents are kept;
+    ``at``: where ``audio[0]`` lies in whisper's 30 s window (samples, a multiple of two mel
+    columns): where it lies in its utterance's 30 s segment, so that whisper sees the frame at
+    the position (and with the encoder frames' phase) it has when the whole utterance is encoded.
     """
 
     audio: np.ndarray
     offset: int
     face: np.ndarray
     face_key: tuple[Any, ...]
+    at: int = 0
 
 
 class MuseTalkRunner:
@@ -250,33 +264,36 @@ class MuseTalkRunner:
             log.warning("musetalk: cannot keep latents in %s: %s", path.parent, exc.strerror or exc)
             twin.unlink(missing_ok=True)
 
-    def input_features(self, audios: Sequence[np.ndarray]) -> np.ndarray:
-        """Whisper's log-mel input, (B, 80, 3000), for clips of well under 30 s: what its feature
-        extractor gives for them padded to 30 s, without computing a spectrogram of the padding
-        (that cost ~30 ms a frame; this ~1). A little silence after each clip lets its last
-        frames see what they would see in the padded window; the rest of the 30 s is silence,
-        which after the extractor's normalisation is its floor: 8 dB (2 in its scale) under the
-        loudest value, and never under log10(1e-10) (-1.5)."""
+    def input_features(self, audios: Sequence[np.ndarray], ats: Sequence[int] | None = None) -> np.ndarray:
+        """Whisper's log-mel input, (B, 80, 3000), for clips of under 30 s, each starting *at*
+        samples into the window: what its feature extractor gives for silence, the clip, then
+        silence to 30 s, without computing a spectrogram of the silence (that cost ~30 ms a
+        frame; this ~1). A little silence after each clip lets its last frames see what they
+        would see in the padded window; the silence around is the extractor's floor after its
+        normalisation: 8 dB (2 in its scale) under the loudest value, never under log10(1e-10)
+        (-1.5)."""
         n_mel, n_frames = self.features.feature_size, self.features.nb_max_frames
         out = np.empty((len(audios), n_mel, n_frames), np.float32)
         for b, audio in enumerate(audios):
-            if len(audio) + PAD_TAIL > self.features.n_samples:
-                raise ValueError(f"a clip of {len(audio)} samples is too long for one whisper window")
+            at = 0 if ats is None else ats[b]
+            if at % (2 * MEL_HOP) or at < 0 or at + len(audio) > self.features.n_samples:
+                raise ValueError(f"a clip of {len(audio)} samples at {at} does not fit a whisper window on its 20 ms grid")
             mel = self.features(np.concatenate([audio, np.zeros(PAD_TAIL, np.float32)]), sampling_rate=16000, return_tensors="np", padding="longest").input_features[0]
-            n = min(mel.shape[1], n_frames)
-            out[b, :, :n] = mel[:, :n]
-            out[b, :, n:] = max(-1.5, float(mel.max()) - 2.0)
+            first = at // MEL_HOP
+            n = min(mel.shape[1], n_frames - first)
+            out[b] = max(-1.5, float(mel.max()) - 2.0)
+            out[b, :, first : first + n] = mel[:, :n]
         return out
 
     def audio_tokens(self, items: Sequence[MuseTalkItem]) -> torch.Tensor:
         """(B, 50, 384): each frame's window of every encoder layer's features, position-encoded."""
-        features = torch.from_numpy(self.input_features([it.audio for it in items]))
+        features = torch.from_numpy(self.input_features([it.audio for it in items], [it.at for it in items]))
         with torch.inference_mode():
             states = self.encoder(features.to(self.device, self.dtype), output_hidden_states=True).hidden_states
         stacked = torch.stack(states, dim=2)  # (B, 1500, layers + 1, dim)
         tokens = []
         for b, it in enumerate(items):
-            first = math.floor(it.offset / 16000 * WHISPER_RATE) - CLIP_LEFT
+            first = math.floor((it.at + it.offset) / 16000 * WHISPER_RATE) - CLIP_LEFT  # frames before 0: zero vectors
             clip = torch.zeros((CLIP_FRAMES,) + stacked.shape[2:], dtype=stacked.dtype, device=stacked.device)
             lo, hi = max(first, 0), min(first + CLIP_FRAMES, stacked.shape[1])
             if hi > lo:

@@ -18,7 +18,7 @@ import enum
 import logging
 from dataclasses import dataclass
 
-from .protocol import FPS, SAMPLE_RATE, AudioFrame, AudioFramer, Control, ErrorKind, ProtocolError, SessionParams, parse_control
+from .protocol import FPS, SAMPLE_RATE, AudioFrame, AudioFramer, Control, ErrorKind, ProtocolError, SessionParams, frame_length, parse_control
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,10 @@ class Session:
     @property
     def reading_paused(self) -> bool:
         """True while the I/O shell should not read the client's next message: enough audio is
-        waiting to be rendered. Each released frame can make room (ask again after it)."""
-        return self.state is State.STREAMING and self._failure is None and self.framer.pending_samples >= self.buffer_seconds * SAMPLE_RATE
+        waiting to be rendered. Each released frame can make room (ask again after it). Never
+        before the next frame and the engine's lookahead are in: that frame could not be made."""
+        enough = max(self.buffer_seconds * SAMPLE_RATE, self.framer.lookahead + 2 * frame_length(self.framer.next_index))
+        return self.state is State.STREAMING and self._failure is None and self.framer.pending_samples >= enough
 
     def fail(self, kind: ErrorKind, detail: str) -> None:
         """Record a failure found by the I/O shell (rendering broke, say)."""
