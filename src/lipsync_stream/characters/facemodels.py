@@ -18,7 +18,6 @@ detects again on the next; here the same frame is detected again at once.
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -223,7 +222,6 @@ class FaceMeshTracker:
         self.min_detection = min_detection
         self.min_presence = min_presence
         self._region: Region | None = None
-        self._owner = threading.get_ident()
 
     def landmarks_rgb(self, image_rgb: np.ndarray) -> np.ndarray | None:
         """(478, 2) float32 pixel coordinates of the face in an RGB image, or None."""
