@@ -470,7 +470,7 @@ class Converter:
                 self.node("LessOrEqual", [tc, self.const(np.array([w_in - 1, h_in - 1], np.float32))]),
             ],
         )
-        mask = self.node("Cast", [self.node("ReduceMin", [self.node("Cast", [inside], to=self.TensorProto.FLOAT), self.const(np.array([2], np.int64))], keepdims=0)], to=self.TensorProto.FLOAT)  # [1, P]
+        mask = self.node("ReduceMin", [self.node("Cast", [inside], to=self.TensorProto.FLOAT), self.const(np.array([2], np.int64))], keepdims=0)  # [1, P]: 1 where both inside
         norm = self.node("Sub", [self.node("Mul", [tc, self.const(np.array([2 / (w_in - 1), 2 / (h_in - 1)], np.float32))]), self.const(np.float32(1.0))])
         grid = self.node("Reshape", [norm, self.const(np.array([1, h_out, w_out, 2], np.int64))])
         sampled = self.node("GridSample", [self.value(ins[0]), grid], align_corners=1, mode="bilinear", padding_mode="zeros")
