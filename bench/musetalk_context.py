@@ -24,7 +24,6 @@ attention reaches, not MuseTalk's own tokens).
 from __future__ import annotations
 
 import argparse
-import math
 import struct
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from lipsync_stream.neural.musetalk import CLIP_FRAMES, CLIP_LEFT, WHISPER_RATE  # noqa: E402
+from lipsync_stream.neural.musetalk import CLIP_FRAMES, CLIP_LEFT, WHISPER_RATE, first_encoder_frame  # noqa: E402
 
 RATE = 16000
 FPS = 30
@@ -142,7 +141,7 @@ def hidden(encoder, extractor, audios: list[np.ndarray]) -> np.ndarray:  # type:
 def tokens_at(states: np.ndarray, start: float) -> np.ndarray:
     """The frame starting *start* seconds into *states*' window: its 10 encoder frames (zeros
     outside the window), flattened to (50, 384)."""
-    first = math.floor(start * WHISPER_RATE) - CLIP_LEFT
+    first = first_encoder_frame(round(start * RATE))
     clip = np.zeros((CLIP_FRAMES,) + states.shape[1:], np.float32)
     lo, hi = max(first, 0), min(first + CLIP_FRAMES, states.shape[0])
     if hi > lo:

@@ -26,7 +26,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from .face_errors import FaceModelMissing
+
 MODELS = Path(__file__).resolve().parent / "models"
+MESH_FILE = "face_landmark_with_attention.onnx"
 N_MESH = 468
 N_POINTS = 478
 #: the attention model's refined points, by mesh index (the order of its lips and eye outputs)
@@ -36,6 +39,8 @@ RIGHT_EYE = [263, 249, 390, 373, 374, 380, 381, 382, 362, 466, 388, 387, 386, 38
 LEFT_IRIS, RIGHT_IRIS = list(range(468, 473)), list(range(473, 478))
 #: the eye corners whose line gives a tracked face's angle (image left to right)
 ROTATION_POINTS = (33, 263)
+#: the mesh model's outputs, in the order it is asked for them
+MESH_OUTPUTS = ["output_mesh_identity", "output_lips", "output_left_eye", "output_right_eye", "output_left_iris", "output_right_iris", "conv_faceflag"]
 MESH_SIZE = 192
 ROI_SCALE = 1.5
 PRESENCE_MIN = 0.5
@@ -58,15 +63,13 @@ NMS_OVERLAP = 0.3
 
 def available() -> bool:
     """Whether the face models are here (they ship in the package; a trimmed install may lack them)."""
-    return all((MODELS / name).is_file() for name in (SHORT_RANGE.file, FULL_RANGE.file, "face_landmark_with_attention.onnx"))
+    return all((MODELS / name).is_file() for name in (SHORT_RANGE.file, FULL_RANGE.file, MESH_FILE))
 
 
 @cache
 def session(name: str) -> Any:
     """One ONNX Runtime session per model, shared by every thread (``run`` is thread-safe)."""
     import onnxruntime as ort
-
-    from .face_errors import FaceModelMissing
 
     path = MODELS / name
     if not path.is_file():
@@ -128,6 +131,8 @@ def detect_faces(image_rgb: np.ndarray, spec: DetectorSpec, min_score: float) ->
     half = raw[:, 2:4] / 2
     boxes = np.concatenate([centre - half, centre + half], axis=1)
     points = raw[:, 4:16].reshape(-1, 6, 2) + anc[:, None, :]
+    to_image = np.float32(scale * spec.size)  # square's [0, 1] -> image pixels
+    offset = np.array([x0, y0], np.float32)
     out = []
     order = list(np.argsort(-score, kind="stable"))
     while order:
@@ -138,8 +143,6 @@ def detect_faces(image_rgb: np.ndarray, spec: DetectorSpec, min_score: float) ->
         weights = score[group][:, None]
         box = (boxes[group] * weights).sum(0) / weights.sum()
         kp = (points[group] * weights[:, :, None]).sum(0) / weights.sum()
-        to_image = np.array([scale * spec.size, scale * spec.size], np.float32)
-        offset = np.array([x0, y0], np.float32)
         out.append(Detection((box.reshape(2, 2) * to_image + offset).reshape(4), kp * to_image + offset, float(score[top])))
     return out
 
@@ -199,13 +202,12 @@ def region_from_landmarks(points: np.ndarray) -> Region:
 def mesh_in(image_rgb: np.ndarray, region: Region) -> tuple[np.ndarray, float]:
     """(478, 2) points in image pixels for the face in *region*, and the face-presence score."""
     crop = region.crop(image_rgb, MESH_SIZE).astype(np.float32) * (1 / 255)
-    sess = session("face_landmark_with_attention.onnx")
-    out = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input_1": crop[None]}), strict=True))
+    mesh, *refined, flag = session(MESH_FILE).run(MESH_OUTPUTS, {"input_1": crop[None]})
     points = np.empty((N_POINTS, 2), np.float32)
-    points[:N_MESH] = out["output_mesh_identity"].reshape(N_MESH, 3)[:, :2]
-    for name, index in (("output_lips", LIPS), ("output_left_eye", LEFT_EYE), ("output_right_eye", RIGHT_EYE), ("output_left_iris", LEFT_IRIS), ("output_right_iris", RIGHT_IRIS)):
-        points[index] = out[name].reshape(-1, 2)
-    presence = 1 / (1 + math.exp(-float(out["conv_faceflag"].reshape(()))))
+    points[:N_MESH] = mesh.reshape(N_MESH, 3)[:, :2]
+    for index, values in zip((LIPS, LEFT_EYE, RIGHT_EYE, LEFT_IRIS, RIGHT_IRIS), refined, strict=True):
+        points[index] = values.reshape(-1, 2)
+    presence = 1 / (1 + math.exp(-float(flag.reshape(()))))
     return region.project(points, MESH_SIZE), presence
 
 

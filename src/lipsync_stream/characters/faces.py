@@ -22,6 +22,7 @@ import numpy as np
 
 from .face_errors import FaceError as FaceError  # raised here; both also importable from this module
 from .face_errors import FaceModelMissing as FaceModelMissing
+from .facemodels import FULL_RANGE, detect_faces, session
 
 log = logging.getLogger(__name__)
 
@@ -221,8 +222,6 @@ class FaceDetector:
     ships in this package). Holds nothing per call: threads may share one."""
 
     def __init__(self, min_confidence: float = 0.5) -> None:
-        from .facemodels import FULL_RANGE, session
-
         session(FULL_RANGE.file)  # a missing model is an error now, not at the first frame
         self.min_confidence = min_confidence
 
@@ -237,8 +236,6 @@ class FaceDetector:
 
     def detect(self, image: np.ndarray) -> tuple[int, int, int, int] | None:
         """The most confident face in a BGR image as (y1, y2, x1, x2), or None."""
-        from .facemodels import FULL_RANGE, detect_faces
-
         h, w = image.shape[:2]
         scale = min(1.0, DETECT_MAX_SIDE / max(h, w))
         small = image if scale == 1.0 else cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)

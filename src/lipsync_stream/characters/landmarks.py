@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .facemodels import MESH_FILE, FaceMeshTracker, session
 from .faces import FaceError
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,7 @@ class FaceMesher:
     follows the face from frame to frame. One per thread (it holds the tracked region)."""
 
     def __init__(self, video: bool = True) -> None:
-        from .facemodels import FaceMeshTracker, session
-
-        session("face_landmark_with_attention.onnx")  # a missing model is an error now, not at the first frame
+        session(MESH_FILE)  # a missing model is an error now, not at the first frame
         self._tracker = FaceMeshTracker(video=video)
 
     def __enter__(self) -> FaceMesher:

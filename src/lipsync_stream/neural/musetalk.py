@@ -129,6 +129,12 @@ class MuseTalkFiles:
         return cls(root, root / LAYOUT["unet config"], root / LAYOUT["unet weights"], root / "sd-vae", root / "whisper")
 
 
+def first_encoder_frame(sample: int) -> int:
+    """The first of the 10 encoder frames of the video frame that starts at *sample* of the
+    window (negative ones, before the utterance, are zero vectors)."""
+    return math.floor(sample / 16000 * WHISPER_RATE) - CLIP_LEFT
+
+
 def position_encoding(length: int = CLIP_FRAMES * 5, dim: int = WHISPER_DIM) -> torch.Tensor:
     """(length, dim) sinusoidal position encoding (sin on even, cos on odd features), as MuseTalk adds to its audio tokens."""
     position = torch.arange(length, dtype=torch.float32)[:, None]
@@ -293,7 +299,7 @@ class MuseTalkRunner:
         stacked = torch.stack(states, dim=2)  # (B, 1500, layers + 1, dim)
         tokens = []
         for b, it in enumerate(items):
-            first = math.floor((it.at + it.offset) / 16000 * WHISPER_RATE) - CLIP_LEFT  # frames before 0: zero vectors
+            first = first_encoder_frame(it.at + it.offset)
             clip = torch.zeros((CLIP_FRAMES,) + stacked.shape[2:], dtype=stacked.dtype, device=stacked.device)
             lo, hi = max(first, 0), min(first + CLIP_FRAMES, stacked.shape[1])
             if hi > lo:

@@ -166,7 +166,7 @@ class Session:
         """True while the I/O shell should not read the client's next message: enough audio is
         waiting to be rendered. Each released frame can make room (ask again after it). Never
         before the next frame and the engine's lookahead are in: that frame could not be made."""
-        enough = max(self.buffer_seconds * SAMPLE_RATE, self.framer.lookahead + 2 * frame_length(self.framer.next_index))
+        enough = max(self.buffer_seconds * SAMPLE_RATE, frame_length(self.framer.next_index) + self.framer.lookahead)
         return self.state is State.STREAMING and self._failure is None and self.framer.pending_samples >= enough
 
     def fail(self, kind: ErrorKind, detail: str) -> None:
