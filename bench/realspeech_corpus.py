@@ -97,7 +97,7 @@ def cache_dir() -> Path:
     return default_cache_dir() / "realspeech"
 
 
-def _repo_dir(repos: Path, repo: str) -> Path | None:
+def clone_of(repos: Path, repo: str) -> Path | None:
     owner, name = repo.split("/")
     for candidate in (repos / owner / name, repos / f"{owner}+{name}" / "repo", repos / f"{owner}+{name}", repos / name):
         if candidate.is_dir():
@@ -105,7 +105,7 @@ def _repo_dir(repos: Path, repo: str) -> Path | None:
     return None
 
 
-def _git_blob(repo_dir: Path, commit: str, path: str) -> bytes:
+def git_blob(repo_dir: Path, commit: str, path: str) -> bytes:
     inner = None
     if "::" in path:
         path, inner = path.split("::", 1)
@@ -143,13 +143,13 @@ def fetch_clip(clip: Clip, repos: Path | None, cache: Path) -> Path:
     if clip.source == "shared":
         shutil.copyfile(SHARED / clip.file, target)
         return target
-    repo_dir = _repo_dir(repos, clip.repo) if repos is not None else None
+    repo_dir = clone_of(repos, clip.repo) if repos is not None else None
     if repo_dir is None:
         raise FileNotFoundError(f"{clip.id}: no clone of {clip.repo} under {repos} (clone it, at {clip.commit[:12]} or later)")
     paths = clip.path.split(SOUND_APART)
-    target.write_bytes(_git_blob(repo_dir, clip.commit, paths[0]))
+    target.write_bytes(git_blob(repo_dir, clip.commit, paths[0]))
     if sound is not None:
-        sound.write_bytes(_git_blob(repo_dir, clip.commit, paths[1]))
+        sound.write_bytes(git_blob(repo_dir, clip.commit, paths[1]))
     return target
 
 

@@ -8,10 +8,17 @@ clip (a speaker's mouth size and resting opening are the face's, not the speech'
 utterances mixed in (the opening of each phoneme's viseme, standardised per utterance; half of
 them over room noise or a music bed); a second output, whether the lips are closed (the real
 inner lips under ``opening.CLOSED_BELOW``; p/b/m and silence in the synthetic speech); a small
-MLP (torch, from the ``neural`` extra). It is scored by folds of training speakers left out,
+MLP (torch, from the ``neural`` extra). A teacher adds what eight minutes of video cannot: an hour
+of people speaking without video (``bench/speech_audio.py``: 261 LibriSpeech readers), each hop
+labelled with the opening a real mouth has, on average, on the phone pocketsphinx's phone
+recogniser hears there (half of them heard over a room or a music bed, as the synthetic speech) (the table learned from the training speakers' clips; for each fold, from
+that fold's speakers only); it teaches z, not the closed lips, and weighs ``--teacher-weight``
+times the real clips (``--teacher-weight 0``: without it). It is scored by folds of training speakers left out,
 twice: the mean of its predictions around each frame's centre, and the opening the engine asks
-for with it (closures and pauses included), against the loudness baseline; ``--out`` writes the model trained on every training speaker (about two
-minutes on two cores):
+for with it (closures and pauses included), against the loudness baseline; ``--out`` writes the
+model trained on every training speaker (about ten minutes on two cores, folds included; the first
+run also builds the caches of bench/realspeech_corpus.py and bench/speech_audio.py; torch and
+pocketsphinx come from the ``neural`` and ``tools`` extras):
 
     .venv/bin/python tools/train_mouth.py --engine-model [--out src/lipsync_stream/engines/opening.npz]
 
@@ -36,11 +43,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests"))  # espeak.py, speech_synth.py
 sys.path.insert(0, str(ROOT / "tools"))  # train_visemes.py
+import speech_audio  # noqa: E402
 from realspeech_corpus import Measured, correlation_at_lags, load, loudness  # noqa: E402
 from train_visemes import hop_rows  # noqa: E402
 
 from lipsync_stream.engines.features import HOP  # noqa: E402
-from lipsync_stream.engines.opening import CLOSED_BELOW, OUTPUTS  # noqa: E402
+from lipsync_stream.engines.opening import CLOSED_BELOW, INPUTS, OUTPUTS  # noqa: E402
 from lipsync_stream.wire.protocol import FPS, SAMPLE_RATE  # noqa: E402
 
 HOPS_PER_SECOND = SAMPLE_RATE // HOP
@@ -71,9 +79,10 @@ def main() -> None:
     parser.add_argument("--engine-model", action="store_true", help="the opening model the engine ships (engines/opening.py): trained on the real training speakers and synthetic speech, scored by folds of training speakers left out against the loudness baseline")
     parser.add_argument("--synthetic", type=int, default=800, help="espeak-ng utterances mixed in (--engine-model)")
     parser.add_argument("--synthetic-share", type=float, default=3.0, help="with --engine-model: synthetic rows per real one (z weighs the two alike; the closed lips learn p/b/m from them)")
+    parser.add_argument("--teacher-weight", type=float, default=TEACHER_WEIGHT, help="with --engine-model: how much the recordings without video (bench/speech_audio.tsv, labelled by the phone recogniser and the phone table) weigh against the real clips; 0: none")
     parser.add_argument("--dropout", type=float, default=0.4, help="with --engine-model")
     parser.add_argument("--epochs", type=int, default=30, help="with --engine-model")
-    parser.add_argument("--folds", type=int, default=6, help="with --engine-model: training speakers split into this many folds, each left out in turn")
+    parser.add_argument("--folds", type=int, default=6, help="with --engine-model: training speakers split into this many folds, each left out in turn (0: none, only --out)")
     parser.add_argument("--only-repo", help="with --engine-model: train on this repository's clips only, score on the other training clips")
     parser.add_argument("--out", type=Path, help="with --engine-model: write the model trained on every training speaker here")
     args = parser.parse_args()
@@ -181,6 +190,17 @@ def background(n: int, rng: np.random.Generator) -> np.ndarray:
     return out / np.sqrt(np.mean(out**2))
 
 
+def sometimes_under_background(signal: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """*signal* as it is, or (half the time) over a room's noise 20-50 dB under the voice or a
+    music bed 10-25 dB under: recordings have rooms and music, and pauses must still rest."""
+    if rng.random() >= 0.5:
+        return signal
+    x = signal.astype(np.float64)
+    voice = np.sqrt(np.mean(x[np.abs(x) > np.abs(x).max() * 0.05] ** 2))
+    under = rng.uniform(20, 50) if rng.random() < 0.5 else rng.uniform(10, 25)
+    return np.clip(x + background(len(x), rng) * voice * 10 ** (-under / 20), -32768, 32767).astype(np.int16)
+
+
 def synthetic_openings(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inputs, z targets and closed lips from *n* espeak-ng utterances (tools/train_visemes.py's
     recipe: its training voices, random rates, pitches, loudness), half of them over a room's
@@ -197,12 +217,7 @@ def synthetic_openings(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
     rng, speaker, xs, ys, closed = np.random.default_rng(seed), Espeak(), [], [], []
     for i in range(n):
         signal, hop_labels = utterance(speaker, sentence(rng), voices[i % len(voices)], int(rng.integers(120, 220)), int(rng.integers(25, 80)), rng, rng.uniform(-24, 0))
-        if rng.random() < 0.5:
-            x = signal.astype(np.float64)
-            voice = np.sqrt(np.mean(x[np.abs(x) > np.abs(x).max() * 0.05] ** 2))
-            under = rng.uniform(20, 50) if rng.random() < 0.5 else rng.uniform(10, 25)
-            signal = np.clip(x + background(len(x), rng) * voice * 10 ** (-under / 20), -32768, 32767).astype(np.int16)
-        rows = hop_rows(signal)
+        rows = hop_rows(sometimes_under_background(signal, rng))
         at = np.arange(0, min(len(rows), len(hop_labels)), 3)
         y = np.array([TARGETS[VISEMES[k]].open for k in hop_labels[at]])
         xs.append(opening_inputs(rows, at))
@@ -213,6 +228,62 @@ def synthetic_openings(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
         shut = (silent & ~soon) | (hop_labels == VISEMES.index("closed"))
         closed.append(shut[at])
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(closed).astype(np.float32)
+
+
+TEACHER_SMOOTH_HOPS = 9  # a phone's mouth, averaged over 90 ms: lips move smoothly from one to the next
+
+
+def phone_table(clips: list[Measured], real: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], clip_phones: dict[str, np.ndarray]) -> dict[str, tuple[float, float]]:
+    """How far the real speakers of *clips* opened their mouths, on average, on each phone the
+    recogniser heard (z), and how often their lips were closed on it: the teacher's table."""
+    heard = np.concatenate([clip_phones[m.clip.id] for m in clips])
+    z = np.concatenate([real[m.clip.id][1] for m in clips])
+    closed = np.concatenate([real[m.clip.id][2] for m in clips])
+    return {str(p): (float(z[heard == p].mean()), float(closed[heard == p].mean())) for p in np.unique(heard)}
+
+
+def taught(heard: list[speech_audio.Heard], rows: dict[str, np.ndarray], table: dict[str, tuple[float, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inputs, z targets and closed shares for the recordings without video: every third hop,
+    the table's opening for the phones around it (smoothed over TEACHER_SMOOTH_HOPS),
+    standardised per recording like a real speaker's."""
+    xs, ys, cs = [], [], []
+    for h in heard:
+        n = min(len(h.phones), len(rows[h.recording.id]))
+        z = np.array([table.get(p, (0.0, 0.0))[0] for p in h.phones[:n]])
+        z = np.convolve(z, np.ones(TEACHER_SMOOTH_HOPS) / TEACHER_SMOOTH_HOPS, "same")
+        at = np.arange(0, n, 3)
+        xs.append(opening_inputs(rows[h.recording.id], at))
+        ys.append((z[at] - z[at].mean()) / (z[at].std() + 1e-9))
+        cs.append(np.array([table.get(p, (0.0, 0.0))[1] for p in h.phones[at]]))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(cs).astype(np.float32)
+
+
+def two_towers(z_path: Path, closed_path: Path, out: Path) -> object:
+    """One network, in the shipped format, that is two side by side: z from the first, the
+    closed lips from the second (the input scaling folded into each first layer; the layers
+    block-diagonal, so that neither hears the other's units). It costs the engine twice the
+    small network's arithmetic per hop, the same code."""
+    from lipsync_stream.engines.opening import OpeningModel
+
+    towers = [OpeningModel(z_path), OpeningModel(closed_path)]
+    weights, biases = [], []
+    for i in range(len(towers[0].layers)):
+        ws = [t.layers[i][0].astype(np.float64) for t in towers]
+        bs = [t.layers[i][1].astype(np.float64) for t in towers]
+        if i == 0:  # (x - mean) * scale @ w + b == x @ (scale * w) + (b - (mean * scale) @ w)
+            bs = [b - (t.mean * t.scale) @ w for t, w, b in zip(towers, ws, bs, strict=True)]
+            ws = [t.scale[:, None] * w for t, w in zip(towers, ws, strict=True)]
+            weights.append(np.concatenate(ws, axis=1))
+        elif i < len(towers[0].layers) - 1:
+            weights.append(np.block([[ws[0], np.zeros((ws[0].shape[0], ws[1].shape[1]))], [np.zeros((ws[1].shape[0], ws[0].shape[1])), ws[1]]]))
+        else:  # z from the first tower, the closed lips' logit from the second
+            weights.append(np.block([[ws[0][:, :1], np.zeros((ws[0].shape[0], 1))], [np.zeros((ws[1].shape[0], 1)), ws[1][:, 1:]]]))
+            bs = [bs[0][:1], bs[1][1:]]
+        biases.append(np.concatenate(bs))
+    with np.load(z_path) as z:
+        geometry = z["geometry"]
+    np.savez(out, geometry=geometry, mean=np.zeros(INPUTS, np.float32), std=np.ones(INPUTS, np.float32), layers=len(weights), version=np.array(VERSION), **{f"w{i}": w.astype(np.float32) for i, w in enumerate(weights)}, **{f"b{i}": b.astype(np.float32) for i, b in enumerate(biases)})
+    return OpeningModel(out)
 
 
 def fit_opening(x: np.ndarray, y: np.ndarray, closed: np.ndarray, z_weight: np.ndarray, args: argparse.Namespace, seed: int, out: Path) -> object:
@@ -256,8 +327,9 @@ def fit_opening(x: np.ndarray, y: np.ndarray, closed: np.ndarray, z_weight: np.n
 
 
 HIDDEN = (64, 32)
+TEACHER_WEIGHT = 16.0
 BATCH = 256
-VERSION = "opening-2"
+VERSION = "opening-3"
 
 
 def engine_model(args: argparse.Namespace) -> None:
@@ -270,6 +342,12 @@ def engine_model(args: argparse.Namespace) -> None:
     real = {m.clip.id: (opening_inputs(rows[m.clip.id], np.clip(frame_hops(m.frames), 0, len(rows[m.clip.id]) - 1)), targets(m)[:, 0], (m.opening < CLOSED_BELOW).astype(np.float32)) for m in train}
     xs, ys, cs = synthetic_openings(args.synthetic, args.seed) if args.synthetic else (np.zeros((0, next(iter(real.values()))[0].shape[1])), np.zeros(0), np.zeros(0))
     print(f"real: {len(train)} clips, {sum(len(y) for _x, y, _c in real.values()) / FPS:.0f} s, lips closed in {np.mean(np.concatenate([c for _x, _y, c in real.values()])):.0%} of frames; synthetic: {len(ys)} hops from {args.synthetic} utterances")
+    heard = speech_audio.load() if args.teacher_weight > 0 else []
+    if heard:
+        clip_phones = {m.clip.id: speech_audio.phones(m.pcm)[np.clip(frame_hops(m.frames), 0, len(m.pcm) // HOP - 1)] for m in train}
+        rng = np.random.default_rng(args.seed)
+        heard_rows = {h.recording.id: hop_rows(sometimes_under_background(h.pcm, rng)) for h in heard}  # the labels stay the clean recording's
+        print(f"teacher: {len(heard)} recordings of {len({h.recording.speaker for h in heard})} speakers, {sum(len(h.pcm) for h in heard) / SAMPLE_RATE / 60:.0f} min (bench/speech_audio.tsv), weighing {args.teacher_weight}x the real clips")
     work = Path(tempfile.mkdtemp())
 
     def fit(clips: list[Measured], seed: int) -> object:
@@ -278,8 +356,17 @@ def engine_model(args: argparse.Namespace) -> None:
         c_real = np.concatenate([real[m.clip.id][2] for m in clips])
         # args.synthetic_share synthetic rows for each real one; z still weighs the two alike
         keep = np.random.default_rng(seed).choice(len(ys), min(len(ys), int(args.synthetic_share * len(y_real))), replace=False)
-        z_weight = np.concatenate([np.ones(len(y_real)), np.full(len(keep), len(y_real) / max(len(keep), 1))])
-        return fit_opening(np.concatenate([x_real, xs[keep]]), np.concatenate([y_real, ys[keep]]), np.concatenate([c_real, cs[keep]]), z_weight, args, seed, work / f"{seed}.npz")
+        x, y, c = [x_real, xs[keep]], [y_real, ys[keep]], [c_real, cs[keep]]
+        z_weight = [np.ones(len(y_real)), np.full(len(keep), len(y_real) / max(len(keep), 1))]
+        without_teacher = fit_opening(np.concatenate(x), np.concatenate(y), np.concatenate(c), np.concatenate(z_weight), args, seed, work / f"{seed}.npz")
+        if not heard:
+            return without_teacher
+        # The teacher's z shares nothing with the closed lips: a second tower learns z from the
+        # real clips, the synthetic speech and the taught recordings; the first keeps its closures.
+        (work / f"{seed}.npz").replace(work / f"{seed}-closed.npz")
+        x_t, y_t, c_t = taught(heard, heard_rows, phone_table(clips, real, clip_phones))
+        fit_opening(np.concatenate([*x, x_t]), np.concatenate([*y, y_t]), np.concatenate([*c, c_t]), np.concatenate([*z_weight, np.full(len(y_t), args.teacher_weight * len(y_real) / len(y_t))]), args, seed, work / f"{seed}-z.npz")
+        return two_towers(work / f"{seed}-z.npz", work / f"{seed}-closed.npz", work / f"{seed}.npz")
 
     ours: list[dict[int, float]] = []
     engine: list[dict[int, float]] = []
@@ -291,7 +378,7 @@ def engine_model(args: argparse.Namespace) -> None:
         speakers = sorted({m.clip.speaker for m in train})
         np.random.default_rng(123).shuffle(speakers)
         folds = [[m for m in train if m.clip.speaker in speakers[k :: args.folds]] for k in range(args.folds)]
-    for k, scored in enumerate(folds):
+    for k, scored in enumerate(folds if args.folds else []):
         model = fit([m for m in train if m not in scored], args.seed + k)
         for m in scored:
             ours.append(correlation_at_lags(m.opening, smoothed_openings(model, rows[m.clip.id], m.frames)))
