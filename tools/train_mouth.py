@@ -11,9 +11,12 @@ inner lips under ``opening.CLOSED_BELOW``; p/b/m and silence in the synthetic sp
 MLP (torch, from the ``neural`` extra). A teacher adds what eight minutes of video cannot: an hour
 of people speaking without video (``bench/speech_audio.py``: 261 LibriSpeech readers), each hop
 labelled with the opening a real mouth has, on average, on the phone pocketsphinx's phone
-recogniser hears there (half of them heard over a room or a music bed, as the synthetic speech) (the table learned from the training speakers' clips; for each fold, from
-that fold's speakers only); it teaches z, not the closed lips, and weighs ``--teacher-weight``
-times the real clips (``--teacher-weight 0``: without it). It is scored by folds of training speakers left out,
+recogniser hears there (a table learned from the training speakers' clips; for each fold, from
+that fold's speakers only), half of them heard over a room or a music bed as the synthetic
+speech is. It teaches z, in a tower of its own that weighs the taught recordings
+``--teacher-weight`` times the real clips (``--teacher-weight 0``: no teacher, one tower); the
+closed lips come from a tower trained without them (``two_towers``). It is scored by folds of
+training speakers left out,
 twice: the mean of its predictions around each frame's centre, and the opening the engine asks
 for with it (closures and pauses included), against the loudness baseline; ``--out`` writes the
 model trained on every training speaker (about ten minutes on two cores, folds included; the first
