@@ -82,10 +82,14 @@ class Measured:
         return len(self.opening)
 
 
+def manifest_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a tab-separated manifest (lines starting with # are its header's prose)."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    return list(csv.DictReader(lines, delimiter="\t"))
+
+
 def read_manifest(path: Path = MANIFEST) -> list[Clip]:
-    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
-    reader = csv.DictReader(rows, delimiter="\t")
-    clips = [Clip(**{**row, "duration_s": float(row["duration_s"])}) for row in reader]  # type: ignore[arg-type]
+    clips = [Clip(**{**row, "duration_s": float(row["duration_s"])}) for row in manifest_rows(path)]  # type: ignore[arg-type]
     speakers: dict[str, str] = {}
     for clip in clips:
         if speakers.setdefault(clip.speaker, clip.split) != clip.split:

@@ -22,7 +22,6 @@ which decodes each recording to 16 kHz PCM16, labels its phones and keeps both
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import sys
 import tempfile
@@ -35,7 +34,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from realspeech_corpus import clone_of, git_blob  # noqa: E402
+from realspeech_corpus import clone_of, git_blob, manifest_rows  # noqa: E402
 
 from lipsync_stream.audio import load_audio  # noqa: E402
 from lipsync_stream.characters.fetch import default_cache_dir  # noqa: E402
@@ -68,8 +67,7 @@ class Heard:
 
 
 def read_manifest(path: Path = MANIFEST) -> list[Recording]:
-    rows = [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
-    return [Recording(**{**row, "duration_s": float(row["duration_s"])}) for row in csv.DictReader(rows, delimiter="\t")]  # type: ignore[arg-type]
+    return [Recording(**{**row, "duration_s": float(row["duration_s"])}) for row in manifest_rows(path)]  # type: ignore[arg-type]
 
 
 def cache_dir() -> Path:
