@@ -2,7 +2,7 @@
 opening model's teacher corpus.
 
 Video of people talking with their own sound is scarce in public repositories
-(``bench/realspeech_corpus.tsv`` holds about eight minutes); recordings of people speaking are
+(``bench/realspeech_corpus.tsv`` holds about ten minutes); recordings of people speaking are
 not. The opening model (``engines/opening.py``) learns from them through a teacher
 (``tools/train_mouth.py``): pocketsphinx's phone recogniser, whose en-us acoustic model was
 trained on many hours of people, says which phone each 10 ms hop is (a phone loop, over the whole

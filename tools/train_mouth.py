@@ -8,7 +8,7 @@ clip (a speaker's mouth size and resting opening are the face's, not the speech'
 utterances mixed in (the opening of each phoneme's viseme, standardised per utterance; half of
 them over room noise or a music bed); a second output, whether the lips are closed (the real
 inner lips under ``opening.CLOSED_BELOW``; p/b/m and silence in the synthetic speech); a small
-MLP (torch, from the ``neural`` extra). A teacher adds what eight minutes of video cannot: an hour
+MLP (torch, from the ``neural`` extra). A teacher adds what ten minutes of video cannot: an hour
 of people speaking without video (``bench/speech_audio.py``: 261 LibriSpeech readers), each hop
 labelled with the opening a real mouth has, on average, on the phone pocketsphinx's phone
 recogniser hears there (a table learned from the training speakers' clips; for each fold, from
@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--heldout", action="store_true", help="train on all training speakers and report the held-out ones (once settings are chosen)")
     parser.add_argument("--engine-model", action="store_true", help="the opening model the engine ships (engines/opening.py): trained on the real training speakers and synthetic speech, scored by folds of training speakers left out against the loudness baseline")
     parser.add_argument("--synthetic", type=int, default=800, help="espeak-ng utterances mixed in (--engine-model)")
+    parser.add_argument("--flite", type=int, default=0, help="with --engine-model: Flite utterances mixed in with the espeak-ng ones (its voices kal16, awb, rms; kal and slt stay unheard)")
+    parser.add_argument("--closure-weight", type=float, default=1.0, help="with --engine-model: how much the synthetic speech's p/b/m hops weigh in the closed lips' loss")
     parser.add_argument("--synthetic-share", type=float, default=3.0, help="with --engine-model: synthetic rows per real one (z weighs the two alike; the closed lips learn p/b/m from them)")
     parser.add_argument("--teacher-weight", type=float, default=TEACHER_WEIGHT, help="with --engine-model: how much the recordings without video (bench/speech_audio.tsv, labelled by the phone recogniser and the phone table) weigh against the real clips; 0: none")
     parser.add_argument("--dropout", type=float, default=0.4, help="with --engine-model")
@@ -204,22 +206,32 @@ def sometimes_under_background(signal: np.ndarray, rng: np.random.Generator) -> 
     return np.clip(x + background(len(x), rng) * voice * 10 ** (-under / 20), -32768, 32767).astype(np.int16)
 
 
-def synthetic_openings(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def synthetic_openings(n: int, seed: int, flite: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Inputs, z targets and closed lips from *n* espeak-ng utterances (tools/train_visemes.py's
-    recipe: its training voices, random rates, pitches, loudness), half of them over a room's
-    noise (20-50 dB under the voice) or a music bed (10-25 dB under): every third hop, the target
-    the opening of the viseme of the phoneme under it, standardised per utterance like a real
-    speaker's, and whether the lips are closed (p/b/m, and silence but for the last
-    ANTICIPATION_S before a sound)."""
+    recipe: its training voices, random rates, pitches, loudness) and *flite* Flite utterances
+    (train_visemes' Flite training voices, kal16, awb and rms; kal and slt stay unheard; phonemes
+    aligned by pocketsphinx), half of them over a room's noise (20-50 dB under the voice) or a
+    music bed (10-25 dB under): every third hop, the target the opening of the viseme of the
+    phoneme under it, standardised per utterance like a real speaker's, and whether the lips are
+    closed (p/b/m, and silence but for the last ANTICIPATION_S before a sound); and which hops
+    are p/b/m (``--closure-weight``)."""
     from espeak import Espeak
-    from train_visemes import TRAIN_ACCENTS, TRAIN_VARIANTS, sentence, utterance
+    from train_visemes import FLITE_TRAIN_VOICES, TRAIN_ACCENTS, TRAIN_VARIANTS, flite_utterance, sentence, utterance
 
     from lipsync_stream.engines.viseme import TARGETS, VISEMES
 
     voices = [f"{a}+{v}" if v else a for a in TRAIN_ACCENTS for v in TRAIN_VARIANTS]
-    rng, speaker, xs, ys, closed = np.random.default_rng(seed), Espeak(), [], [], []
-    for i in range(n):
-        signal, hop_labels = utterance(speaker, sentence(rng), voices[i % len(voices)], int(rng.integers(120, 220)), int(rng.integers(25, 80)), rng, rng.uniform(-24, 0))
+    rng, speaker, xs, ys, closed, bilabial = np.random.default_rng(seed), Espeak(), [], [], [], []
+    flite_speaker = None
+    if flite:
+        from flite import Flite
+
+        flite_speaker = Flite()
+    for i in range(n + flite):
+        if i < n:
+            signal, hop_labels = utterance(speaker, sentence(rng), voices[i % len(voices)], int(rng.integers(120, 220)), int(rng.integers(25, 80)), rng, rng.uniform(-24, 0))
+        else:
+            signal, hop_labels = flite_utterance(flite_speaker, sentence(rng), FLITE_TRAIN_VOICES[i % len(FLITE_TRAIN_VOICES)], rng)
         rows = hop_rows(sometimes_under_background(signal, rng))
         at = np.arange(0, min(len(rows), len(hop_labels)), 3)
         y = np.array([TARGETS[VISEMES[k]].open for k in hop_labels[at]])
@@ -230,7 +242,8 @@ def synthetic_openings(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.nd
         soon = np.convolve(~silent, np.ones(ahead + 1), "full")[ahead : ahead + len(silent)] > 0  # a sound within ANTICIPATION_S
         shut = (silent & ~soon) | (hop_labels == VISEMES.index("closed"))
         closed.append(shut[at])
-    return np.concatenate(xs), np.concatenate(ys), np.concatenate(closed).astype(np.float32)
+        bilabial.append(hop_labels[at] == VISEMES.index("closed"))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(closed).astype(np.float32), np.concatenate(bilabial)
 
 
 TEACHER_SMOOTH_HOPS = 9  # a phone's mouth, averaged over 90 ms: lips move smoothly from one to the next
@@ -289,10 +302,11 @@ def two_towers(z_path: Path, closed_path: Path, out: Path) -> object:
     return OpeningModel(out)
 
 
-def fit_opening(x: np.ndarray, y: np.ndarray, closed: np.ndarray, z_weight: np.ndarray, args: argparse.Namespace, seed: int, out: Path) -> object:
+def fit_opening(x: np.ndarray, y: np.ndarray, closed: np.ndarray, z_weight: np.ndarray, closed_weight: np.ndarray, args: argparse.Namespace, seed: int, out: Path) -> object:
     """A small MLP (torch: dropout, AdamW, one-cycle learning rate) from inputs *x* to z *y*
     (squared error, weighted by *z_weight* per row) and to the lips being *closed* (cross
-    entropy), written to *out* in the shipped format and loaded back with the engine's own code."""
+    entropy, weighted by *closed_weight*), written to *out* in the shipped format and loaded back
+    with the engine's own code."""
     import torch
 
     from lipsync_stream.engines.opening import OpeningModel
@@ -307,6 +321,7 @@ def fit_opening(x: np.ndarray, y: np.ndarray, closed: np.ndarray, z_weight: np.n
     net = torch.nn.Sequential(*layers, torch.nn.Linear(width, OUTPUTS))
     xt, yt = torch.tensor((x - mean) / std, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
     ct, wt = torch.tensor(closed, dtype=torch.float32), torch.tensor(z_weight, dtype=torch.float32)
+    cwt = torch.tensor(closed_weight, dtype=torch.float32)
     batches = len(y) // BATCH
     optimiser = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=2e-3, total_steps=args.epochs * batches)
@@ -315,7 +330,7 @@ def fit_opening(x: np.ndarray, y: np.ndarray, closed: np.ndarray, z_weight: np.n
         for b in range(batches):
             pick = order[b * BATCH : (b + 1) * BATCH]
             pred = net(xt[pick])
-            loss = (wt[pick] * (pred[:, 0] - yt[pick]) ** 2).mean() + torch.nn.functional.binary_cross_entropy_with_logits(pred[:, 1], ct[pick])
+            loss = (wt[pick] * (pred[:, 0] - yt[pick]) ** 2).mean() + (cwt[pick] * torch.nn.functional.binary_cross_entropy_with_logits(pred[:, 1], ct[pick], reduction="none")).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -343,8 +358,8 @@ def engine_model(args: argparse.Namespace) -> None:
     train = load("train")
     rows = {m.clip.id: hop_rows(m.pcm) for m in train}
     real = {m.clip.id: (opening_inputs(rows[m.clip.id], np.clip(frame_hops(m.frames), 0, len(rows[m.clip.id]) - 1)), targets(m)[:, 0], (m.opening < CLOSED_BELOW).astype(np.float32)) for m in train}
-    xs, ys, cs = synthetic_openings(args.synthetic, args.seed) if args.synthetic else (np.zeros((0, next(iter(real.values()))[0].shape[1])), np.zeros(0), np.zeros(0))
-    print(f"real: {len(train)} clips, {sum(len(y) for _x, y, _c in real.values()) / FPS:.0f} s, lips closed in {np.mean(np.concatenate([c for _x, _y, c in real.values()])):.0%} of frames; synthetic: {len(ys)} hops from {args.synthetic} utterances")
+    xs, ys, cs, bs = synthetic_openings(args.synthetic, args.seed, args.flite) if args.synthetic or args.flite else (np.zeros((0, next(iter(real.values()))[0].shape[1])), np.zeros(0), np.zeros(0), np.zeros(0, bool))
+    print(f"real: {len(train)} clips, {sum(len(y) for _x, y, _c in real.values()) / FPS:.0f} s, lips closed in {np.mean(np.concatenate([c for _x, _y, c in real.values()])):.0%} of frames; synthetic: {len(ys)} hops from {args.synthetic} espeak-ng and {args.flite} Flite utterances")
     heard = speech_audio.load() if args.teacher_weight > 0 else []
     if heard:
         clip_phones = {m.clip.id: speech_audio.phones(m.pcm)[np.clip(frame_hops(m.frames), 0, len(m.pcm) // HOP - 1)] for m in train}
@@ -361,14 +376,15 @@ def engine_model(args: argparse.Namespace) -> None:
         keep = np.random.default_rng(seed).choice(len(ys), min(len(ys), int(args.synthetic_share * len(y_real))), replace=False)
         x, y, c = [x_real, xs[keep]], [y_real, ys[keep]], [c_real, cs[keep]]
         z_weight = [np.ones(len(y_real)), np.full(len(keep), len(y_real) / max(len(keep), 1))]
-        without_teacher = fit_opening(np.concatenate(x), np.concatenate(y), np.concatenate(c), np.concatenate(z_weight), args, seed, work / f"{seed}.npz")
+        c_weight = [np.ones(len(y_real)), np.where(bs[keep], args.closure_weight, 1.0)]  # p/b/m: the real mesh sees few brief closures
+        without_teacher = fit_opening(np.concatenate(x), np.concatenate(y), np.concatenate(c), np.concatenate(z_weight), np.concatenate(c_weight), args, seed, work / f"{seed}.npz")
         if not heard:
             return without_teacher
         # The teacher's z shares nothing with the closed lips: a second tower learns z from the
         # real clips, the synthetic speech and the taught recordings; the first keeps its closures.
         (work / f"{seed}.npz").replace(work / f"{seed}-closed.npz")
         x_t, y_t, c_t = taught(heard, heard_rows, phone_table(clips, real, clip_phones))
-        fit_opening(np.concatenate([*x, x_t]), np.concatenate([*y, y_t]), np.concatenate([*c, c_t]), np.concatenate([*z_weight, np.full(len(y_t), args.teacher_weight * len(y_real) / len(y_t))]), args, seed, work / f"{seed}-z.npz")
+        fit_opening(np.concatenate([*x, x_t]), np.concatenate([*y, y_t]), np.concatenate([*c, c_t]), np.concatenate([*z_weight, np.full(len(y_t), args.teacher_weight * len(y_real) / len(y_t))]), np.concatenate([*c_weight, np.ones(len(y_t))]), args, seed, work / f"{seed}-z.npz")
         return two_towers(work / f"{seed}-z.npz", work / f"{seed}-closed.npz", work / f"{seed}.npz")
 
     ours: list[dict[int, float]] = []
