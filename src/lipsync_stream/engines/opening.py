@@ -5,7 +5,7 @@ timings: it hears which shape a sound needs, but on recordings of real people it
 followed their lips worse than plain loudness. This small network was trained on people: the
 inner-lip opening that the face mesh measures on real talking-head clips (the training speakers
 of ``bench/realspeech_corpus.tsv``), with espeak-ng speech mixed in, by ``tools/train_mouth.py``;
-and, since ten minutes of video hold few speakers, on an hour of 261 people reading aloud
+and, since eight minutes of video (the corpus then) hold few speakers, on an hour of 261 people reading aloud
 without video (``bench/speech_audio.tsv``), each 10 ms labelled by a teacher: the phone that
 pocketsphinx's recogniser (trained on many hours of people) hears there, and how far the video
 speakers' mouths opened on that phone on average. The teacher runs only in training: at run time
