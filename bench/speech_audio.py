@@ -39,6 +39,7 @@ from realspeech_corpus import clone_of, git_blob, manifest_rows  # noqa: E402
 from lipsync_stream.audio import load_audio  # noqa: E402
 from lipsync_stream.characters.fetch import default_cache_dir  # noqa: E402
 from lipsync_stream.engines.features import HOP  # noqa: E402
+from lipsync_stream.wire.protocol import SAMPLE_RATE  # noqa: E402
 
 MANIFEST = HERE / "speech_audio.tsv"
 SILENCE = "SIL"  # the recogniser's label for no speech (also where it says nothing)
@@ -132,7 +133,7 @@ def main() -> None:
         heard.append(fetch(recording, args.repos, args.cache))
         if (i + 1) % 50 == 0:
             print(f"{i + 1} recordings", flush=True)
-    seconds = sum(len(h.pcm) for h in heard) / 16000
+    seconds = sum(len(h.pcm) for h in heard) / SAMPLE_RATE
     spoken = np.mean(np.concatenate([h.phones for h in heard]) != SILENCE)
     print(f"{len(heard)} recordings, {len({h.recording.speaker for h in heard})} speakers, {seconds / 60:.1f} min; a phone heard in {spoken:.0%} of the hops")
 

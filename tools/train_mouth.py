@@ -265,12 +265,12 @@ def taught(heard: list[speech_audio.Heard], rows: dict[str, np.ndarray], table: 
     xs, ys, cs = [], [], []
     for h in heard:
         n = min(len(h.phones), len(rows[h.recording.id]))
-        z = np.array([table.get(p, (0.0, 0.0))[0] for p in h.phones[:n]])
-        z = np.convolve(z, np.ones(TEACHER_SMOOTH_HOPS) / TEACHER_SMOOTH_HOPS, "same")
+        looked_up = np.array([table.get(p, (0.0, 0.0)) for p in h.phones[:n]]).reshape(n, 2)  # (z, closed share) per hop
+        z = np.convolve(looked_up[:, 0], np.ones(TEACHER_SMOOTH_HOPS) / TEACHER_SMOOTH_HOPS, "same")
         at = np.arange(0, n, 3)
         xs.append(opening_inputs(rows[h.recording.id], at))
         ys.append((z[at] - z[at].mean()) / (z[at].std() + 1e-9))
-        cs.append(np.array([table.get(p, (0.0, 0.0))[1] for p in h.phones[at]]))
+        cs.append(looked_up[at, 1])
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(cs).astype(np.float32)
 
 
