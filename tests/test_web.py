@@ -57,7 +57,7 @@ def wait_for_progress(page, condition: str, stall_s: float = 45.0, limit_s: floa
     """Wait until *condition* (JavaScript) holds on the page. A loaded machine may be slow, so
     there is no fixed deadline: this fails only when the page stops making progress (no new
     frame received or shown for *stall_s*), or after *limit_s* in all."""
-    progress = "window.lipsyncStats ? [window.lipsyncStats.framesReceived, window.lipsyncStats.framesShown, window.lipsyncStats.error] : null"
+    progress = "window.lipsyncStats ? [window.lipsyncStats.framesReceived, window.lipsyncStats.framesShown, window.lipsyncStats.framesDropped, window.lipsyncStats.error] : null"
     started = last_change = time.monotonic()
     last = None
     while not page.evaluate(f"!!({condition})"):
@@ -95,9 +95,11 @@ def test_demo_talks_and_moves_without_a_click(browser, base_url: str) -> None:  
     shot = page.locator("canvas").screenshot()
     image = cv2.imdecode(np.frombuffer(shot, np.uint8), cv2.IMREAD_COLOR)
     assert detect_one(image) is not None  # a face is drawn on the canvas
-    wait_for_progress(page, "window.lipsyncStats.done && window.lipsyncStats.framesShown >= window.lipsyncStats.framesReceived - 3")
+    # every frame received is drawn, or dropped because a slow machine drew a newer one in its place
+    wait_for_progress(page, "window.lipsyncStats.done && window.lipsyncStats.framesShown + window.lipsyncStats.framesDropped == window.lipsyncStats.framesReceived")
     stats = page.evaluate("({...window.lipsyncStats, skewMs: undefined})")
     assert stats["framesReceived"] == 266 and stats["error"] is None
+    assert stats["framesShown"] > 266 // 2  # most are drawn, even on a loaded machine
     assert abs(stats["audioSeconds"] - 8.857) < 0.01  # every sample of the sentence came back
     assert stats["skewMsP95"] <= 50  # drawn within about a frame of their audio (rAF ticks are 16.7 ms)
     assert not errors

@@ -14,7 +14,9 @@ const fileInput = document.getElementById("file");
 const params = new URLSearchParams(location.search);
 if (params.get("character")) document.getElementById("character").value = params.get("character");
 
-const stats = (window.lipsyncStats = { framesShown: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null });
+// framesDropped: frames that came too late to be drawn in time (a slow machine draws only the
+// newest of several due frames, so the picture stays with its sound) or that would not decode.
+const stats = (window.lipsyncStats = { framesShown: 0, framesDropped: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null });
 
 let ctx = null; // AudioContext
 let session = null;
@@ -160,9 +162,12 @@ class Session {
       src.connect(c.destination);
       src.start(at - clockOffset - (c.outputLatency || 0));
     }
-    const item = { index: frame.index, at, bitmap: null };
+    const item = { index: frame.index, at, bitmap: null, failed: false };
     this.queue.push(item);
-    createImageBitmap(new Blob([frame.image], { type: "image/jpeg" })).then((bmp) => (item.bitmap = bmp));
+    createImageBitmap(new Blob([frame.image], { type: "image/jpeg" })).then(
+      (bmp) => (item.bitmap = bmp),
+      () => (item.failed = true), // skipped when due, so one bad frame does not stop the rest
+    );
   }
 
   sendPcm(int16) {
@@ -185,9 +190,17 @@ class Session {
   draw() {
     const t = now();
     let due = null;
-    while (this.queue.length && this.queue[0].at <= t && this.queue[0].bitmap) {
-      if (due) due.bitmap.close();
-      due = this.queue.shift();
+    while (this.queue.length && this.queue[0].at <= t && (this.queue[0].bitmap || this.queue[0].failed)) {
+      const next = this.queue.shift();
+      if (next.failed) {
+        stats.framesDropped += 1;
+        continue;
+      }
+      if (due) {
+        due.bitmap.close();
+        stats.framesDropped += 1;
+      }
+      due = next;
     }
     if (!due) return;
     g.drawImage(due.bitmap, 0, 0, canvas.width, canvas.height);
@@ -215,7 +228,7 @@ function loop() {
     stats.fps = fps;
     stats.skewMsP95 = percentile(stats.skewMs, 95);
     statsEl.textContent =
-      `fps ${fps.toFixed(1)}   frames ${stats.framesShown}/${stats.framesReceived}   buffer ${session.queue.length} frames, ${ahead.toFixed(2)} s\n` +
+      `fps ${fps.toFixed(1)}   frames ${stats.framesShown}/${stats.framesReceived} (${stats.framesDropped} late)   buffer ${session.queue.length} frames, ${ahead.toFixed(2)} s\n` +
       `audio ${stats.audioSeconds.toFixed(2)} s   a/v skew p95 ${stats.skewMsP95.toFixed(1)} ms   clock ${clockIsAudio() ? "audio" : "wall (no sound yet)"}`;
   }
   requestAnimationFrame(loop);
@@ -247,7 +260,7 @@ async function start(prepare) {
   const input = prepare ? await prepare() : null;
   if (mine !== starts) return null;
   if (session) session.close();
-  Object.assign(stats, { framesShown: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null });
+  Object.assign(stats, { framesShown: 0, framesDropped: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null });
   setStatus("");
   const s = (session = new Session(document.getElementById("character").value.trim() || "default"));
   try {
@@ -384,7 +397,7 @@ async function webrtcMicrophone() {
 async function webrtcSession(speechStream, onOpen) {
   setButtons(true);
   tryStartAudio();
-  Object.assign(stats, { framesShown: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null, bitrateKbps: 0, avSyncMs: [] });
+  Object.assign(stats, { framesShown: 0, framesDropped: 0, framesReceived: 0, audioSeconds: 0, skewMs: [], done: false, error: null, bitrateKbps: 0, avSyncMs: [] });
   const pc = new RTCPeerConnection({ iceServers: [] });
   buttons.stop.onclick = () => {
     pc.close();
