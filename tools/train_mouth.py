@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=6, help="with --engine-model: training speakers split into this many folds, each left out in turn (0: none, only --out)")
     parser.add_argument("--only-repo", help="with --engine-model: train on this repository's clips only, score on the other training clips")
     parser.add_argument("--out", type=Path, help="with --engine-model: write the model trained on every training speaker here")
+    parser.add_argument("--resync", action="store_true", help="with --engine-model: the training clips whose sound is offset (bench/realspeech_sync.tsv, tools/realspeech_sync.py) moved back into sync, for training and folds")
     args = parser.parse_args()
     if args.engine_model:
         engine_model(args)
@@ -364,7 +365,12 @@ def engine_model(args: argparse.Namespace) -> None:
     training speakers, against the engine's own opening; --out writes the one trained on all."""
     import tempfile
 
-    train = load("train")
+    if args.resync:
+        from realspeech_sync import load_resynced
+
+        train = load_resynced("train")
+    else:
+        train = load("train")
     rows = {m.clip.id: hop_rows(m.pcm) for m in train}
     real = {m.clip.id: (opening_inputs(rows[m.clip.id], np.clip(frame_hops(m.frames), 0, len(rows[m.clip.id]) - 1)), targets(m)[:, 0], (m.opening < CLOSED_BELOW).astype(np.float32)) for m in train}
     xs, ys, cs, bs = synthetic_openings(args.synthetic, args.seed, args.flite) if args.synthetic or args.flite else (np.zeros((0, next(iter(real.values()))[0].shape[1])), np.zeros(0), np.zeros(0), np.zeros(0, bool))
