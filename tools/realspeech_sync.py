@@ -31,27 +31,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tools"))
 import speech_audio  # noqa: E402
 from realspeech_corpus import Measured, correlation_at_lags, load, manifest_rows  # noqa: E402
+from train_mouth import TEACHER_SMOOTH_HOPS, frame_hops, targets  # noqa: E402
 
-from lipsync_stream.engines.features import HOP  # noqa: E402
 from lipsync_stream.wire.protocol import FPS, SAMPLE_RATE  # noqa: E402
 
 SYNC = ROOT / "bench" / "realspeech_sync.tsv"
 MAX_LAG = 8  # frames either way (267 ms); a peak on this edge is no peak
-OFFSET_FRAMES = 3  # 100 ms: more than lips lead speech by, and more than viewers accept (ITU-R BT.1359: sound 90 ms early)
+OFFSET_FRAMES = 3  # 100 ms: more than lips lead speech by (clean clips peak at 0 or 1 frame)
 CLEAR_GAIN = 0.1
-HOPS_PER_SECOND = SAMPLE_RATE // HOP
-SMOOTH_HOPS = 9  # as the teacher's labels: a phone's mouth over 90 ms
-
-
-def frame_hops(frames: int) -> np.ndarray:
-    """The 10 ms hop under each 30 fps frame's centre."""
-    return ((np.arange(frames) + 0.5) / FPS * HOPS_PER_SECOND).astype(int)
-
-
-def standardised(x: np.ndarray) -> np.ndarray:
-    return (x - x.mean()) / (x.std() + 1e-9)
 
 
 def teacher_openings(clips: list[Measured], train: list[Measured], phones: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -62,12 +52,12 @@ def teacher_openings(clips: list[Measured], train: list[Measured], phones: dict[
         return p[np.clip(frame_hops(m.frames), 0, len(p) - 1)]
 
     heard = np.concatenate([frame_phones(m) for m in train])
-    z = np.concatenate([standardised(m.opening) for m in train])
+    z = np.concatenate([targets(m)[:, 0] for m in train])
     table = {str(p): float(z[heard == p].mean()) for p in np.unique(heard)}
     out = {}
     for m in clips:
         per_hop = np.array([table.get(str(p), 0.0) for p in phones[m.clip.id]])
-        per_hop = np.convolve(per_hop, np.ones(SMOOTH_HOPS) / SMOOTH_HOPS, "same")
+        per_hop = np.convolve(per_hop, np.ones(TEACHER_SMOOTH_HOPS) / TEACHER_SMOOTH_HOPS, "same")
         out[m.clip.id] = per_hop[np.clip(frame_hops(m.frames), 0, len(per_hop) - 1)]
     return out
 
