@@ -105,8 +105,9 @@ class MouthRig:
     ``(SPREAD * width - ROUND_PULL * round)`` times a per-point factor; down, ``dv`` is a
     per-point base (closing the reference's own gap, so that every shape starts from closed
     lips: the jaw and lower lip do most of the closing, as they do in speech) plus per-point
-    factors of the lower lip's drop, the upper lip's lift, rounding and the f/v tuck. The rig
-    keeps those factors, the region and the spline's fixed points, and the interior's palette.
+    factors of the lower lip's drop, the upper lip's lift, rounding, the f/v tuck and the rounded
+    lips' arch. The rig keeps those factors, the region and the spline's fixed points, and the
+    interior's palette.
     """
 
     def __init__(self, lm: np.ndarray, image: np.ndarray) -> None:
