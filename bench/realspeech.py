@@ -149,6 +149,9 @@ def main() -> None:
     # use our model (tools/realspeech_sync.py): on an offset clip any mouth from the sound scores
     # about 0 at lag 0. The mean over all clips stays the headline figure.
     in_sync = [i for i, clip in enumerate(clips) if SYNC.get(clip.clip.id) == "in sync"]
+    unchecked = [clip.clip.id for clip in clips if clip.clip.id not in SYNC]
+    if SYNC and unchecked:
+        print(f"(not in {SYNC_FILE.name}, so not counted in sync: {', '.join(unchecked)}; rerun tools/realspeech_sync.py)")
     if SYNC and len(in_sync) < len(clips):
         print(f"| **in sync ({len(in_sync)} of {len(clips)})** | | " + " | ".join(summary([rows[k][i] for i in in_sync if i < len(rows[k])]) for k in ("default", "reversed", "loudness")) + " |")
     if footage_rows:
