@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from realspeech_corpus import Measured, correlation_at_lags, load, loudness, manifest_rows, measure_video, media_path  # noqa: E402
+from realspeech_corpus import SYNC, Measured, correlation_at_lags, load, loudness, measure_video, media_path, read_sync  # noqa: E402
 
 from lipsync_stream.characters.character import Character, CharacterStore, load_default_character  # noqa: E402
 from lipsync_stream.characters.fetch import FetchConfig, Fetcher  # noqa: E402
@@ -48,10 +48,6 @@ from lipsync_stream.client.recorder import Mp4Writer  # noqa: E402
 from lipsync_stream.engines import get_engine  # noqa: E402
 from lipsync_stream.pipeline import FrameRenderer  # noqa: E402
 from lipsync_stream.wire.protocol import AudioFramer, SessionParams, decode_frame  # noqa: E402
-
-SYNC_FILE = HERE / "realspeech_sync.tsv"
-#: clip id -> "in sync" or "offset" (tools/realspeech_sync.py), when it has been measured
-SYNC = {row["clip"]: row["verdict"] for row in manifest_rows(SYNC_FILE)} if SYNC_FILE.is_file() else {}
 
 
 def render(character: Character, pcm: np.ndarray, engine_name: str) -> list[np.ndarray]:
@@ -148,11 +144,12 @@ def main() -> None:
     # The same over the clips whose sound is in sync with their picture by a check that does not
     # use our model (tools/realspeech_sync.py): on an offset clip any mouth from the sound scores
     # about 0 at lag 0. The mean over all clips stays the headline figure.
-    in_sync = [i for i, clip in enumerate(clips) if SYNC.get(clip.clip.id) == "in sync"]
-    unchecked = [clip.clip.id for clip in clips if clip.clip.id not in SYNC]
-    if SYNC and unchecked:
-        print(f"(not in {SYNC_FILE.name}, so not counted in sync: {', '.join(unchecked)}; rerun tools/realspeech_sync.py)")
-    if SYNC and len(in_sync) < len(clips):
+    sync = read_sync()
+    in_sync = [i for i, clip in enumerate(clips) if sync.get(clip.clip.id, (0, ""))[1] == "in sync"]
+    unchecked = [clip.clip.id for clip in clips if clip.clip.id not in sync]
+    if sync and unchecked:
+        print(f"(not in {SYNC.name}, so not counted in sync: {', '.join(unchecked)}; rerun tools/realspeech_sync.py)")
+    if sync and len(in_sync) < len(clips):
         print(f"| **in sync ({len(in_sync)} of {len(clips)})** | | " + " | ".join(summary([rows[k][i] for i in in_sync if i < len(rows[k])]) for k in ("default", "reversed", "loudness")) + " |")
     if footage_rows:
         print("\n(b) against the real footage (goal: at most 1.5x each)\n\n| clip | lip roughness, ours / real | lower-face change per frame, ours / real |\n|---|---:|---:|")

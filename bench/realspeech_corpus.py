@@ -101,6 +101,17 @@ def cache_dir() -> Path:
     return default_cache_dir() / "realspeech"
 
 
+SYNC = HERE / "realspeech_sync.tsv"  # written by tools/realspeech_sync.py
+
+
+def read_sync(path: Path = SYNC) -> dict[str, tuple[int, str]]:
+    """clip id -> (the teacher's best lag in frames, "offset" or "in sync") from
+    ``tools/realspeech_sync.py``'s table; empty when it has not been measured."""
+    if not path.is_file():
+        return {}
+    return {row["clip"]: (int(row["best_lag"]), row["verdict"]) for row in manifest_rows(path)}
+
+
 def clone_of(repos: Path, repo: str) -> Path | None:
     owner, name = repo.split("/")
     for candidate in (repos / owner / name, repos / f"{owner}+{name}" / "repo", repos / f"{owner}+{name}", repos / name):

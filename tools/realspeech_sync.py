@@ -33,33 +33,26 @@ sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tools"))
 import speech_audio  # noqa: E402
-from realspeech_corpus import Measured, correlation_at_lags, load, manifest_rows  # noqa: E402
-from train_mouth import TEACHER_SMOOTH_HOPS, frame_hops, targets  # noqa: E402
+from realspeech_corpus import SYNC, Measured, correlation_at_lags, load, read_sync  # noqa: E402
+from train_mouth import frame_hops, phone_openings, phone_table, targets  # noqa: E402
 
+from lipsync_stream.engines.opening import CLOSED_BELOW  # noqa: E402
 from lipsync_stream.wire.protocol import FPS, SAMPLE_RATE  # noqa: E402
 
-SYNC = ROOT / "bench" / "realspeech_sync.tsv"
 MAX_LAG = 8  # frames either way (267 ms); a peak on this edge is no peak
 OFFSET_FRAMES = 3  # 100 ms: more than lips lead speech by (clean clips peak at 0 or 1 frame)
 CLEAR_GAIN = 0.1
 
 
 def teacher_openings(clips: list[Measured], train: list[Measured], phones: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per clip, the opening the phone table says for each frame (standardised units), the table
-    learned from *train*'s frames."""
-    def frame_phones(m: Measured) -> np.ndarray:
-        p = phones[m.clip.id]
-        return p[np.clip(frame_hops(m.frames), 0, len(p) - 1)]
+    """Per clip, the opening the teacher's phone table says for each frame (standardised units),
+    the table learned from *train*'s frames (``train_mouth.phone_table``)."""
+    def on_frames(m: Measured, per_hop: np.ndarray) -> np.ndarray:
+        return per_hop[np.clip(frame_hops(m.frames), 0, len(per_hop) - 1)]
 
-    heard = np.concatenate([frame_phones(m) for m in train])
-    z = np.concatenate([targets(m)[:, 0] for m in train])
-    table = {str(p): float(z[heard == p].mean()) for p in np.unique(heard)}
-    out = {}
-    for m in clips:
-        per_hop = np.array([table.get(str(p), 0.0) for p in phones[m.clip.id]])
-        per_hop = np.convolve(per_hop, np.ones(TEACHER_SMOOTH_HOPS) / TEACHER_SMOOTH_HOPS, "same")
-        out[m.clip.id] = per_hop[np.clip(frame_hops(m.frames), 0, len(per_hop) - 1)]
-    return out
+    real = {m.clip.id: (None, targets(m)[:, 0], (m.opening < CLOSED_BELOW).astype(np.float32)) for m in train}
+    table = phone_table(train, real, {m.clip.id: on_frames(m, phones[m.clip.id]) for m in train})  # type: ignore[arg-type]
+    return {m.clip.id: on_frames(m, phone_openings(phones[m.clip.id], table)[0]) for m in clips}
 
 
 def verdict(r: dict[int, float]) -> tuple[int, str]:
@@ -67,13 +60,6 @@ def verdict(r: dict[int, float]) -> tuple[int, str]:
     best = max(r, key=lambda k: r[k])
     offset = OFFSET_FRAMES <= abs(best) < MAX_LAG and r[best] - r[0] >= CLEAR_GAIN
     return best, "offset" if offset else "in sync"
-
-
-def read_sync(path: Path = SYNC) -> dict[str, tuple[int, str]]:
-    """clip id -> (the teacher's best lag, "offset" or "in sync"); empty when not measured."""
-    if not path.is_file():
-        return {}
-    return {row["clip"]: (int(row["best_lag"]), row["verdict"]) for row in manifest_rows(path)}
 
 
 def resynced(m: Measured, lag: int) -> Measured:

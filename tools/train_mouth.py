@@ -259,6 +259,13 @@ def phone_table(clips: list[Measured], real: dict[str, tuple[np.ndarray, np.ndar
     return {str(p): (float(z[heard == p].mean()), float(closed[heard == p].mean())) for p in np.unique(heard)}
 
 
+def phone_openings(phones: np.ndarray, table: dict[str, tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per hop of *phones*, the table's opening (z) for the phones around it (smoothed over
+    TEACHER_SMOOTH_HOPS), and the share of closed lips on the phone heard there."""
+    looked_up = np.array([table.get(p, (0.0, 0.0)) for p in phones]).reshape(len(phones), 2)
+    return np.convolve(looked_up[:, 0], np.ones(TEACHER_SMOOTH_HOPS) / TEACHER_SMOOTH_HOPS, "same"), looked_up[:, 1]
+
+
 def taught(heard: list[speech_audio.Heard], rows: dict[str, np.ndarray], table: dict[str, tuple[float, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Inputs, z targets and closed shares for the recordings without video: every third hop,
     the table's opening for the phones around it (smoothed over TEACHER_SMOOTH_HOPS),
@@ -266,12 +273,11 @@ def taught(heard: list[speech_audio.Heard], rows: dict[str, np.ndarray], table: 
     xs, ys, cs = [], [], []
     for h in heard:
         n = min(len(h.phones), len(rows[h.recording.id]))
-        looked_up = np.array([table.get(p, (0.0, 0.0)) for p in h.phones[:n]]).reshape(n, 2)  # (z, closed share) per hop
-        z = np.convolve(looked_up[:, 0], np.ones(TEACHER_SMOOTH_HOPS) / TEACHER_SMOOTH_HOPS, "same")
+        z, closed_share = phone_openings(h.phones[:n], table)
         at = np.arange(0, n, 3)
         xs.append(opening_inputs(rows[h.recording.id], at))
         ys.append((z[at] - z[at].mean()) / (z[at].std() + 1e-9))
-        cs.append(looked_up[at, 1])
+        cs.append(closed_share[at])
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(cs).astype(np.float32)
 
 
