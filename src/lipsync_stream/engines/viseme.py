@@ -20,8 +20,9 @@ tuck are the membership-weighted mean.
 How far the lips part, and where they press together, comes from the opening model
 (:mod:`.opening`), trained on real people's mouths: the recognizer, which heard only a
 synthesizer, said "closed" in a fifth of real speakers' frames, mostly where their lips were
-parted. A closure is never blurred: the model's likeliest closure inside the frame's own 33 ms,
-or a hum under it, closes the lips. A pause rests them: when nine in ten of the hops the
+parted. A closure is never blurred: the model's likeliest closure inside the frame's own 33 ms
+closes the lips. (A hum under the frame used to close them too; the model hears hums itself, and on
+real speakers that rule shut a seventh of all frames, mostly where their lips were parted.) A pause rests them: when nine in ten of the hops the
 recognizer hears are silence (a short gap between words does not shut a real mouth, and on
 real speakers closing in every gap followed their lips worse).
 """
@@ -73,6 +74,11 @@ ABOVE_NOISE_DB = 12.0
 NOISE_FRAMES = 45  # 1.5 s: speech leaves gaps between words well within it
 STEADY_FRAMES, STEADY_DB = 5, 6.0
 PAUSE_FROM, PAUSE_TO = 0.9, 1.0  # share of the recognizer's hops that are silent: the lips start to rest, and rest
+# The lips press together where the opening model's likeliest closure inside the frame is over
+# this: at 0.5, Flite's p/b/m (a synthesizer it never heard) stayed open in a fifth of their frames
+# at 0.35-0.5; at 0.4 on folds of training speakers the engine's opening followed the real mouths
+# better too (r 0.411 against 0.398), which a lower value no longer does (0.35: 0.402).
+CLOSED_FROM = 0.4
 LEAD_S, SPREAD_S = 0.02, 0.04  # the rules' kernel over hops: where the mouth listens most
 PAST_HOPS, FUTURE_HOPS = -int(CONTEXT[0]), int(CONTEXT[-1])  # the recognizer's: 100 ms before the centre, 80 after
 # Hops a frame reads: the recognizer's, and further back for the opening model's predictions.
@@ -111,9 +117,9 @@ def silence_and_hum(row, floor_db):  # type: ignore[no-untyped-def]
 @njit(nogil=True, cache=True)
 def _decide(m, offsets, peak_db, noise_db, heard, at, keep, positions, values, mean, scale, weights, biases, o_mean, o_scale, o_weights, o_biases):  # type: ignore[no-untyped-def]
     """One frame from its hops' rows *m* at *offsets* (seconds from the frame's centre), in one
-    call that does not hold the GIL: (viseme memberships, strongest closure inside the frame,
-    whether every hop the recognizer hears is silence or hum, the loudness tracker's new peak,
-    how far the frame is from a pause (1: not at all), the opening model's z and its closure).
+    call that does not hold the GIL: (viseme memberships, the opening model's strongest closure
+    inside the frame, whether every hop the recognizer hears is silence or hum, the loudness
+    tracker's new peak, how far the frame is from a pause (1: not at all), the opening model's z).
     *noise_db*: the room's level while it is steady, else -inf (:data:`NOISE_FRAMES`).
     *heard*: the recognizer's hops (start, stop); *at*, *keep*, *positions*, *values*: the
     opening model's hops, which of their predictions may be kept, and its cache
@@ -144,14 +150,9 @@ def _decide(m, offsets, peak_db, noise_db, heard, at, keep, positions, values, m
     frame_m[0] += silent
     inside = np.abs(offsets[_OPENING_CENTRES]) <= half_frame  # the opening model's hops in the frame's own 33 ms
     z, closed = frame_opening(inputs, _OPENING_ROWS, at, keep, inside, positions, values, o_mean, o_scale, o_weights, o_biases)
-    # A closure inside the frame: the model's (a stop, an m, the end of a phrase), or a hum.
-    inside_hum = 0.0
-    for i in range(n):
-        if abs(offsets[i]) <= half_frame:
-            inside_hum = max(inside_hum, hum[i])
     pause = min(max((quiet[heard[0] : heard[1]].mean() - PAUSE_FROM) / (PAUSE_TO - PAUSE_FROM), 0.0), 1.0)
     all_quiet = (quiet[heard[0] : heard[1]] + hum[heard[0] : heard[1]]).min() > 0.98
-    return frame_m, max(inside_hum, closed), all_quiet, peak, 1.0 - pause, z, closed
+    return frame_m, closed, all_quiet, peak, 1.0 - pause, z
 
 
 @dataclass(frozen=True)
@@ -194,16 +195,16 @@ class VisemeStream(EngineStream):
         at = frame.start + centres[_OPENING_CENTRES]
         keep = centres[_OPENING_CENTRES + opening.FUTURE] + WIN // 2 <= frame.valid
         cache = self._predictions.for_epoch(frame.epoch)
-        frame_m, closure, all_quiet, self.peak_db, away_from_pause, z, closed = _decide(m, offsets, self.peak_db, noise_db, _HEARD_SPAN, at, keep, cache.positions, cache.values, *engine.recognizer.kernel_args, *engine.opening.kernel_args)
+        frame_m, closure, all_quiet, self.peak_db, away_from_pause, z = _decide(m, offsets, self.peak_db, noise_db, _HEARD_SPAN, at, keep, cache.positions, cache.values, *engine.recognizer.kernel_args, *engine.opening.kernel_args)
         if all_quiet:
             shape = MouthShape()
         else:
             # The recognizer says the shape; the opening model, which heard real people, how far
             # the lips part (its expectation: the opening z says, where they are not closed).
             params = frame_m @ _TARGET_MATRIX
-            opened = away_from_pause * (1.0 - closed) * min(max(opening.BASE + opening.GAIN * z, 0.0), 1.0)
+            opened = away_from_pause * (1.0 - closure) * min(max(opening.BASE + opening.GAIN * z, 0.0), 1.0)
             shape = MouthShape(opened, float(params[1]), float(params[2]), float(params[3]))
-        if closure > 0.5:
+        if closure > CLOSED_FROM:
             # Lips meet: no blur across a closure, but keep the spread/rounding it is coarticulated with.
             shape = MouthShape(0.0, shape.width * 0.5, shape.round * 0.5, 0.0)
         return FrameAnalysis(shape, VISEMES[int(np.argmax(frame_m))], float(closure))
