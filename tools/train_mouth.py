@@ -85,6 +85,7 @@ def main() -> None:
     parser.add_argument("--closure-weight", type=float, default=CLOSURE_WEIGHT, help="with --engine-model: how much the synthetic speech's p/b/m hops weigh in the closed lips' loss")
     parser.add_argument("--synthetic-share", type=float, default=3.0, help="with --engine-model: synthetic rows per real one (z weighs the two alike; the closed lips learn p/b/m from them)")
     parser.add_argument("--teacher-weight", type=float, default=TEACHER_WEIGHT, help="with --engine-model: how much the recordings without video (bench/speech_audio.tsv, labelled by the phone recogniser and the phone table) weigh against the real clips; 0: none")
+    parser.add_argument("--perturb", type=float, nargs="*", default=[], help="with --engine-model: the teacher's recordings also played at these speeds (resampled: 1.1 is shorter and higher), as more voices")
     parser.add_argument("--dropout", type=float, default=0.4, help="with --engine-model")
     parser.add_argument("--epochs", type=int, default=30, help="with --engine-model")
     parser.add_argument("--folds", type=int, default=6, help="with --engine-model: training speakers split into this many folds, each left out in turn (0: none, only --out)")
@@ -281,6 +282,22 @@ def taught(heard: list[speech_audio.Heard], rows: dict[str, np.ndarray], table: 
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(cs).astype(np.float32)
 
 
+def speed_perturbed(heard: speech_audio.Heard, factor: float) -> speech_audio.Heard:
+    """*heard* played *factor* times as fast (resampled: shorter, and its pitch and formants
+    *factor* times higher, as a smaller or larger vocal tract would say it), with its phones moved
+    to where they now fall: more voices for the teacher from the same recordings."""
+    import dataclasses
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    ratio = Fraction(factor).limit_denominator(20)
+    pcm = resample_poly(heard.pcm.astype(np.float64), ratio.denominator, ratio.numerator)
+    n = len(pcm) // HOP
+    at = np.minimum((np.arange(n) * factor).astype(int), len(heard.phones) - 1)
+    return speech_audio.Heard(dataclasses.replace(heard.recording, id=f"{heard.recording.id}@{factor:g}"), np.clip(pcm, -32768, 32767).astype(np.int16), heard.phones[at])
+
+
 def two_towers(z_path: Path, closed_path: Path, out: Path) -> object:
     """One network, in the shipped format, that is two side by side: z from the first, the
     closed lips from the second (the input scaling folded into each first layer; the layers
@@ -382,6 +399,7 @@ def engine_model(args: argparse.Namespace) -> None:
     xs, ys, cs, bs = synthetic_openings(args.synthetic, args.seed, args.flite) if args.synthetic or args.flite else (np.zeros((0, next(iter(real.values()))[0].shape[1])), np.zeros(0), np.zeros(0), np.zeros(0, bool))
     print(f"real: {len(train)} clips, {sum(len(y) for _x, y, _c in real.values()) / FPS:.0f} s, lips closed in {np.mean(np.concatenate([c for _x, _y, c in real.values()])):.0%} of frames; synthetic: {len(ys)} hops from {args.synthetic} espeak-ng and {args.flite} Flite utterances")
     heard = speech_audio.load() if args.teacher_weight > 0 else []
+    heard += [speed_perturbed(h, factor) for factor in args.perturb for h in heard]
     if heard:
         clip_phones = {m.clip.id: speech_audio.phones(m.pcm)[np.clip(frame_hops(m.frames), 0, len(m.pcm) // HOP - 1)] for m in train}
         rng = np.random.default_rng(args.seed)

@@ -20,11 +20,13 @@ tuck are the membership-weighted mean.
 How far the lips part, and where they press together, comes from the opening model
 (:mod:`.opening`), trained on real people's mouths: the recognizer, which heard only a
 synthesizer, said "closed" in a fifth of real speakers' frames, mostly where their lips were
-parted. A closure is never blurred: the model's likeliest closure inside the frame's own 33 ms
-closes the lips. (A hum under the frame used to close them too; the model hears hums itself, and on
-real speakers that rule shut a seventh of all frames, mostly where their lips were parted.) A pause rests them: when nine in ten of the hops the
-recognizer hears are silence (a short gap between words does not shut a real mouth, and on
-real speakers closing in every gap followed their lips worse).
+parted. A closure is never blurred: where the model's likeliest closure inside the frame's own
+33 ms passes :data:`CLOSED_FROM`, the lips close. (A hum under the frame used to close them too;
+the model hears hums itself, and on real speakers that rule shut a seventh of all frames, mostly
+where their lips were parted; a hum that fills every hop the recognizer hears still rests them.)
+A pause rests them: when nine in ten of the hops the recognizer hears are silence (a short gap
+between words does not shut a real mouth, and on real speakers closing in every gap followed
+their lips worse).
 """
 
 from __future__ import annotations
