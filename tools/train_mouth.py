@@ -86,6 +86,7 @@ def main() -> None:
     parser.add_argument("--synthetic-share", type=float, default=3.0, help="with --engine-model: synthetic rows per real one (z weighs the two alike; the closed lips learn p/b/m from them)")
     parser.add_argument("--teacher-weight", type=float, default=TEACHER_WEIGHT, help="with --engine-model: how much the recordings without video (bench/speech_audio.tsv, labelled by the phone recogniser and the phone table) weigh against the real clips; 0: none")
     parser.add_argument("--perturb", type=float, nargs="*", default=[], help="with --engine-model: the teacher's recordings also played at these speeds (resampled: 1.1 is shorter and higher), as more voices")
+    parser.add_argument("--teacher-mix", type=float, default=0.0, help="with --engine-model: the real clips' z target for the z tower, this share the teacher's opening for the same sound (its phones through the fold's table), the rest the face mesh's")
     parser.add_argument("--dropout", type=float, default=0.4, help="with --engine-model")
     parser.add_argument("--epochs", type=int, default=30, help="with --engine-model")
     parser.add_argument("--folds", type=int, default=6, help="with --engine-model: training speakers split into this many folds, each left out in turn (0: none, only --out)")
@@ -298,6 +299,10 @@ def speed_perturbed(heard: speech_audio.Heard, factor: float) -> speech_audio.He
     return speech_audio.Heard(dataclasses.replace(heard.recording, id=f"{heard.recording.id}@{factor:g}"), np.clip(pcm, -32768, 32767).astype(np.int16), heard.phones[at])
 
 
+def standardised(v: np.ndarray) -> np.ndarray:
+    return (v - v.mean()) / (v.std() + 1e-9)
+
+
 def two_towers(z_path: Path, closed_path: Path, out: Path) -> object:
     """One network, in the shipped format, that is two side by side: z from the first, the
     closed lips from the second (the input scaling folded into each first layer; the layers
@@ -401,7 +406,8 @@ def engine_model(args: argparse.Namespace) -> None:
     heard = speech_audio.load() if args.teacher_weight > 0 else []
     heard += [speed_perturbed(h, factor) for factor in args.perturb for h in heard]
     if heard:
-        clip_phones = {m.clip.id: speech_audio.phones(m.pcm)[np.clip(frame_hops(m.frames), 0, len(m.pcm) // HOP - 1)] for m in train}
+        hop_phones = {m.clip.id: speech_audio.phones(m.pcm) for m in train}
+        clip_phones = {m.clip.id: hop_phones[m.clip.id][np.clip(frame_hops(m.frames), 0, len(m.pcm) // HOP - 1)] for m in train}
         rng = np.random.default_rng(args.seed)
         heard_rows = {h.recording.id: hop_rows(sometimes_under_background(h.pcm, rng)) for h in heard}  # the labels stay the clean recording's
         print(f"teacher: {len(heard)} recordings of {len({h.recording.speaker for h in heard})} speakers, {sum(len(h.pcm) for h in heard) / SAMPLE_RATE / 60:.0f} min (bench/speech_audio.tsv), weighing {args.teacher_weight}x the real clips")
@@ -422,7 +428,10 @@ def engine_model(args: argparse.Namespace) -> None:
         # The teacher's z shares nothing with the closed lips: a second tower learns z from the
         # real clips, the synthetic speech and the taught recordings; the first keeps its closures.
         (work / f"{seed}.npz").replace(work / f"{seed}-closed.npz")
-        x_t, y_t, c_t = taught(heard, heard_rows, phone_table(clips, real, clip_phones))
+        table = phone_table(clips, real, clip_phones)
+        x_t, y_t, c_t = taught(heard, heard_rows, table)
+        if args.teacher_mix:  # the real clips' z target: the face mesh's, mixed with the teacher's for the same sound
+            y = [(1 - args.teacher_mix) * y_real + args.teacher_mix * np.concatenate([standardised(phone_openings(hop_phones[m.clip.id], table)[0][np.clip(frame_hops(m.frames), 0, len(hop_phones[m.clip.id]) - 1)]) for m in clips]), *y[1:]]
         fit_opening(np.concatenate([*x, x_t]), np.concatenate([*y, y_t]), np.concatenate([*c, c_t]), np.concatenate([*z_weight, np.full(len(y_t), args.teacher_weight * len(y_real) / len(y_t))]), np.concatenate([*c_weight, np.ones(len(y_t))]), args, seed, work / f"{seed}-z.npz")
         return two_towers(work / f"{seed}-z.npz", work / f"{seed}-closed.npz", work / f"{seed}.npz")
 

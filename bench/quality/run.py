@@ -1,10 +1,12 @@
 """Lip-sync quality harness: renders speech on characters and measures the mouth in the frames.
 
-    .venv/bin/python bench/quality/run.py [--engine viseme] [--out docs/quality] [--synth flite]
+    .venv/bin/python bench/quality/run.py [--engine viseme] [--out docs/quality] [--synth flite|festival]
 
 Needs Debian's espeak-ng (speech with phoneme timings); ``--synth flite`` says the sentences in
 Flite's five voices instead (Debian's ``flite``; the phonemes found by pocketsphinx's forced
-alignment, ``tests/flite.py``): a synthesizer the recognizer was not built around. Cases: sentences in several espeak-ng
+alignment, ``tests/flite.py``): a synthesizer the recognizer was not built around; ``--synth
+festival`` in Festival's three English voices (Debian's ``festival``, ``festvox-kallpc16k``,
+``festvox-kdlpc16k``, ``festvox-us-slt-hts``; ``tests/festival.py``). Cases: sentences in several espeak-ng
 voices, with the viseme each phoneme should show; and hand-made sounds (a loud hum, sustained
 vowels, words with silence between them). Characters: the embedded default, and Grace Hopper's
 portrait (matplotlib sample data) made into a video and run through ``prepare``.
@@ -99,13 +101,18 @@ def frame_labels(phonemes: list[Phoneme], n_frames: int, lead_in: float, visemes
 
 def synth_cases(synth: str) -> list[Case]:
     """The harness sentences in every voice of *synth*: espeak-ng's four held-out voices, or
-    Flite's five voices with phonemes found by forced alignment (``tests/flite.py``)."""
-    if synth == "flite":
-        from flite import ARPABET_VISEME, Flite
-        from flite import VOICES as FLITE_VOICES
+    Flite's five voices or Festival's three with phonemes found by forced alignment
+    (``tests/flite.py``, ``tests/festival.py``)."""
+    from festival import VOICES as FESTIVAL_VOICES
+    from festival import Festival
+    from flite import ARPABET_VISEME, Flite
+    from flite import VOICES as FLITE_VOICES
 
-        speaker: Espeak | Flite = Flite()
-        voices, visemes = FLITE_VOICES, ARPABET_VISEME
+    speaker: Espeak | Flite | Festival
+    if synth == "flite":
+        speaker, voices, visemes = Flite(), FLITE_VOICES, ARPABET_VISEME
+    elif synth == "festival":
+        speaker, voices, visemes = Festival(), FESTIVAL_VOICES, ARPABET_VISEME
     else:
         speaker, voices, visemes = Espeak(), VOICES, PHONEME_VISEME
     cases = []
@@ -285,7 +292,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Lip-sync quality harness")
     parser.add_argument("--engine", default="viseme")
     parser.add_argument("--out", type=Path, default=Path("docs/quality"), help="where the contact sheet goes")
-    parser.add_argument("--synth", choices=["espeak", "flite"], default="espeak", help="the sentences' synthesizer (flite: Debian's flite and pocketsphinx)")
+    parser.add_argument("--synth", choices=["espeak", "flite", "festival"], default="espeak", help="the sentences' synthesizer (flite: Debian's flite and pocketsphinx; festival: Debian's festival and its English voices, tests/festival.py)")
     args = parser.parse_args()
     start = time.perf_counter()
     cases = synth_cases(args.synth) + handmade_cases()
