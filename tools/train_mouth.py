@@ -300,6 +300,7 @@ def speed_perturbed(heard: speech_audio.Heard, factor: float) -> speech_audio.He
 
 
 def standardised(v: np.ndarray) -> np.ndarray:
+    """*v* with mean 0 and spread 1, as every z target is (per clip or recording)."""
     return (v - v.mean()) / (v.std() + 1e-9)
 
 
