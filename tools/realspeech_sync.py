@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tools"))
 import speech_audio  # noqa: E402
 from realspeech_corpus import SYNC, Measured, correlation_at_lags, load, read_sync  # noqa: E402
-from train_mouth import frame_hops, phone_openings, phone_table, targets  # noqa: E402
+from train_mouth import on_frames, phone_openings, phone_table, targets  # noqa: E402
 
 from lipsync_stream.engines.opening import CLOSED_BELOW  # noqa: E402
 from lipsync_stream.wire.protocol import FPS, SAMPLE_RATE  # noqa: E402
@@ -47,12 +47,9 @@ CLEAR_GAIN = 0.1
 def teacher_openings(clips: list[Measured], train: list[Measured], phones: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per clip, the opening the teacher's phone table says for each frame (standardised units),
     the table learned from *train*'s frames (``train_mouth.phone_table``)."""
-    def on_frames(m: Measured, per_hop: np.ndarray) -> np.ndarray:
-        return per_hop[np.clip(frame_hops(m.frames), 0, len(per_hop) - 1)]
-
     real = {m.clip.id: (None, targets(m)[:, 0], (m.opening < CLOSED_BELOW).astype(np.float32)) for m in train}
-    table = phone_table(train, real, {m.clip.id: on_frames(m, phones[m.clip.id]) for m in train})  # type: ignore[arg-type]
-    return {m.clip.id: on_frames(m, phone_openings(phones[m.clip.id], table)[0]) for m in clips}
+    table = phone_table(train, real, {m.clip.id: on_frames(phones[m.clip.id], m.frames) for m in train})  # type: ignore[arg-type]
+    return {m.clip.id: on_frames(phone_openings(phones[m.clip.id], table)[0], m.frames) for m in clips}
 
 
 def verdict(r: dict[int, float]) -> tuple[int, str]:

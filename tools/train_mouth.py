@@ -69,7 +69,7 @@ def frame_inputs(m: Measured, past_ms: int, future_ms: int, per_clip: bool = Fal
 
 def targets(m: Measured) -> np.ndarray:
     y = np.stack([m.opening, m.width, m.jaw], axis=1)
-    return (y - y.mean(axis=0)) / (y.std(axis=0) + 1e-9)
+    return standardised(y)
 
 
 def main() -> None:
@@ -153,6 +153,12 @@ def frame_hops(frames: int) -> np.ndarray:
     return ((np.arange(frames) + 0.5) / FPS * HOPS_PER_SECOND).astype(int)
 
 
+def on_frames(per_hop: np.ndarray, frames: int) -> np.ndarray:
+    """Each of *frames* 30 fps frames' value of *per_hop* (one value or row per hop): the one at
+    the hop under its centre, the last one past the end."""
+    return per_hop[np.clip(frame_hops(frames), 0, len(per_hop) - 1)]
+
+
 def smoothed_openings(model: object, rows: np.ndarray, frames: int) -> np.ndarray:
     """The engine's z for each frame: the mean of the model's predictions at the hops from
     SMOOTH_PAST before the frame's centre to SMOOTH_FUTURE after (as ``engines/viseme`` does)."""
@@ -161,7 +167,7 @@ def smoothed_openings(model: object, rows: np.ndarray, frames: int) -> np.ndarra
     per_hop = model.predict(opening_inputs(rows, np.arange(len(rows))))[:, 0]  # type: ignore[attr-defined]
     padded = np.pad(per_hop, (opening.SMOOTH_PAST, opening.SMOOTH_FUTURE), mode="edge")
     mean = np.convolve(padded, np.ones(opening.SMOOTH_PAST + opening.SMOOTH_FUTURE + 1) / (opening.SMOOTH_PAST + opening.SMOOTH_FUTURE + 1), "valid")
-    return mean[np.clip(frame_hops(frames), 0, len(mean) - 1)]
+    return on_frames(mean, frames)
 
 
 def engine_openings(model: object, pcm: np.ndarray, frames: int) -> np.ndarray:
@@ -239,7 +245,7 @@ def synthetic_openings(n: int, seed: int, flite: int = 0) -> tuple[np.ndarray, n
         at = np.arange(0, min(len(rows), len(hop_labels)), 3)
         y = np.array([TARGETS[VISEMES[k]].open for k in hop_labels[at]])
         xs.append(opening_inputs(rows, at))
-        ys.append((y - y.mean()) / (y.std() + 1e-9))
+        ys.append(standardised(y))
         silent = hop_labels == VISEMES.index("sil")
         ahead = int(ANTICIPATION_S * SAMPLE_RATE / HOP)
         soon = np.convolve(~silent, np.ones(ahead + 1), "full")[ahead : ahead + len(silent)] > 0  # a sound within ANTICIPATION_S
@@ -278,7 +284,7 @@ def taught(heard: list[speech_audio.Heard], rows: dict[str, np.ndarray], table: 
         z, closed_share = phone_openings(h.phones[:n], table)
         at = np.arange(0, n, 3)
         xs.append(opening_inputs(rows[h.recording.id], at))
-        ys.append((z[at] - z[at].mean()) / (z[at].std() + 1e-9))
+        ys.append(standardised(z[at]))
         cs.append(closed_share[at])
     return np.concatenate(xs), np.concatenate(ys), np.concatenate(cs).astype(np.float32)
 
@@ -295,13 +301,14 @@ def speed_perturbed(heard: speech_audio.Heard, factor: float) -> speech_audio.He
     ratio = Fraction(factor).limit_denominator(20)
     pcm = resample_poly(heard.pcm.astype(np.float64), ratio.denominator, ratio.numerator)
     n = len(pcm) // HOP
-    at = np.minimum((np.arange(n) * factor).astype(int), len(heard.phones) - 1)
+    at = np.minimum((np.arange(n) * float(ratio)).astype(int), len(heard.phones) - 1)
     return speech_audio.Heard(dataclasses.replace(heard.recording, id=f"{heard.recording.id}@{factor:g}"), np.clip(pcm, -32768, 32767).astype(np.int16), heard.phones[at])
 
 
 def standardised(v: np.ndarray) -> np.ndarray:
-    """*v* with mean 0 and spread 1, as every z target is (per clip or recording)."""
-    return (v - v.mean()) / (v.std() + 1e-9)
+    """*v* (each column of it) with mean 0 and spread 1, as every z target is, per clip or
+    recording: how wide a mouth opens is the face's, not the speech's."""
+    return (v - v.mean(axis=0)) / (v.std(axis=0) + 1e-9)
 
 
 def two_towers(z_path: Path, closed_path: Path, out: Path) -> object:
@@ -401,14 +408,14 @@ def engine_model(args: argparse.Namespace) -> None:
     else:
         train = load("train")
     rows = {m.clip.id: hop_rows(m.pcm) for m in train}
-    real = {m.clip.id: (opening_inputs(rows[m.clip.id], np.clip(frame_hops(m.frames), 0, len(rows[m.clip.id]) - 1)), targets(m)[:, 0], (m.opening < CLOSED_BELOW).astype(np.float32)) for m in train}
+    real = {m.clip.id: (opening_inputs(rows[m.clip.id], on_frames(np.arange(len(rows[m.clip.id])), m.frames)), targets(m)[:, 0], (m.opening < CLOSED_BELOW).astype(np.float32)) for m in train}
     xs, ys, cs, bs = synthetic_openings(args.synthetic, args.seed, args.flite) if args.synthetic or args.flite else (np.zeros((0, next(iter(real.values()))[0].shape[1])), np.zeros(0), np.zeros(0), np.zeros(0, bool))
     print(f"real: {len(train)} clips, {sum(len(y) for _x, y, _c in real.values()) / FPS:.0f} s, lips closed in {np.mean(np.concatenate([c for _x, _y, c in real.values()])):.0%} of frames; synthetic: {len(ys)} hops from {args.synthetic} espeak-ng and {args.flite} Flite utterances")
     heard = speech_audio.load() if args.teacher_weight > 0 else []
     heard += [speed_perturbed(h, factor) for factor in args.perturb for h in heard]
     if heard:
         hop_phones = {m.clip.id: speech_audio.phones(m.pcm) for m in train}
-        clip_phones = {m.clip.id: hop_phones[m.clip.id][np.clip(frame_hops(m.frames), 0, len(m.pcm) // HOP - 1)] for m in train}
+        clip_phones = {m.clip.id: on_frames(hop_phones[m.clip.id], m.frames) for m in train}
         rng = np.random.default_rng(args.seed)
         heard_rows = {h.recording.id: hop_rows(sometimes_under_background(h.pcm, rng)) for h in heard}  # the labels stay the clean recording's
         print(f"teacher: {len(heard)} recordings of {len({h.recording.speaker for h in heard})} speakers, {sum(len(h.pcm) for h in heard) / SAMPLE_RATE / 60:.0f} min (bench/speech_audio.tsv), weighing {args.teacher_weight}x the real clips")
@@ -432,7 +439,7 @@ def engine_model(args: argparse.Namespace) -> None:
         table = phone_table(clips, real, clip_phones)
         x_t, y_t, c_t = taught(heard, heard_rows, table)
         if args.teacher_mix:  # the real clips' z target: the face mesh's, mixed with the teacher's for the same sound
-            y = [(1 - args.teacher_mix) * y_real + args.teacher_mix * np.concatenate([standardised(phone_openings(hop_phones[m.clip.id], table)[0][np.clip(frame_hops(m.frames), 0, len(hop_phones[m.clip.id]) - 1)]) for m in clips]), *y[1:]]
+            y = [(1 - args.teacher_mix) * y_real + args.teacher_mix * np.concatenate([standardised(on_frames(phone_openings(hop_phones[m.clip.id], table)[0], m.frames)) for m in clips]), *y[1:]]
         fit_opening(np.concatenate([*x, x_t]), np.concatenate([*y, y_t]), np.concatenate([*c, c_t]), np.concatenate([*z_weight, np.full(len(y_t), args.teacher_weight * len(y_real) / len(y_t))]), np.concatenate([*c_weight, np.ones(len(y_t))]), args, seed, work / f"{seed}-z.npz")
         return two_towers(work / f"{seed}-z.npz", work / f"{seed}-closed.npz", work / f"{seed}.npz")
 
